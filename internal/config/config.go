@@ -1,0 +1,684 @@
+// Package config loads the settings of the CareBot build/deploy tool.
+//
+// Settings come from the .env file in the project root (which also holds the
+// app's own settings, such as BOT_TOKEN) and from the process environment,
+// which wins over .env. A variable that is set but empty counts as unset, so
+// the default applies (an empty variable in the environment therefore also
+// hides the .env value). Every setting is validated by Load, and every
+// problem is reported as a one-line error that names the setting, says where
+// its value came from (".env:LINE", "environment" or the default) and what
+// to fix. Secret values never appear in errors or in Print; see Redact.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// Sources of a setting's value, as stored in Config.Sources. A value read
+// from .env has the source ".env:LINE".
+const (
+	SourceDefault     = "default"
+	SourceGit         = "git" // IMAGE_TAG derived from the git commit
+	SourceEnvironment = "environment"
+)
+
+// Config is the validated configuration of the build/deploy tool.
+type Config struct {
+	Dir           string        // project root (absolute)
+	ImageName     string        // IMAGE_NAME, default "carebot"
+	ImageTag      string        // IMAGE_TAG, default: short git commit of Dir, plus "-dirty" for uncommitted changes
+	Commit        string        // full git commit of Dir ("" when unknown), for OCI labels
+	Dirty         bool          // Dir had uncommitted or untracked changes (false when unknown)
+	Dockerfile    string        // DOCKERFILE, default "Dockerfile.production" (absolute)
+	ComposeFile   string        // COMPOSE_FILE, default "docker-compose.production.yml" (absolute)
+	AppPort       int           // APP_PORT, default 5555
+	TestPort      int           // TEST_PORT, default 5556
+	HealthPath    string        // HEALTH_PATH, default "/health"
+	HealthTimeout time.Duration // HEALTH_TIMEOUT, default 60s
+	DeployHost    string        // DEPLOY_HOST, [user@]host[:port]; "" deploys to this machine
+	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
+	ImageKeep     int           // IMAGE_KEEP, default 5
+	TestData      string        // TEST_DATA, default "./test-data" (absolute; may not exist)
+	Migrations    string        // MIGRATIONS, default "./migrations" (absolute; may not exist)
+
+	EnvFile string            // path of the .env that was read ("" when there was none)
+	AppEnv  map[string]string // every key of .env with its value (the environment's when set there)
+
+	// Sources maps each setting above, by variable name, and each AppEnv key
+	// to where its value came from: SourceDefault, SourceGit,
+	// SourceEnvironment or ".env:LINE".
+	Sources map[string]string
+}
+
+// Defaults.
+const (
+	defaultImageName       = "carebot"
+	defaultDockerfile      = "Dockerfile.production"
+	defaultComposeFile     = "docker-compose.production.yml"
+	defaultAppPort         = 5555
+	defaultTestPort        = 5556
+	defaultHealthPath      = "/health"
+	defaultHealthTimeout   = 60 * time.Second
+	defaultLocalDeployPath = "./.deploy/production"
+	defaultRemoteDeploy    = "/home/ubuntu/carebot-production"
+	defaultImageKeep       = 5
+	defaultTestData        = "./test-data"
+	defaultMigrations      = "./migrations"
+
+	shortCommitLen   = 7
+	maxHealthTimeout = 24 * time.Hour
+)
+
+// settingKeys lists the tool's settings in the order Print shows them.
+var settingKeys = []string{
+	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
+	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
+	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
+}
+
+// SettingError reports one invalid setting. Its message is a single line.
+type SettingError struct {
+	Key    string // variable name, e.g. "APP_PORT"
+	Value  string // the offending value, already passed through Redact ("" when unset)
+	Source string // SourceDefault, SourceGit, SourceEnvironment or ".env:LINE"
+	Msg    string // what is wrong and how to fix it
+}
+
+// Error formats e as, for example,
+//
+//	.env:3: APP_PORT="abc" is not a port number (1-65535)
+//	environment: APP_PORT="abc" is not a port number (1-65535)
+//	DOCKERFILE="Dockerfile.production" (default) does not exist (looked for /x/Dockerfile.production; set DOCKERFILE to your Dockerfile)
+//	IMAGE_TAG is not set and ... (set IMAGE_TAG)
+func (e *SettingError) Error() string {
+	src := e.Source
+	if src == "" {
+		src = SourceDefault
+	}
+	if src == SourceDefault || src == SourceGit {
+		if e.Value == "" {
+			return e.Key + " " + e.Msg
+		}
+		return fmt.Sprintf("%s=%q (%s) %s", e.Key, e.Value, src, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s=%q %s", src, e.Key, e.Value, e.Msg)
+}
+
+// Load reads dir/.env if there is one, lets environ (in os.Environ form)
+// override it, applies defaults and validates every setting. On failure it
+// returns a *ParseError for an unparsable .env, or all invalid settings as
+// *SettingError values joined with errors.Join (one per line).
+func Load(dir string, environ []string) (*Config, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("project directory %q: %v", dir, err)
+	}
+	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("project directory %s does not exist or is not a directory", abs)
+	}
+
+	l := &loader{
+		dir: abs,
+		env: parseEnviron(environ),
+		c:   &Config{Dir: abs, AppEnv: map[string]string{}, Sources: map[string]string{}},
+	}
+	envFile := filepath.Join(abs, ".env")
+	switch values, lines, err := readDotenv(envFile); {
+	case err == nil:
+		l.c.EnvFile, l.dotenv, l.lines = envFile, values, lines
+	case errors.Is(err, fs.ErrNotExist):
+		// No .env (as in CI): defaults and environment only.
+	default:
+		var pe *ParseError
+		if errors.As(err, &pe) {
+			return nil, err
+		}
+		return nil, fmt.Errorf(".env: %v", err)
+	}
+	for k, v := range l.dotenv {
+		if ev, ok := l.env[k]; ok {
+			v = ev
+		}
+		l.c.AppEnv[k] = v
+		l.c.Sources[k] = l.sourceOf(k)
+	}
+
+	l.loadImage()
+	l.loadTest()
+	l.loadDeploy()
+	if len(l.errs) > 0 {
+		return nil, errors.Join(l.errs...)
+	}
+	return l.c, nil
+}
+
+// Image returns the image reference ImageName:ImageTag.
+func (c *Config) Image() string { return c.ImageName + ":" + c.ImageTag }
+
+// Remote reports whether deploys go over SSH to DeployHost.
+func (c *Config) Remote() bool { return c.DeployHost != "" }
+
+// DeployTarget splits DeployHost into its parts; user is "" and port 0 when
+// DEPLOY_HOST does not give them (leave them to ssh's defaults/config).
+func (c *Config) DeployTarget() (user, host string, port int) {
+	user, host, port, _ = parseDeployHost(c.DeployHost)
+	return user, host, port
+}
+
+// Print writes one line per setting, "KEY=value (source: SOURCE)": first
+// the tool's settings, then the other keys of .env in name order. Secret
+// values are redacted (see Redact).
+func (c *Config) Print(w io.Writer) {
+	values := map[string]string{
+		"IMAGE_NAME":     c.ImageName,
+		"IMAGE_TAG":      c.ImageTag,
+		"DOCKERFILE":     c.Dockerfile,
+		"IMAGE_KEEP":     strconv.Itoa(c.ImageKeep),
+		"TEST_PORT":      strconv.Itoa(c.TestPort),
+		"HEALTH_PATH":    c.HealthPath,
+		"HEALTH_TIMEOUT": c.HealthTimeout.String(),
+		"TEST_DATA":      c.TestData,
+		"DEPLOY_HOST":    c.DeployHost,
+		"DEPLOY_PATH":    c.DeployPath,
+		"COMPOSE_FILE":   c.ComposeFile,
+		"APP_PORT":       strconv.Itoa(c.AppPort),
+		"MIGRATIONS":     c.Migrations,
+	}
+	line := func(k, v string) {
+		src := c.Sources[k]
+		if src == "" {
+			src = SourceDefault
+		}
+		fmt.Fprintf(w, "%s=%s (source: %s)\n", k, printable(Redact(k, v)), src)
+	}
+	for _, k := range settingKeys {
+		line(k, values[k])
+	}
+	app := make([]string, 0, len(c.AppEnv))
+	for k := range c.AppEnv {
+		if _, ok := values[k]; !ok {
+			app = append(app, k)
+		}
+	}
+	sort.Strings(app)
+	for _, k := range app {
+		line(k, c.AppEnv[k])
+	}
+}
+
+// printable quotes v when printing it raw could be misread or span lines.
+func printable(v string) string {
+	if strings.IndexFunc(v, func(r rune) bool {
+		return unicode.IsSpace(r) || !unicode.IsPrint(r) || strings.ContainsRune(`"'#\`, r)
+	}) >= 0 {
+		return strconv.Quote(v)
+	}
+	return v
+}
+
+const redacted = "****"
+
+// secretWords mark a variable name as holding a secret.
+var secretWords = []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"}
+
+func isSecret(key string) bool {
+	key = strings.ToUpper(key)
+	for _, w := range secretWords {
+		if strings.Contains(key, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// Redact returns value as it may be shown for variable key: "****" (or ""
+// when value is empty) when key, in any case, contains TOKEN, SECRET,
+// PASSWORD, PASSWD, KEY or CREDENTIAL; otherwise value, with the password
+// of a URL such as "postgres://user:pass@host/db" replaced by "****".
+func Redact(key, value string) string {
+	if value == "" {
+		return ""
+	}
+	if isSecret(key) {
+		return redacted
+	}
+	return redactURLPassword(value)
+}
+
+// redactURLPassword hides the password in scheme://user:password@host/...
+func redactURLPassword(v string) string {
+	i := strings.Index(v, "://")
+	if i <= 0 {
+		return v
+	}
+	for _, r := range v[:i] { // must look like a scheme
+		if !(r == '+' || r == '-' || r == '.' || r >= '0' && r <= '9' || unicode.IsLetter(r)) {
+			return v
+		}
+	}
+	authStart := i + 3
+	authEnd := len(v)
+	if j := strings.IndexAny(v[authStart:], "/?#"); j >= 0 {
+		authEnd = authStart + j
+	}
+	at := strings.LastIndex(v[authStart:authEnd], "@")
+	if at < 0 {
+		return v
+	}
+	userinfo := v[authStart : authStart+at]
+	colon := strings.Index(userinfo, ":")
+	if colon < 0 || colon == len(userinfo)-1 {
+		return v
+	}
+	return v[:authStart+colon+1] + redacted + v[authStart+at:]
+}
+
+// gitInfo returns the commit checked out in dir and whether the work tree
+// has changes (git status --porcelain is not empty). Tests replace it.
+var gitInfo = func(dir string) (commit string, dirty bool, err error) {
+	commit, err = runGit(dir, "rev-parse", "--verify", "HEAD^{commit}")
+	if err != nil {
+		return "", false, err
+	}
+	status, err := runGit(dir, "status", "--porcelain")
+	if err != nil {
+		return "", false, err
+	}
+	return commit, status != "", nil
+}
+
+// loader carries the state of one Load.
+type loader struct {
+	dir    string
+	env    map[string]string
+	dotenv map[string]string
+	lines  map[string]int
+	c      *Config
+	errs   []error
+}
+
+// setting is one variable as looked up: its trimmed value and source.
+type setting struct {
+	key, val, src string
+	set           bool // false: unset or empty, val is the default
+}
+
+func parseEnviron(environ []string) map[string]string {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			m[k] = v // later entries win, as in os/exec
+		}
+	}
+	return m
+}
+
+func (l *loader) sourceOf(key string) string {
+	if _, ok := l.env[key]; ok {
+		return SourceEnvironment
+	}
+	if n, ok := l.lines[key]; ok {
+		return ".env:" + strconv.Itoa(n)
+	}
+	return SourceDefault
+}
+
+// get looks key up (environment first, then .env) and records its source.
+func (l *loader) get(key, def string) setting {
+	v, ok := l.env[key]
+	if !ok {
+		v = l.dotenv[key]
+	}
+	s := setting{key: key, val: strings.TrimSpace(v), src: l.sourceOf(key), set: true}
+	if s.val == "" {
+		s = setting{key: key, val: def, src: SourceDefault}
+	}
+	l.c.Sources[key] = s.src
+	return s
+}
+
+// fail records that s is invalid; msg must be one line and must not
+// contain the value (it is shown, redacted, by SettingError).
+func (l *loader) fail(s setting, msg string) {
+	l.errs = append(l.errs, &SettingError{Key: s.key, Value: Redact(s.key, s.val), Source: s.src, Msg: msg})
+}
+
+func (l *loader) loadImage() {
+	c := l.c
+
+	s := l.get("IMAGE_NAME", defaultImageName)
+	if msg := checkImageName(s.val); msg != "" {
+		l.fail(s, msg)
+	}
+	c.ImageName = s.val
+
+	commit, dirty, gitErr := gitInfo(l.dir)
+	if gitErr == nil {
+		c.Commit, c.Dirty = commit, dirty
+	}
+	s = l.get("IMAGE_TAG", "")
+	switch {
+	case s.set:
+		if !validTag.MatchString(s.val) {
+			l.fail(s, "is not a valid Docker tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)")
+		}
+		c.ImageTag = s.val
+	case gitErr != nil:
+		l.fail(s, fmt.Sprintf("is not set and the git commit of %s is unknown (%s); set IMAGE_TAG", l.dir, oneLine(gitErr.Error())))
+	case len(commit) < shortCommitLen || !validTag.MatchString(commit):
+		l.fail(s, fmt.Sprintf("is not set and git gave an unusable commit %q for %s; set IMAGE_TAG", commit, l.dir))
+	default:
+		c.ImageTag = commit[:shortCommitLen]
+		if dirty {
+			c.ImageTag += "-dirty"
+		}
+		c.Sources[s.key] = SourceGit
+	}
+
+	c.Dockerfile = l.file(l.get("DOCKERFILE", defaultDockerfile), "set DOCKERFILE to your Dockerfile")
+
+	s = l.get("IMAGE_KEEP", strconv.Itoa(defaultImageKeep))
+	if n, err := strconv.Atoi(s.val); err != nil || n < 1 {
+		l.fail(s, "is not a whole number of images to keep (1 or more)")
+	} else {
+		c.ImageKeep = n
+	}
+}
+
+func (l *loader) loadTest() {
+	c := l.c
+
+	app := l.get("APP_PORT", strconv.Itoa(defaultAppPort))
+	c.AppPort = l.port(app)
+	test := l.get("TEST_PORT", strconv.Itoa(defaultTestPort))
+	c.TestPort = l.port(test)
+	if c.AppPort != 0 && c.AppPort == c.TestPort {
+		// Blame the one that was set (TEST_PORT when both were).
+		if test.set || !app.set {
+			l.fail(test, fmt.Sprintf("is the same port as APP_PORT (%s); set TEST_PORT to a different port", app.src))
+		} else {
+			l.fail(app, fmt.Sprintf("is the same port as TEST_PORT (%s); set APP_PORT or TEST_PORT to a different port", test.src))
+		}
+	}
+
+	s := l.get("HEALTH_PATH", defaultHealthPath)
+	switch {
+	case !strings.HasPrefix(s.val, "/"):
+		l.fail(s, `does not start with "/" (set HEALTH_PATH to a URL path such as /health)`)
+	case strings.IndexFunc(s.val, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) || r == '#' }) >= 0:
+		l.fail(s, `contains spaces, control characters or "#" (set HEALTH_PATH to a URL path such as /health)`)
+	default:
+		c.HealthPath = s.val
+	}
+
+	s = l.get("HEALTH_TIMEOUT", defaultHealthTimeout.String())
+	if d, msg := parseTimeout(s.val); msg != "" {
+		l.fail(s, msg)
+	} else {
+		c.HealthTimeout = d
+	}
+
+	c.TestData = l.directory(l.get("TEST_DATA", defaultTestData))
+}
+
+func (l *loader) loadDeploy() {
+	c := l.c
+
+	host := l.get("DEPLOY_HOST", "")
+	if host.set {
+		if _, _, _, msg := parseDeployHost(host.val); msg != "" {
+			l.fail(host, msg+" (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)")
+		}
+		c.DeployHost = host.val
+	}
+
+	if host.set {
+		s := l.get("DEPLOY_PATH", defaultRemoteDeploy)
+		switch {
+		case strings.HasPrefix(s.val, "~"):
+			l.fail(s, "starts with ~, which is not expanded; set DEPLOY_PATH to an absolute path on DEPLOY_HOST such as /home/ubuntu/carebot-production")
+		case !path.IsAbs(s.val):
+			l.fail(s, "is not an absolute path; set DEPLOY_PATH to an absolute path on DEPLOY_HOST such as /home/ubuntu/carebot-production")
+		case hasControl(s.val):
+			l.fail(s, "contains control characters; set DEPLOY_PATH to a plain absolute path")
+		case path.Clean(s.val) == "/":
+			l.fail(s, "is the root directory; set DEPLOY_PATH to a directory of its own")
+		default:
+			c.DeployPath = path.Clean(s.val)
+		}
+	} else {
+		s := l.get("DEPLOY_PATH", defaultLocalDeployPath)
+		if p, ok := l.localPath(s, "DEPLOY_PATH"); ok {
+			if p == filepath.VolumeName(p)+string(filepath.Separator) {
+				l.fail(s, "is the root directory; set DEPLOY_PATH to a directory of its own")
+			} else if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+				l.fail(s, fmt.Sprintf("is not a directory (%s); set DEPLOY_PATH to a directory", p))
+			} else {
+				c.DeployPath = p
+			}
+		}
+	}
+
+	c.ComposeFile = l.file(l.get("COMPOSE_FILE", defaultComposeFile), "set COMPOSE_FILE to your production compose file")
+	c.Migrations = l.directory(l.get("MIGRATIONS", defaultMigrations))
+}
+
+// localPath makes s.val absolute against the project root.
+func (l *loader) localPath(s setting, key string) (string, bool) {
+	switch {
+	case strings.HasPrefix(s.val, "~"):
+		l.fail(s, fmt.Sprintf("starts with ~, which is not expanded; set %s to a path relative to %s or an absolute one", key, l.dir))
+		return "", false
+	case hasControl(s.val):
+		l.fail(s, fmt.Sprintf("contains control characters; set %s to a plain path", key))
+		return "", false
+	}
+	p := s.val
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(l.dir, p)
+	}
+	return filepath.Clean(p), true
+}
+
+// file resolves s as a path to an existing regular file.
+func (l *loader) file(s setting, fix string) string {
+	p, ok := l.localPath(s, s.key)
+	if !ok {
+		return ""
+	}
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		l.fail(s, fmt.Sprintf("does not exist (looked for %s; %s)", p, fix))
+	case err != nil:
+		l.fail(s, fmt.Sprintf("cannot be read (%s; %s)", oneLine(err.Error()), fix))
+	case fi.IsDir():
+		l.fail(s, fmt.Sprintf("is a directory, not a file (%s; %s)", p, fix))
+	default:
+		return p
+	}
+	return ""
+}
+
+// directory resolves s as a path to a directory, which may be missing when the
+// setting is left to its default.
+func (l *loader) directory(s setting) string {
+	p, ok := l.localPath(s, s.key)
+	if !ok {
+		return ""
+	}
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if s.set {
+			l.fail(s, fmt.Sprintf("does not exist (looked for %s; create it, fix %s or leave %s unset)", p, s.key, s.key))
+			return ""
+		}
+	case err != nil:
+		l.fail(s, fmt.Sprintf("cannot be read (%s)", oneLine(err.Error())))
+		return ""
+	case !fi.IsDir():
+		l.fail(s, fmt.Sprintf("is not a directory (%s; set %s to a directory)", p, s.key))
+		return ""
+	}
+	return p
+}
+
+func (l *loader) port(s setting) int {
+	n, err := strconv.Atoi(s.val)
+	if err != nil || n < 1 || n > 65535 {
+		l.fail(s, "is not a port number (1-65535)")
+		return 0
+	}
+	return n
+}
+
+var (
+	// Docker reference grammar (distribution/reference), lowercase only.
+	pathComponent   = `[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`
+	domainComponent = `(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])`
+	domain          = domainComponent + `(?:\.` + domainComponent + `)*(?::[0-9]+)?`
+	validRepo       = regexp.MustCompile(`^(?:` + domain + `/)?` + pathComponent + `(?:/` + pathComponent + `)*$`)
+	validTag        = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// checkImageName returns what is wrong with name as a Docker repository
+// name, or "".
+func checkImageName(name string) string {
+	last := name[strings.LastIndex(name, "/")+1:]
+	switch {
+	case strings.Contains(name, "@"):
+		return "must not contain a digest (@...); set IMAGE_NAME to a repository name such as carebot"
+	case strings.Contains(last, ":"):
+		return "must not contain a tag; set the tag with IMAGE_TAG and IMAGE_NAME to a repository name such as carebot"
+	case strings.ToLower(name) != name:
+		return "must be lowercase (set IMAGE_NAME to a repository name such as carebot)"
+	case len(name) > 255:
+		return "is longer than 255 characters"
+	case !validRepo.MatchString(name):
+		return "is not a valid Docker repository name (lowercase letters and digits separated by . _ - or /, optionally after registry.host[:port]/, e.g. ghcr.io/acme/carebot)"
+	}
+	return ""
+}
+
+// parseTimeout parses "90s", "2m" or a bare number of seconds.
+func parseTimeout(v string) (time.Duration, string) {
+	const how = `(use a duration such as "90s" or "2m", or a whole number of seconds)`
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n > int64(maxHealthTimeout/time.Second) {
+			return 0, "is more than 24h " + how
+		}
+		d = time.Duration(n) * time.Second
+	} else if d, err = time.ParseDuration(v); err != nil {
+		return 0, "is not a duration " + how
+	}
+	switch {
+	case d <= 0:
+		return 0, "is not more than zero " + how
+	case d > maxHealthTimeout:
+		return 0, "is more than 24h " + how
+	}
+	return d, ""
+}
+
+var (
+	validUser     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+	validHostname = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$`)
+	validIPv6     = regexp.MustCompile(`^[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?$`)
+)
+
+// parseDeployHost splits [user@]host[:port]. An IPv6 host is written in
+// brackets ("[::1]:22") and returned without them. msg says what is wrong.
+func parseDeployHost(v string) (user, host string, port int, msg string) {
+	switch {
+	case strings.Contains(v, "://"):
+		return "", "", 0, "must not contain a scheme such as ssh://"
+	case strings.IndexFunc(v, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0:
+		return "", "", 0, "must not contain spaces"
+	case strings.Contains(v, "/"):
+		return "", "", 0, "must not contain a path (put that in DEPLOY_PATH)"
+	case strings.Count(v, "@") > 1:
+		return "", "", 0, `contains more than one "@"`
+	}
+	rest := v
+	if u, h, ok := strings.Cut(v, "@"); ok {
+		if !validUser.MatchString(u) {
+			return "", "", 0, "has an empty or invalid user name before @"
+		}
+		user, rest = u, h
+	}
+	portStr := ""
+	if strings.HasPrefix(rest, "[") {
+		end := strings.Index(rest, "]")
+		if end < 0 {
+			return "", "", 0, `has "[" without "]"`
+		}
+		host = rest[1:end]
+		if !validIPv6.MatchString(host) || !strings.Contains(host, ":") {
+			return "", "", 0, "has an invalid IPv6 address in brackets"
+		}
+		switch after := rest[end+1:]; {
+		case after == "":
+		case strings.HasPrefix(after, ":"):
+			portStr = after[1:]
+			if portStr == "" {
+				return "", "", 0, `has ":" but no port number`
+			}
+		default:
+			return "", "", 0, `has text after "]" (expected [ipv6]:port)`
+		}
+	} else {
+		switch strings.Count(rest, ":") {
+		case 0:
+			host = rest
+		case 1:
+			host, portStr, _ = strings.Cut(rest, ":")
+			if portStr == "" {
+				return "", "", 0, `has ":" but no port number`
+			}
+		default:
+			return "", "", 0, "has too many colons (write an IPv6 address in brackets, e.g. [2001:db8::1]:22)"
+		}
+		if host == "" {
+			return "", "", 0, "has no host name"
+		}
+		if !validHostname.MatchString(host) {
+			return "", "", 0, "has an invalid host name (letters, digits, - and .)"
+		}
+	}
+	if portStr != "" {
+		n, err := strconv.Atoi(portStr)
+		if err != nil || n < 1 || n > 65535 {
+			return "", "", 0, "has an invalid port (1-65535)"
+		}
+		port = n
+	}
+	return user, host, port, ""
+}
+
+func hasControl(s string) bool {
+	return strings.IndexFunc(s, unicode.IsControl) >= 0
+}
+
+// oneLine keeps the first non-empty line of s.
+func oneLine(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return s
+}

@@ -1,0 +1,133 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/joho/godotenv"
+)
+
+// ParseError reports a .env line that godotenv cannot parse.
+type ParseError struct {
+	File string // file name as shown in the message, e.g. ".env"
+	Line int    // 1-based line where the bad statement starts
+	Text string // that line, trimmed and shortened; redacted when it names a secret
+	Msg  string // what is expected, e.g. "expected KEY=VALUE"
+}
+
+func (e *ParseError) Error() string {
+	return fmt.Sprintf("%s:%d: cannot parse %q: %s", e.File, e.Line, e.Text, e.Msg)
+}
+
+// validKey is the set of names accepted in .env. godotenv itself lets
+// through names like "FOO BAR" (from "FOO BAR=1") or "" (from "=1"), which
+// cannot be passed on as environment variables.
+var validKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
+
+// readDotenv reads path with godotenv. It returns the values and, for every
+// key, the 1-based line of the statement that (last) set it. A missing file
+// gives an error matching fs.ErrNotExist.
+func readDotenv(path string) (map[string]string, map[string]int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return parseDotenv(filepath.Base(path), data)
+}
+
+// parseDotenv parses data as godotenv does, but statement by statement so
+// that a failure can be pinned to a line (godotenv's own errors carry no
+// line number and quote the rest of the file, secrets included, so they
+// are never shown).
+//
+// A statement is the shortest run of whole lines, starting at the current
+// line, that godotenv parses on its own: one line, or several when a quoted
+// value spans lines. Parsing the file piece by piece is equivalent to parsing
+// it whole because godotenv's parser only carries the values read so far
+// from one statement to the next (for ${VAR} expansion), which does not
+// affect where statements end. If no run starting at a line parses, that
+// line is the error.
+func parseDotenv(name string, data []byte) (map[string]string, map[string]int, error) {
+	text := strings.TrimPrefix(string(data), "\ufeff")
+	text = strings.ReplaceAll(text, "\r\n", "\n")
+	lines := strings.Split(text, "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1] // the file ended with a newline
+	}
+
+	lineOf := map[string]int{}
+	for start := 0; start < len(lines); {
+		end, keys, msg := parseStatement(lines, start)
+		if msg != "" {
+			return nil, nil, &ParseError{File: name, Line: start + 1, Text: redactLine(lines[start]), Msg: msg}
+		}
+		for _, k := range keys {
+			lineOf[k] = start + 1
+		}
+		start = end
+	}
+
+	// Every statement parsed, so the whole file does too; parse it whole
+	// to get the values with godotenv's ${VAR} expansion across lines.
+	values, err := godotenv.Unmarshal(joinLines(lines))
+	if err != nil { // unreachable, see above; never show err (it may hold secrets)
+		return nil, nil, fmt.Errorf("%s: cannot parse the file (godotenv disagrees with the line-by-line parse)", name)
+	}
+	return values, lineOf, nil
+}
+
+// parseStatement finds the statement starting at lines[start] and returns
+// the index of the line after it and the keys it sets, or a non-empty
+// message saying what is wrong with it.
+func parseStatement(lines []string, start int) (end int, keys []string, msg string) {
+	msg = "expected KEY=VALUE"
+	for end = start + 1; end <= len(lines); end++ {
+		m, err := godotenv.Unmarshal(joinLines(lines[start:end]))
+		if err != nil {
+			if end == start+1 && strings.HasPrefix(err.Error(), "unterminated quoted value") {
+				msg = "unterminated quoted value (add the closing quote)"
+			}
+			continue // maybe a quoted value that goes on over the next lines
+		}
+		for k := range m {
+			if !validKey.MatchString(k) {
+				return 0, nil, "expected KEY=VALUE with KEY made of letters, digits and _"
+			}
+			keys = append(keys, k)
+		}
+		return end, keys, ""
+	}
+	return 0, nil, msg
+}
+
+func joinLines(lines []string) string {
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// redactLine prepares a .env line for an error message: trimmed, shortened,
+// and, when it mentions a secret-looking name, cut after that name.
+func redactLine(line string) string {
+	line = strings.TrimSpace(line)
+	if isSecret(line) {
+		rest := strings.TrimPrefix(line, "export ")
+		i := strings.IndexFunc(rest, func(r rune) bool {
+			return !(r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z')
+		})
+		if i < 0 {
+			i = len(rest)
+		}
+		name, sep := rest[:i], " "
+		if after := strings.TrimLeft(rest[i:], " \t"); after != "" && (after[0] == '=' || after[0] == ':') {
+			sep = after[:1]
+		}
+		return line[:len(line)-len(rest)] + name + sep + redacted
+	}
+	const maxLen = 80
+	if r := []rune(line); len(r) > maxLen {
+		return string(r[:maxLen-3]) + "..."
+	}
+	return line
+}

@@ -1,0 +1,26 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// runGit runs git in dir and returns its trimmed output. Its error is one
+// line: git's first line of stderr, or why git could not be run.
+func runGit(dir string, args ...string) (string, error) {
+	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) && strings.TrimSpace(stderr.String()) != "" {
+			return "", fmt.Errorf("git %s: %s", args[0], oneLine(stderr.String()))
+		}
+		return "", fmt.Errorf("git %s: %s", args[0], oneLine(err.Error()))
+	}
+	return strings.TrimSpace(string(out)), nil
+}

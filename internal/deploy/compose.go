@@ -1,0 +1,163 @@
+package deploy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/carebot/carebot/internal/host"
+)
+
+// detectCompose finds the host's Compose: the v2 plugin (docker compose)
+// or the v1 program (docker-compose, which Debian ships).
+func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
+	if d.compose != "" {
+		return d.compose, nil
+	}
+	out, err := host.Run(ctx, d.Host, "if docker compose version >/dev/null 2>&1; then echo 'docker compose'; elif docker-compose version >/dev/null 2>&1; then echo docker-compose; fi")
+	if err != nil {
+		return "", fmt.Errorf("find Docker Compose on %s: %w", d.Host, err)
+	}
+	d.compose = strings.TrimSpace(out)
+	if d.compose == "" {
+		return "", fmt.Errorf("neither 'docker compose' nor 'docker-compose' works on %s: install one (apt-get install docker-compose)", d.Host)
+	}
+	return d.compose, nil
+}
+
+// ComposeCommand is the command line that runs compose args in the deploy
+// folder with the settings the compose file reads.
+func (d *Deployer) ComposeCommand(version, args string) string {
+	env := []string{"IMAGE_NAME=" + host.Quote(d.ImageName), fmt.Sprintf("APP_PORT=%d", d.AppPort)}
+	if version != "" {
+		env = append(env, "IMAGE_TAG="+host.Quote(version))
+	}
+	return fmt.Sprintf("cd %s && %s %s -f %s %s",
+		host.Quote(d.Path), strings.Join(env, " "), d.compose, host.Quote(d.composeName()), args)
+}
+
+func (d *Deployer) composeRun(ctx context.Context, version, args string) (string, error) {
+	if _, err := d.detectCompose(ctx); err != nil {
+		return "", err
+	}
+	if version == "" {
+		// Commands that do not create containers still interpolate the
+		// file; give them the tag that serves so Compose does not warn.
+		version = "latest"
+	}
+	out, err := host.Run(ctx, d.Host, d.ComposeCommand(version, args))
+	if err != nil {
+		return out, fmt.Errorf("compose %s on %s: %w", strings.Fields(args)[0], d.Host, err)
+	}
+	return out, nil
+}
+
+// ComposeOutput runs compose args and returns what it printed.
+func (d *Deployer) ComposeOutput(ctx context.Context, args string) (string, error) {
+	return d.composeRun(ctx, "", args)
+}
+
+// ComposeStream runs compose args with output streamed, for Logs.
+func (d *Deployer) ComposeStream(ctx context.Context, args string, out io.Writer) error {
+	if _, err := d.detectCompose(ctx); err != nil {
+		return err
+	}
+	return d.Host.Exec(ctx, d.ComposeCommand("latest", args), nil, out, out)
+}
+
+// ContainerState is one of the deployment's containers.
+type ContainerState struct {
+	Name, Image, Status, Health, Started string
+	ExitCode, Restarts                   int
+}
+
+func (c ContainerState) String() string {
+	s := c.Status
+	if c.Health != "" {
+		s += " (" + c.Health + ")"
+	}
+	if c.Status != "running" {
+		s += fmt.Sprintf(", exit code %d", c.ExitCode)
+	}
+	if c.Restarts > 0 {
+		s += fmt.Sprintf(", %d restarts", c.Restarts)
+	}
+	return fmt.Sprintf("%s: %s, image %s, started %s", c.Name, s, c.Image, c.Started)
+}
+
+// containers inspects the deployment's containers.
+func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
+	ids, err := d.containerIDs(ctx)
+	if err != nil || strings.TrimSpace(ids) == "" {
+		return nil, err
+	}
+	out, err := host.Run(ctx, d.Host, "docker inspect "+strings.Join(strings.Fields(ids), " "))
+	if err != nil {
+		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
+	}
+	var raw []struct {
+		Name         string
+		RestartCount int
+		Config       struct{ Image string }
+		State        struct {
+			Status    string
+			ExitCode  int
+			StartedAt string
+			Health    *struct{ Status string }
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
+	}
+	states := make([]ContainerState, len(raw))
+	for i, r := range raw {
+		states[i] = ContainerState{
+			Name: strings.TrimPrefix(r.Name, "/"), Image: r.Config.Image, Status: r.State.Status,
+			ExitCode: r.State.ExitCode, Restarts: r.RestartCount, Started: r.State.StartedAt,
+		}
+		if r.State.Health != nil {
+			states[i].Health = r.State.Health.Status
+		}
+	}
+	return states, nil
+}
+
+// containerIDs lists the deployment's containers as the host's own compose
+// file describes them (none before the first deploy put one there).
+func (d *Deployer) containerIDs(ctx context.Context) (string, error) {
+	ok, err := host.Exists(ctx, d.Host, d.Path+"/"+d.composeName())
+	if err != nil || !ok {
+		return "", err
+	}
+	return d.composeRun(ctx, "", "ps -q")
+}
+
+// Containers is the deployment's containers, for Status.
+func (d *Deployer) Containers(ctx context.Context) ([]ContainerState, error) {
+	return d.containers(ctx)
+}
+
+// Serving is the version the deployment's container runs, "" when none runs.
+func (d *Deployer) Serving(ctx context.Context) (string, error) {
+	states, err := d.containers(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, s := range states {
+		if s.Status == "running" || s.Status == "restarting" {
+			if tag, ok := strings.CutPrefix(s.Image, d.ImageName+":"); ok {
+				return tag, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+func sha256Hex(data []byte) string {
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}

@@ -1,0 +1,423 @@
+// Package deploy puts a built image into service on a host with Docker
+// Compose: lock, files, image, compose up, health, and rollback when the new
+// release never becomes healthy. The host is this machine or a server; the
+// steps are the same.
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/carebot/carebot/internal/health"
+	"github.com/carebot/carebot/internal/host"
+)
+
+// Deployer deploys to one host.
+type Deployer struct {
+	Host host.Host
+	Path string // DEPLOY_PATH on the host, absolute
+
+	ComposeFile string // local compose file, copied to Path under its own name
+	Migrations  string // local migrations folder, copied to Path/migrations
+	SeedEnv     string // local .env copied to Path/.env when the host has none; "" = refuse to deploy without one
+
+	ImageName     string
+	AppPort       int
+	HealthPath    string
+	HealthTimeout time.Duration
+	LogLines      int // shown when a release fails
+
+	// Ship puts the image on the host (nil: it is there already, as on
+	// this machine).
+	Ship func(ctx context.Context) error
+
+	Out io.Writer
+	Now func() time.Time
+
+	compose string // the compose command the host has, found once
+}
+
+// Release is what to deploy.
+type Release struct {
+	Version string // image tag
+	ImageID string // the ID the host must end up with
+	Commit  string
+}
+
+func (d *Deployer) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+func (d *Deployer) printf(format string, a ...any) {
+	if d.Out != nil {
+		fmt.Fprintf(d.Out, format, a...)
+	}
+}
+
+func (d *Deployer) composeName() string { return filepath.Base(d.ComposeFile) }
+
+// Deploy puts r into service. On a health failure it rolls back to the
+// release that served before and returns an error saying both.
+func (d *Deployer) Deploy(ctx context.Context, r Release) error {
+	if err := d.prepare(ctx); err != nil {
+		return err
+	}
+	unlock, err := d.Lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	if d.Ship != nil {
+		if err := d.Ship(ctx); err != nil {
+			return err
+		}
+	}
+	if err := d.verifyImage(ctx, r); err != nil {
+		return err
+	}
+	history, err := d.History(ctx)
+	if err != nil {
+		return err
+	}
+	current, err := d.Serving(ctx)
+	if err != nil {
+		return err
+	}
+	if err := d.checkPort(ctx); err != nil {
+		return err
+	}
+	// Files change only now that every check passed: a refused deploy
+	// leaves the host as it was.
+	if err := d.syncFiles(ctx); err != nil {
+		return err
+	}
+	d.printf("deploying %s:%s to %s (serving now: %s)\n", d.ImageName, r.Version, d.Host, orNone(current))
+	fallback := current
+	if fallback == r.Version { // redeploying the same tag: fall back to the one before it
+		fallback = Previous(history, current)
+	}
+	return d.switchTo(ctx, "deploy", r, fallback, history)
+}
+
+// Rollback serves version (or, when empty, the release before the one
+// serving now), and goes back to the current one if it does not come up.
+func (d *Deployer) Rollback(ctx context.Context, version string) error {
+	if err := d.Deployed(ctx); err != nil {
+		return err
+	}
+	unlock, err := d.Lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	history, err := d.History(ctx)
+	if err != nil {
+		return err
+	}
+	current, err := d.Serving(ctx)
+	if err != nil {
+		return err
+	}
+	if version == "" {
+		version = Previous(history, current)
+		if version == "" {
+			return fmt.Errorf("no earlier release to roll back to on %s (serving: %s): name one with -to", d.Host, orNone(current))
+		}
+	}
+	r := Release{Version: version, ImageID: ImageOf(history, version)}
+	if err := d.retag(ctx, r); err != nil {
+		return err
+	}
+	if err := d.checkPort(ctx); err != nil {
+		return err
+	}
+	d.printf("rolling back %s from %s to %s\n", d.Host, orNone(current), version)
+	return d.switchTo(ctx, "rollback", r, current, history)
+}
+
+// Deployed checks that something was deployed to Path, so commands that
+// need a deployment say so instead of failing on a missing file.
+func (d *Deployer) Deployed(ctx context.Context) error {
+	if _, err := d.detectCompose(ctx); err != nil {
+		return err
+	}
+	ok, err := host.Exists(ctx, d.Host, d.Path+"/"+d.composeName())
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("nothing is deployed at %s on %s: run mage deploy first (or check DEPLOY_PATH)", d.Path, d.Host)
+	}
+	return nil
+}
+
+// switchTo runs compose up with r and waits for health; if health never
+// comes, it brings fallback back (or stops r when there is none).
+func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
+	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback}
+	_, upErr := d.composeRun(ctx, r.Version, "up -d")
+	var st health.Status
+	err := upErr
+	if err == nil {
+		st, err = d.waitHealthy(ctx, r.Version)
+	}
+	if err == nil {
+		entry.Result, entry.Serving = ResultOK, r.Version
+		d.printf("%s is serving %s (commit %s) on port %d\n", d.Host, st.Version, orNone(st.Commit), d.AppPort)
+		return d.record(ctx, entry)
+	}
+	cause := oneLine(err)
+	entry.Error = cause
+	d.showLogs(ctx, r.Version)
+
+	// From here on the user's interrupt must not leave the host half-switched.
+	ctx = context.WithoutCancel(ctx)
+	if fallback == "" {
+		_, _ = d.composeRun(ctx, r.Version, "stop")
+		entry.Result = ResultFailed
+		_ = d.record(ctx, entry)
+		return fmt.Errorf("release %s failed: %s; there is no earlier release to roll back to, so it was stopped", r.Version, cause)
+	}
+	d.printf("release %s failed (%s); rolling back to %s\n", r.Version, cause, fallback)
+	if err := d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(history, fallback)}); err == nil {
+		if _, err = d.composeRun(ctx, fallback, "up -d"); err == nil {
+			_, err = d.waitHealthy(ctx, fallback)
+		}
+		if err == nil {
+			entry.Result, entry.Serving = ResultRolledBack, fallback
+			_ = d.record(ctx, entry)
+			return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
+		}
+		cause += "; rollback to " + fallback + " failed too: " + oneLine(err)
+	}
+	entry.Result = ResultFailed
+	_ = d.record(ctx, entry)
+	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
+}
+
+func (d *Deployer) waitHealthy(ctx context.Context, version string) (health.Status, error) {
+	probe := health.Probe{
+		URL:  "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(d.AppPort)) + d.HealthPath,
+		Dial: d.Host.DialContext,
+	}
+	d.printf("waiting up to %s for %s to report %s\n", d.HealthTimeout, probe.URL, version)
+	return probe.Until(ctx, health.Wait{Version: version, Timeout: d.HealthTimeout, Alive: d.alive})
+}
+
+// alive fails when the service's container has stopped or keeps
+// restarting: it will not become healthy, so waiting longer is pointless.
+func (d *Deployer) alive(ctx context.Context) error {
+	states, err := d.containers(ctx)
+	if err != nil || len(states) == 0 {
+		return nil // not known: let the health wait decide
+	}
+	for _, s := range states {
+		if s.Status == "exited" || s.Status == "dead" || s.Restarts >= 2 {
+			return fmt.Errorf("container %s is %s (exit code %d, %d restarts)", s.Name, s.Status, s.ExitCode, s.Restarts)
+		}
+	}
+	return nil
+}
+
+// prepare makes the deploy folder and checks the host's .env, before
+// anything that serves changes.
+func (d *Deployer) prepare(ctx context.Context) error {
+	if _, err := d.detectCompose(ctx); err != nil {
+		return err
+	}
+	p := host.Quote(d.Path)
+	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations", p, p, p)); err != nil {
+		return fmt.Errorf("create %s on %s: %w", d.Path, d.Host, err)
+	}
+	envPath := d.Path + "/.env"
+	ok, err := host.Exists(ctx, d.Host, envPath)
+	if err != nil || ok {
+		return err
+	}
+	if d.SeedEnv == "" {
+		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
+	}
+	data, err := os.ReadFile(d.SeedEnv)
+	if errors.Is(err, os.ErrNotExist) {
+		data, err = nil, nil // an empty .env: Compose's env_file needs the file, not content
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", d.SeedEnv, err)
+	}
+	d.printf("created %s from %s (it is the host's from now on)\n", envPath, d.SeedEnv)
+	return host.WriteFile(ctx, d.Host, envPath, data, 0o600)
+}
+
+// syncFiles copies the compose file and migrations, writing only files
+// whose contents differ. Migrations gone from here stay on the host: a
+// database that applied them still records them.
+func (d *Deployer) syncFiles(ctx context.Context) error {
+	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
+	if entries, err := os.ReadDir(d.Migrations); err == nil {
+		for _, e := range entries {
+			if e.Type().IsRegular() {
+				files[d.Path+"/migrations/"+e.Name()] = filepath.Join(d.Migrations, e.Name())
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	have, err := d.remoteSums(ctx)
+	if err != nil {
+		return err
+	}
+	for dst, src := range files {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", src, err)
+		}
+		if have[dst] == sum(data) {
+			continue
+		}
+		mode := uint32(0o644)
+		if fi, err := os.Stat(src); err == nil {
+			mode = uint32(fi.Mode().Perm())
+		}
+		if err := host.WriteFile(ctx, d.Host, dst, data, mode); err != nil {
+			return fmt.Errorf("copy %s to %s: %w", src, d.Host, err)
+		}
+		d.printf("updated %s\n", dst)
+	}
+	return nil
+}
+
+func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
+	p := host.Quote(d.Path)
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s && { find . -maxdepth 1 -type f; find ./migrations -maxdepth 1 -type f; } 2>/dev/null | xargs -r sha256sum --", p))
+	if err != nil {
+		return nil, fmt.Errorf("list files in %s: %w", d.Path, err)
+	}
+	sums := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		sumv, name, ok := strings.Cut(line, "  ")
+		if ok {
+			sums[path.Join(d.Path, name)] = sumv
+		}
+	}
+	return sums, nil
+}
+
+// verifyImage checks that the host has the release's image, with the ID
+// that was built: a tag that points elsewhere must not be served.
+func (d *Deployer) verifyImage(ctx context.Context, r Release) error {
+	id, err := d.imageID(ctx, r.Version)
+	if err != nil {
+		return err
+	}
+	if id == "" {
+		return fmt.Errorf("image %s:%s is not on %s", d.ImageName, r.Version, d.Host)
+	}
+	if r.ImageID != "" && id != r.ImageID {
+		return fmt.Errorf("image %s:%s on %s is %s, not the %s that was built", d.ImageName, r.Version, d.Host, short(id), short(r.ImageID))
+	}
+	return nil
+}
+
+func (d *Deployer) imageID(ctx context.Context, version string) (string, error) {
+	ref := host.Quote(d.ImageName + ":" + version)
+	out, err := host.Run(ctx, d.Host, "docker image inspect --format '{{.Id}}' "+ref+" 2>/dev/null || true")
+	if err != nil {
+		return "", fmt.Errorf("inspect image on %s: %w", d.Host, err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// retag points name:version back at the image that history recorded for
+// it, in case a later build reused the tag; then checks it exists.
+func (d *Deployer) retag(ctx context.Context, r Release) error {
+	if r.ImageID != "" {
+		ref := host.Quote(d.ImageName + ":" + r.Version)
+		_, _ = host.Run(ctx, d.Host, fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", host.Quote(r.ImageID), host.Quote(r.ImageID), ref))
+	}
+	id, err := d.imageID(ctx, r.Version)
+	if err != nil {
+		return err
+	}
+	if id == "" {
+		return fmt.Errorf("image %s:%s is not on %s any more: deploy it again, or roll back to another version", d.ImageName, r.Version, d.Host)
+	}
+	return nil
+}
+
+// checkPort refuses to start when APP_PORT is held by something that is
+// not this deployment's own container: compose up would stop the release
+// that serves and then fail to bind.
+func (d *Deployer) checkPort(ctx context.Context) error {
+	ours, err := d.containerIDs(ctx)
+	if err != nil {
+		return err
+	}
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("docker ps -q --no-trunc --filter publish=%d", d.AppPort))
+	if err != nil {
+		return fmt.Errorf("list containers on %s: %w", d.Host, err)
+	}
+	for _, id := range strings.Fields(out) {
+		if !strings.Contains(ours, id) {
+			name, _ := host.Run(ctx, d.Host, "docker inspect --format '{{.Name}}' "+id)
+			return fmt.Errorf("APP_PORT %d on %s is taken by container %s: stop it or set APP_PORT to a free port; nothing was changed", d.AppPort, d.Host, strings.TrimPrefix(strings.TrimSpace(name), "/"))
+		}
+	}
+	if strings.TrimSpace(ours) != "" {
+		return nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if c, err := d.Host.DialContext(dctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(d.AppPort))); err == nil {
+		c.Close()
+		return fmt.Errorf("APP_PORT %d on %s is taken by another program: stop it or set APP_PORT to a free port; nothing was changed", d.AppPort, d.Host)
+	}
+	return nil
+}
+
+func (d *Deployer) showLogs(ctx context.Context, version string) {
+	if d.LogLines <= 0 || d.Out == nil {
+		return
+	}
+	out, _ := d.composeRun(context.WithoutCancel(ctx), version, fmt.Sprintf("logs --no-color --tail=%d", d.LogLines))
+	if strings.TrimSpace(out) != "" {
+		d.printf("last log lines of %s:\n%s", version, out)
+	}
+}
+
+func sum(data []byte) string { return sha256Hex(data) }
+
+func short(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return id
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func oneLine(err error) string {
+	s := strings.TrimSpace(err.Error())
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}

@@ -1,0 +1,148 @@
+// Package host is where a deploy happens: this machine, or (later) a server
+// over SSH. Everything the deploy does there is a shell command line, a
+// stream into one, or a TCP dial, so one implementation of the deploy steps
+// serves every kind of host.
+package host
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+)
+
+// Host runs commands and dials ports on the machine that serves the app.
+type Host interface {
+	// Exec runs a POSIX shell command line, with stdin (may be nil) and
+	// the given output writers (nil discards).
+	Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error
+	// DialContext opens a TCP connection from the host's side, so a health
+	// check reaches a port that is published only on the host's loopback.
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	// String names the host for messages ("this machine", "ubuntu@server").
+	String() string
+	Close() error
+}
+
+// CommandError is a failed command with what it printed, so the caller's
+// message can show why without a second run.
+type CommandError struct {
+	Cmd    string
+	Output string
+	Err    error
+}
+
+func (e *CommandError) Error() string {
+	out := strings.TrimSpace(e.Output)
+	if i := strings.LastIndexByte(out, '\n'); i >= 0 {
+		out = strings.TrimSpace(out[i+1:]) // the last line says what went wrong
+	}
+	if out == "" {
+		return fmt.Sprintf("%s: %v", firstWord(e.Cmd), e.Err)
+	}
+	return fmt.Sprintf("%s: %s", firstWord(e.Cmd), out)
+}
+
+func (e *CommandError) Unwrap() error { return e.Err }
+
+// ExitStatus lets mage exit with the remote command's code.
+func (e *CommandError) ExitStatus() int {
+	var s interface{ ExitStatus() int }
+	if ok := asExit(e.Err, &s); ok {
+		return s.ExitStatus()
+	}
+	return 1
+}
+
+func firstWord(cmd string) string {
+	f := strings.Fields(cmd)
+	for _, w := range f {
+		if !strings.Contains(w, "=") && w != "cd" && w != "&&" && !strings.HasPrefix(w, "'") {
+			return w
+		}
+	}
+	if len(f) > 0 {
+		return f[0]
+	}
+	return cmd
+}
+
+// Run runs cmd and returns its standard output; on failure the error
+// carries the combined output.
+func Run(ctx context.Context, h Host, cmd string) (string, error) {
+	var out, both bytes.Buffer
+	err := h.Exec(ctx, cmd, nil, io.MultiWriter(&out, &both), &both)
+	if err != nil {
+		return out.String(), &CommandError{Cmd: cmd, Output: both.String(), Err: err}
+	}
+	return out.String(), nil
+}
+
+// WriteFile writes data to path on the host atomically (temp file, then
+// rename), so a reader never sees half a file.
+func WriteFile(ctx context.Context, h Host, path string, data []byte, mode uint32) error {
+	tmp := path + ".tmp"
+	cmd := fmt.Sprintf("cat > %s && chmod %o %s && mv -f %s %s",
+		Quote(tmp), mode, Quote(tmp), Quote(tmp), Quote(path))
+	var both bytes.Buffer
+	if err := h.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
+		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
+	}
+	return nil
+}
+
+// AppendFile appends data to path on the host.
+func AppendFile(ctx context.Context, h Host, path string, data []byte) error {
+	cmd := "cat >> " + Quote(path)
+	var both bytes.Buffer
+	if err := h.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
+		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
+	}
+	return nil
+}
+
+// ReadFile returns the contents of path, and ok=false when it does not exist.
+func ReadFile(ctx context.Context, h Host, path string) (data []byte, ok bool, err error) {
+	p := Quote(path)
+	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; cat %s; else echo n; fi", p, p))
+	if err != nil {
+		return nil, false, err
+	}
+	if strings.HasPrefix(out, "n\n") {
+		return nil, false, nil
+	}
+	return []byte(strings.TrimPrefix(out, "y\n")), true, nil
+}
+
+// Exists reports whether path exists on the host.
+func Exists(ctx context.Context, h Host, path string) (bool, error) {
+	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; else echo n; fi", Quote(path)))
+	return strings.TrimSpace(out) == "y", err
+}
+
+// Quote makes s one word for a POSIX shell, whatever it holds.
+func Quote(s string) string {
+	if s != "" && strings.IndexFunc(s, unsafeRune) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func unsafeRune(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return false
+	}
+	return !strings.ContainsRune("@%+=:,./_-", r)
+}
+
+// Join quotes each argument and joins them into one command line.
+func Join(args ...string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = Quote(a)
+	}
+	return strings.Join(q, " ")
+}

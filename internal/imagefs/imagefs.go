@@ -1,0 +1,186 @@
+// Package imagefs reads the files of an image from a `docker save` stream,
+// without running a container, and checks them against a policy of what
+// must never be shipped in an image.
+//
+// A save archive lists its entries in lexical order, not layer order, and
+// manifest.json (which gives the order) may come last; so each layer's
+// entries are collected as they pass and merged once the manifest is known.
+// Both layouts are read: the legacy one (<id>/layer.tar) of the classic
+// image store and the OCI one (blobs/sha256/<digest>) of newer engines.
+package imagefs
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+)
+
+// File is one regular file (or symlink) of the merged filesystem.
+type File struct {
+	Path string // absolute, e.g. /app/carebot
+	Size int64
+	Mode int64
+	Link string // symlink target
+}
+
+// Finding is a file that the policy forbids, and why.
+type Finding struct {
+	Path   string
+	Reason string
+}
+
+func (f Finding) String() string { return f.Path + " (" + f.Reason + ")" }
+
+// Contents is what Read found in an image.
+type Contents struct {
+	Files    []File    // merged view: what a container would see, sorted by path
+	Findings []Finding // in any layer, even if a later layer deleted the file: the bytes still ship
+}
+
+type layerEntry struct {
+	File
+	whiteout bool // deletes Path (or everything under it, for an opaque dir)
+	opaque   bool
+	dir      bool
+}
+
+// sniffLimit bounds how much of each small file is read to look for key material.
+const sniffLimit = 8 << 10
+
+// Read consumes a `docker save` archive of one image.
+func Read(r io.Reader) (Contents, error) {
+	tr := tar.NewReader(r)
+	layers := map[string][]layerEntry{}
+	var findings []Finding
+	var manifest []struct{ Layers []string }
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return Contents{}, fmt.Errorf("read image archive: %w", err)
+		}
+		name := path.Clean(h.Name)
+		switch {
+		case h.Typeflag != tar.TypeReg:
+		case name == "manifest.json":
+			if err := json.NewDecoder(tr).Decode(&manifest); err != nil {
+				return Contents{}, fmt.Errorf("read image archive: manifest.json: %w", err)
+			}
+		case strings.HasSuffix(name, "/layer.tar") || strings.HasPrefix(name, "blobs/"):
+			entries, found, isLayer, err := readLayer(tr)
+			if err != nil {
+				return Contents{}, fmt.Errorf("read layer %s: %w", name, err)
+			}
+			if isLayer {
+				layers[name] = entries
+				findings = append(findings, found...)
+			}
+		}
+	}
+	if len(manifest) != 1 {
+		return Contents{}, fmt.Errorf("read image archive: want one image in manifest.json, found %d", len(manifest))
+	}
+	merged := map[string]File{}
+	for _, l := range manifest[0].Layers {
+		entries, ok := layers[path.Clean(l)]
+		if !ok {
+			return Contents{}, fmt.Errorf("read image archive: layer %s is missing", l)
+		}
+		apply(merged, entries)
+	}
+	c := Contents{Findings: dedupe(findings)}
+	for _, f := range merged {
+		c.Files = append(c.Files, f)
+	}
+	sort.Slice(c.Files, func(i, j int) bool { return c.Files[i].Path < c.Files[j].Path })
+	return c, nil
+}
+
+// readLayer lists a layer tar's entries and checks each against the policy.
+// isLayer is false for blobs that are not tars (configs, manifests).
+func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer bool, err error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		defer zr.Close()
+		br = bufio.NewReaderSize(zr, 64<<10)
+	}
+	if head, _ := br.Peek(512); len(head) < 512 || !bytes.Equal(head[257:262], []byte("ustar")) {
+		return nil, nil, false, nil
+	}
+	tr := tar.NewReader(br)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return entries, findings, true, nil
+		}
+		if err != nil {
+			return nil, nil, true, err
+		}
+		p := "/" + strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		dir, base := path.Split(p)
+		e := layerEntry{File: File{Path: p, Size: h.Size, Mode: h.Mode}}
+		switch {
+		case base == ".wh..wh..opq":
+			e.Path, e.whiteout, e.opaque = path.Clean(dir), true, true
+		case strings.HasPrefix(base, ".wh."):
+			e.Path, e.whiteout = path.Join(dir, strings.TrimPrefix(base, ".wh.")), true
+		case h.Typeflag == tar.TypeDir:
+			e.dir = true
+		case h.Typeflag == tar.TypeSymlink:
+			e.Link = h.Linkname
+		}
+		if !e.whiteout {
+			var head []byte
+			if h.Typeflag == tar.TypeReg && h.Size > 0 {
+				head, _ = io.ReadAll(io.LimitReader(tr, sniffLimit))
+			}
+			if reason := Forbidden(p, e.dir, head); reason != "" {
+				findings = append(findings, Finding{Path: p, Reason: reason})
+			}
+		}
+		entries = append(entries, e)
+	}
+}
+
+// apply lays one layer's entries over the merged view.
+func apply(merged map[string]File, entries []layerEntry) {
+	for _, e := range entries {
+		if e.whiteout {
+			for p := range merged {
+				if strings.HasPrefix(p, e.Path+"/") || (!e.opaque && p == e.Path) {
+					delete(merged, p)
+				}
+			}
+			continue
+		}
+		if !e.dir {
+			merged[e.Path] = e.File
+		}
+	}
+}
+
+func dedupe(fs []Finding) []Finding {
+	seen := map[string]bool{}
+	out := fs[:0]
+	for _, f := range fs {
+		if !seen[f.Path] {
+			seen[f.Path] = true
+			out = append(out, f)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}

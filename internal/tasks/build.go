@@ -1,0 +1,127 @@
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/carebot/carebot/internal/engine"
+)
+
+// BinaryPath is where the sample service is compiled, inside the build
+// context (the Dockerfile copies it from there).
+const BinaryPath = "build/carebot"
+
+// Binary compiles the sample service as a static Linux binary: the image is
+// FROM scratch, so nothing else can run it.
+func (r *Runner) Binary(ctx context.Context) error {
+	out := filepath.Join(r.Cfg.Dir, BinaryPath)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./app")
+	cmd.Dir = r.Cfg.Dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+linuxArch())
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("compile ./app: %v\n%s", err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// linuxArch is the architecture the image is built for: the engine runs
+// Linux on this CPU (natively, or in WSL2 on Windows).
+func linuxArch() string {
+	if a := os.Getenv("GOARCH_IMAGE"); a != "" {
+		return a
+	}
+	return runtime.GOARCH
+}
+
+// BuildOptions change one build.
+type BuildOptions struct {
+	NoCache bool
+	Args    map[string]string // extra build arguments (tests use HEALTH_FAIL)
+}
+
+// Build builds IMAGE_NAME:IMAGE_TAG (and :latest) through the Engine API and
+// returns the image ID.
+func (r *Runner) Build(ctx context.Context, o BuildOptions) (string, error) {
+	e, err := r.Engine(ctx)
+	if err != nil {
+		return "", err
+	}
+	c := r.Cfg
+	args := map[string]string{"VERSION": c.ImageTag, "COMMIT": c.Commit}
+	for k, v := range o.Args {
+		args[k] = v
+	}
+	start := time.Now()
+	r.printf("building %s from %s\n", c.Image(), rel(c.Dir, c.Dockerfile))
+	id, err := e.Build(ctx, engine.BuildOptions{
+		ContextDir: c.Dir, Dockerfile: c.Dockerfile,
+		Tags:   []string{c.Image(), c.ImageName + ":latest"},
+		Labels: ociLabels(c.ImageName, c.ImageTag, c.Commit, time.Now()),
+		Args:   args, NoCache: o.NoCache,
+		Out: r.Out, Quiet: !r.Verbose && !isTerminal(r.Out),
+	})
+	if err != nil {
+		return "", err
+	}
+	img, err := e.Image(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	r.printf("built %s (%s, %s) in %.1fs\n", c.Image(), shortID(id), humanBytes(img.Size), time.Since(start).Seconds())
+	return id, nil
+}
+
+// ociLabels are the OCI annotations that tell where an image came from.
+func ociLabels(name, version, commit string, now time.Time) map[string]string {
+	l := map[string]string{
+		"org.opencontainers.image.title":   name,
+		"org.opencontainers.image.version": version,
+		"org.opencontainers.image.created": now.UTC().Format(time.RFC3339),
+	}
+	if commit != "" {
+		l["org.opencontainers.image.revision"] = commit
+	}
+	return l
+}
+
+func rel(dir, p string) string {
+	if r, err := filepath.Rel(dir, p); err == nil && filepath.IsLocal(r) {
+		return r
+	}
+	return p
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return id
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

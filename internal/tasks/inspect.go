@@ -1,0 +1,128 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/imagefs"
+)
+
+// Report is what Inspect learned of an image.
+type Report struct {
+	Image    engine.Image
+	Steps    []engine.Step
+	Files    []imagefs.File // under /app
+	Findings []imagefs.Finding
+}
+
+// Inspect shows IMAGE_NAME:IMAGE_TAG without running it, and fails when the
+// image holds what must never ship (.env, .git, data/, keys).
+func (r *Runner) Inspect(ctx context.Context) (Report, error) {
+	e, err := r.Engine(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	ref := r.Cfg.Image()
+	rep, err := inspectImage(ctx, e, ref)
+	if err != nil {
+		return rep, err
+	}
+	r.printReport(ref, rep)
+	if len(rep.Findings) > 0 {
+		paths := make([]string, len(rep.Findings))
+		for i, f := range rep.Findings {
+			paths[i] = f.String()
+		}
+		return rep, fmt.Errorf("image %s holds files that must not ship: %s; keep them out with .dockerignore and build again", ref, strings.Join(paths, ", "))
+	}
+	return rep, nil
+}
+
+func inspectImage(ctx context.Context, e *engine.Engine, ref string) (Report, error) {
+	img, err := e.Image(ctx, ref)
+	if errors.Is(err, engine.ErrNotFound) {
+		return Report{}, fmt.Errorf("image %s does not exist: run mage build (or set IMAGE_TAG to a built version)", ref)
+	}
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Image: img}
+	if rep.Steps, err = e.History(ctx, img.ID); err != nil {
+		return rep, err
+	}
+	rc, err := e.Save(ctx, img.ID)
+	if err != nil {
+		return rep, err
+	}
+	defer rc.Close()
+	contents, err := imagefs.Read(rc)
+	if err != nil {
+		return rep, fmt.Errorf("read files of %s: %w", ref, err)
+	}
+	for _, f := range contents.Files {
+		if strings.HasPrefix(f.Path, "/app/") {
+			rep.Files = append(rep.Files, f)
+		}
+	}
+	rep.Findings = contents.Findings
+	return rep, nil
+}
+
+func (r *Runner) printReport(ref string, rep Report) {
+	img := rep.Image
+	r.printf("image    %s\n", ref)
+	r.printf("id       %s\n", img.ID)
+	r.printf("tags     %s\n", strings.Join(img.Tags, ", "))
+	r.printf("size     %s\n", humanBytes(img.Size))
+	r.printf("created  %s (%s ago)\n", img.Created.Local().Format(time.DateTime), time.Since(img.Created).Round(time.Second))
+	r.printf("platform %s/%s\n", img.OS, img.Arch)
+	keys := make([]string, 0, len(img.Labels))
+	for k := range img.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for i, k := range keys {
+		label := "labels  "
+		if i > 0 {
+			label = "        "
+		}
+		r.printf("%s %s=%s\n", label, k, img.Labels[k])
+	}
+	r.printf("\nlayers (oldest first)\n")
+	for _, s := range rep.Steps {
+		r.printf("  %10s  %s\n", humanBytes(s.Size), instruction(s.CreatedBy))
+	}
+	r.printf("\nfiles under /app\n")
+	for _, f := range rep.Files {
+		r.printf("  %10s  %s\n", humanBytes(f.Size), f.Path)
+	}
+	if len(rep.Findings) == 0 {
+		r.printf("\npolicy   ok: no .env, .git, data/, test-data/, backups/ or private keys in any layer\n")
+		return
+	}
+	r.printf("\npolicy   FAILED:\n")
+	for _, f := range rep.Findings {
+		r.printf("  %s\n", f)
+	}
+}
+
+// instruction turns the classic builder's "/bin/sh -c #(nop) COPY ..." into
+// the Dockerfile line that made the layer.
+func instruction(createdBy string) string {
+	s := strings.TrimSpace(createdBy)
+	s = strings.TrimPrefix(s, "/bin/sh -c ")
+	if rest, ok := strings.CutPrefix(s, "#(nop) "); ok {
+		s = strings.TrimSpace(rest)
+	} else if s != "" && !strings.HasPrefix(s, "|") {
+		s = "RUN " + s
+	}
+	if len(s) > 100 {
+		s = s[:97] + "..."
+	}
+	return s
+}

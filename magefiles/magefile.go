@@ -1,0 +1,193 @@
+//go:build mage
+
+// CareBot's build and deploy: build the image, inspect it, test it, and
+// deploy it with Docker Compose, rolling back by itself when a release is
+// not healthy. Settings come from .env, then the environment (see
+// .env.example); `mage config` prints them.
+package main
+
+import (
+	"context"
+	"os"
+	"sync"
+
+	"github.com/magefile/mage/mg"
+
+	"github.com/carebot/carebot/internal/tasks"
+)
+
+// Default runs when mage is called with no target.
+var Default = Full
+
+var (
+	runner     *tasks.Runner
+	runnerErr  error
+	runnerOnce sync.Once
+	buildOpts  tasks.BuildOptions // set by Build's flags before the build runs
+	keepTest   bool               // set by Test's flag
+)
+
+// run loads and validates the configuration once per mage process.
+func run() (*tasks.Runner, error) {
+	runnerOnce.Do(func() {
+		dir, err := os.Getwd()
+		if err != nil {
+			runnerErr = err
+			return
+		}
+		runner, runnerErr = tasks.New(dir, os.Stdout)
+		if runner != nil {
+			runner.Verbose = mg.Verbose()
+		}
+	})
+	return runner, runnerErr
+}
+
+// Config prints the settings in effect and where each came from (secrets hidden).
+func Config() error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	r.Cfg.Print(os.Stdout)
+	return nil
+}
+
+// Binary compiles the sample service (./app) into build/carebot for the image.
+func Binary(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("binary", func() error { return r.Binary(ctx) })
+}
+
+// Build builds IMAGE_NAME:IMAGE_TAG and :latest from DOCKERFILE through the Docker Engine API.
+//
+// Reads IMAGE_NAME, IMAGE_TAG (default: the git commit), DOCKERFILE; the
+// build context honours .dockerignore. Output shows on a terminal or with -v.
+func Build(ctx context.Context, noCache *bool) error {
+	if noCache != nil {
+		buildOpts.NoCache = *noCache
+	}
+	mg.CtxDeps(ctx, build)
+	return nil
+}
+
+func build(ctx context.Context) error {
+	mg.CtxDeps(ctx, Binary)
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("build", func() error {
+		_, err := r.Build(ctx, buildOpts)
+		return err
+	})
+}
+
+// Inspect shows the image's tags, size, labels, layers and files, and fails if it holds .env, .git, data/ or keys.
+//
+// Reads IMAGE_NAME and IMAGE_TAG. Runs no container: the files are read
+// from the image's layers.
+func Inspect(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("inspect", func() error {
+		_, err := r.Inspect(ctx)
+		return err
+	})
+}
+
+// Test builds the image, runs it as carebot_test on TEST_PORT with ./test-data, and waits for /health.
+//
+// Reads TEST_PORT, TEST_DATA, HEALTH_PATH, HEALTH_TIMEOUT and the app's
+// settings from .env. -keep leaves the container running afterwards.
+func Test(ctx context.Context, keep *bool) error {
+	if keep != nil {
+		keepTest = *keep
+	}
+	mg.CtxDeps(ctx, test)
+	return nil
+}
+
+func test(ctx context.Context) error {
+	mg.CtxDeps(ctx, build)
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("test", func() error { return r.Test(ctx, keepTest) })
+}
+
+// Deploy puts the built IMAGE_NAME:IMAGE_TAG into service with Compose and rolls back if it is not healthy.
+//
+// Reads DEPLOY_HOST (empty: this machine), DEPLOY_PATH, COMPOSE_FILE,
+// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT. Does not build: any built tag can
+// be deployed with IMAGE_TAG=<tag> mage deploy.
+func Deploy(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("deploy", func() error { return r.Deploy(ctx) })
+}
+
+// Full builds, inspects, tests and deploys, stopping at the first failure, then shows each step's time.
+func Full(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	defer r.PrintTimings()
+	mg.SerialCtxDeps(ctx, build, Inspect, test, Deploy)
+	return nil
+}
+
+// Status shows the deployment's health, version, container state and last deploys.
+//
+// Reads DEPLOY_HOST, DEPLOY_PATH, APP_PORT, HEALTH_PATH. Exits non-zero when
+// the service is not healthy.
+func Status(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Status(ctx)
+}
+
+// Logs prints the service's last log lines (-n, default 100); -follow keeps printing.
+//
+// Reads DEPLOY_HOST and DEPLOY_PATH.
+func Logs(ctx context.Context, n *int, follow *bool) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	lines, f := 100, false
+	if n != nil {
+		lines = *n
+	}
+	if follow != nil {
+		f = *follow
+	}
+	return r.Logs(ctx, lines, f)
+}
+
+// Rollback serves the previous release again, or the one named with -to.
+//
+// Reads DEPLOY_HOST, DEPLOY_PATH, IMAGE_NAME, APP_PORT, HEALTH_TIMEOUT. The
+// image of that version must still be on the host.
+func Rollback(ctx context.Context, to *string) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	version := ""
+	if to != nil {
+		version = *to
+	}
+	return r.Rollback(ctx, version)
+}
