@@ -134,11 +134,14 @@ func run(ctx context.Context, cfg config, logger *log.Logger, ln net.Listener) e
 		}
 	}()
 
+	addr := net.JoinHostPort("0.0.0.0", cfg.Port)
 	if ln == nil {
-		ln, err = net.Listen("tcp", net.JoinHostPort("0.0.0.0", cfg.Port))
+		ln, err = net.Listen("tcp", addr)
 		if err != nil {
-			return fmt.Errorf("listen on port %s: %w", cfg.Port, err)
+			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
+	} else {
+		addr = ln.Addr().String()
 	}
 
 	srv := &http.Server{
@@ -152,7 +155,7 @@ func run(ctx context.Context, cfg config, logger *log.Logger, ln net.Listener) e
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	logger.Printf("listening on %s", ln.Addr())
+	logger.Printf("listening on %s", addr)
 
 	select {
 	case err := <-serveErr:

@@ -85,9 +85,18 @@ func parseDotenv(name string, data []byte) (map[string]string, map[string]int, e
 func parseStatement(lines []string, start int) (end int, keys []string, msg string) {
 	msg = "expected KEY=VALUE"
 	for end = start + 1; end <= len(lines); end++ {
+		if end > start+1 && !strings.ContainsAny(lines[end-1], `"'`) {
+			continue // no quote on the new line: the open quote stays open
+		}
 		m, err := godotenv.Unmarshal(joinLines(lines[start:end]))
 		if err != nil {
-			if end == start+1 && strings.HasPrefix(err.Error(), "unterminated quoted value") {
+			// Only an open quote can be fixed by more lines: names never
+			// span lines, and once a quote is closed the lines after it
+			// cannot change what went before.
+			if !strings.HasPrefix(err.Error(), "unterminated quoted value") {
+				break
+			}
+			if end == start+1 {
 				msg = "unterminated quoted value (add the closing quote)"
 			}
 			continue // maybe a quoted value that goes on over the next lines
