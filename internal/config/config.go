@@ -430,7 +430,7 @@ func (l *loader) loadTest() {
 		c.HealthTimeout = d
 	}
 
-	c.TestData = l.directory(l.get("TEST_DATA", defaultTestData))
+	c.TestData = l.directory(l.get("TEST_DATA", defaultTestData), true) // Test creates it
 }
 
 func (l *loader) loadDeploy() {
@@ -472,7 +472,7 @@ func (l *loader) loadDeploy() {
 	}
 
 	c.ComposeFile = l.file(l.get("COMPOSE_FILE", defaultComposeFile), "set COMPOSE_FILE to your production compose file")
-	c.Migrations = l.directory(l.get("MIGRATIONS", defaultMigrations))
+	c.Migrations = l.directory(l.get("MIGRATIONS", defaultMigrations), false)
 }
 
 // localPath makes s.val absolute against the project root.
@@ -513,8 +513,8 @@ func (l *loader) file(s setting, fix string) string {
 }
 
 // directory resolves s as a path to a directory, which may be missing when the
-// setting is left to its default.
-func (l *loader) directory(s setting) string {
+// setting is left to its default, or when the task creates it (create).
+func (l *loader) directory(s setting, create bool) string {
 	p, ok := l.localPath(s, s.key)
 	if !ok {
 		return ""
@@ -522,7 +522,7 @@ func (l *loader) directory(s setting) string {
 	fi, err := os.Stat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if s.set {
+		if s.set && !create {
 			l.fail(s, fmt.Sprintf("does not exist (looked for %s; create it, fix %s or leave %s unset)", p, s.key, s.key))
 			return ""
 		}

@@ -334,8 +334,9 @@ func TestValidation(t *testing.T) {
 				eq(t, c.TestData, filepath.Join(c.Dir, "fixtures"))
 				eq(t, c.Migrations, filepath.Join(c.Dir, "migrations"))
 			}},
-		{name: "test data set but missing", dotenv: "TEST_DATA=./nope\n",
-			want: []string{`.env:1: TEST_DATA="./nope" does not exist (looked for {dir}/nope; create it, fix TEST_DATA or leave TEST_DATA unset)`}},
+		{name: "test data set but missing is fine: Test creates it", dotenv: "TEST_DATA=./nope\n"},
+		{name: "migrations set but missing", dotenv: "MIGRATIONS=./nope\n",
+			want: []string{`.env:1: MIGRATIONS="./nope" does not exist (looked for {dir}/nope; create it, fix MIGRATIONS or leave MIGRATIONS unset)`}},
 		{name: "test data with tilde", env: []string{"TEST_DATA=~/data"},
 			want: []string{`environment: TEST_DATA="~/data" starts with ~, which is not expanded; set TEST_DATA to a path relative to {dir} or an absolute one`}},
 		{name: "migrations is a file", env: []string{"MIGRATIONS=docker-compose.production.yml"},
@@ -873,5 +874,33 @@ func TestDeployTarget(t *testing.T) {
 		if u != tt.user || h != tt.hostname || p != tt.port {
 			t.Errorf("DeployTarget(%q) = %q, %q, %d; want %q, %q, %d", tt.host, u, h, p, tt.user, tt.hostname, tt.port)
 		}
+	}
+}
+
+// TestEnvExample keeps ../../.env.example parseable and complete: every
+// setting is documented, and as a .env it gives the defaults.
+func TestEnvExample(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", ".env.example"))
+	if err != nil {
+		t.Skipf("no .env.example: %v", err)
+	}
+	for _, k := range append(settingKeys, "BOT_TOKEN", "CAREBOT_HEALTH_FAIL") {
+		if !strings.Contains(string(data), k+"=") {
+			t.Errorf(".env.example does not document %s", k)
+		}
+	}
+	stubGit(t, testCommit, false, nil)
+	dir := newProject(t, string(data))
+	c, err := Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range settingKeys {
+		if src := c.Sources[k]; src != SourceDefault && src != SourceGit {
+			t.Errorf("%s comes from %s, want the default", k, src)
+		}
+	}
+	if v, ok := c.AppEnv["BOT_TOKEN"]; !ok || v != "" {
+		t.Errorf("AppEnv[BOT_TOKEN] = %q, %v; want empty and present", v, ok)
 	}
 }
