@@ -1,0 +1,1270 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carebot/carebot/internal/health"
+	"github.com/carebot/carebot/internal/host"
+)
+
+var t0 = time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
+
+func TestParseHistory(t *testing.T) {
+	data := strings.Join([]string{
+		`{"time":"2024-05-01T10:00:00Z","action":"deploy","version":"v1","image_id":"sha256:111","commit":"abc","result":"ok","serving":"v1"}`,
+		``,
+		`not json at all`,
+		`{"time":"2024-05-01T11:00:00Z","action":"deploy","version":"v2",`, // truncated
+		`{"action":"deploy","result":"ok"}`,                                // no version
+		`   `,
+		`{"time":"2024-05-01T12:00:00Z","action":"deploy","version":"v3","result":"rolled-back","serving":"v1","previous":"v1","error":"no healthy answer"}`,
+		`{"time":"2024-05-01T13:00:00Z","action":"rollback","version":"v1","result":"ok","serving":"v1","unknown_field":42}`,
+		`[1,2,3]`,
+		`{"time":"2024-05-01T14:00:00Z","action":"deploy","version":"v4","result":"failed"}`, // no newline at the end
+	}, "\n")
+	got := ParseHistory([]byte(data))
+	want := []Entry{
+		{Time: t0, Action: "deploy", Version: "v1", ImageID: "sha256:111", Commit: "abc", Result: ResultOK, Serving: "v1"},
+		{Time: t0.Add(2 * time.Hour), Action: "deploy", Version: "v3", Result: ResultRolledBack, Serving: "v1", Previous: "v1", Error: "no healthy answer"},
+		{Time: t0.Add(3 * time.Hour), Action: "rollback", Version: "v1", Result: ResultOK, Serving: "v1"},
+		{Time: t0.Add(4 * time.Hour), Action: "deploy", Version: "v4", Result: ResultFailed},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d entries, want %d: %+v", len(got), len(want), got)
+	}
+	for i := range want {
+		if !got[i].Time.Equal(want[i].Time) {
+			t.Errorf("entry %d time %v, want %v", i, got[i].Time, want[i].Time)
+		}
+		got[i].Time, want[i].Time = time.Time{}, time.Time{}
+		if got[i] != want[i] {
+			t.Errorf("entry %d:\n got %+v\nwant %+v", i, got[i], want[i])
+		}
+	}
+	for _, empty := range [][]byte{nil, []byte(""), []byte("\n\n"), []byte("garbage")} {
+		if got := ParseHistory(empty); len(got) != 0 {
+			t.Errorf("ParseHistory(%q) = %+v, want none", empty, got)
+		}
+	}
+}
+
+func ok(v string) Entry { return Entry{Action: "deploy", Version: v, Result: ResultOK, Serving: v} }
+func rolledBack(v, serving string) Entry {
+	return Entry{Action: "deploy", Version: v, Result: ResultRolledBack, Serving: serving, Previous: serving}
+}
+func failed(v string) Entry { return Entry{Action: "deploy", Version: v, Result: ResultFailed} }
+
+func TestPrevious(t *testing.T) {
+	tests := []struct {
+		name    string
+		history []Entry
+		current string
+		want    string
+	}{
+		{"empty history", nil, "", ""},
+		{"empty history, something serves", nil, "v1", ""},
+		{"one ok release that serves", []Entry{ok("v1")}, "v1", ""},
+		{"one ok release, nothing serves", []Entry{ok("v1")}, "", "v1"},
+		{"current is the last", []Entry{ok("v1"), ok("v2"), ok("v3")}, "v3", "v2"},
+		{"current is an older one", []Entry{ok("v1"), ok("v2"), ok("v3")}, "v2", "v3"},
+		{"current is unknown", []Entry{ok("v1"), ok("v2")}, "hand-started", "v2"},
+		{"nothing serves", []Entry{ok("v1"), ok("v2")}, "", "v2"},
+		{"same version deployed twice", []Entry{ok("v1"), ok("v2"), ok("v2")}, "v2", "v1"},
+		{"failed entries are ignored", []Entry{ok("v1"), failed("v2"), failed("v3")}, "", "v1"},
+		{"failed entry after current", []Entry{ok("v1"), ok("v2"), failed("v3")}, "v2", "v1"},
+		{"rolled back: its serving version counts", []Entry{ok("v1"), rolledBack("v2", "v1")}, "v3", "v1"},
+		{"rolled back to current is skipped", []Entry{ok("v1"), ok("v2"), rolledBack("v3", "v2")}, "v2", "v1"},
+		{"rolled back, the failed version never counts", []Entry{ok("v1"), rolledBack("v2", "v1")}, "v1", ""},
+		{"rolled back with no serving version", []Entry{ok("v1"), {Action: "deploy", Version: "v2", Result: ResultRolledBack}}, "v3", "v1"},
+		{"a rollback entry is a release that served", []Entry{ok("v1"), ok("v2"), {Action: "rollback", Version: "v1", Result: ResultOK, Serving: "v1"}}, "v1", "v2"},
+		{"unknown results are ignored", []Entry{ok("v1"), {Version: "v2", Result: "weird"}}, "", "v1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Previous(tc.history, tc.current); got != tc.want {
+				t.Errorf("Previous(current %q) = %q, want %q", tc.current, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestImageOf(t *testing.T) {
+	history := []Entry{
+		{Version: "v1", ImageID: "sha256:old1", Result: ResultOK},
+		{Version: "v2", ImageID: "sha256:two", Result: ResultOK},
+		{Version: "v1", ImageID: "sha256:new1", Result: ResultOK}, // v1 rebuilt
+		{Version: "v1", Result: ResultOK},                         // a rollback that did not know the ID
+		{Version: "v3", Result: ResultFailed},
+	}
+	tests := []struct{ version, want string }{
+		{"v1", "sha256:new1"},
+		{"v2", "sha256:two"},
+		{"v3", ""},
+		{"v9", ""},
+		{"", ""},
+	}
+	for _, tc := range tests {
+		if got := ImageOf(history, tc.version); got != tc.want {
+			t.Errorf("ImageOf(%q) = %q, want %q", tc.version, got, tc.want)
+		}
+	}
+	if got := ImageOf(nil, "v1"); got != "" {
+		t.Errorf("ImageOf(nil) = %q", got)
+	}
+}
+
+func TestEntryString(t *testing.T) {
+	stamp := t0.Local().Format("2006-01-02 15:04:05")
+	tests := []struct {
+		e        Entry
+		want     string
+		contains []string
+		lacks    []string
+	}{
+		{
+			e:    Entry{Time: t0, Action: "deploy", Version: "v1", Result: ResultOK, Serving: "v1"},
+			want: stamp + "  deploy   v1                   ok",
+		},
+		{
+			e:        Entry{Time: t0, Action: "deploy", Version: "v2", Result: ResultRolledBack, Serving: "v1", Error: "no healthy answer"},
+			contains: []string{stamp, "deploy", "v2", "rolled-back", " serving v1", "  (no healthy answer)"},
+		},
+		{
+			e:        Entry{Time: t0, Action: "rollback", Version: "v1", Result: ResultFailed, Error: "boom"},
+			contains: []string{"rollback", "v1", "failed", "(boom)"},
+			lacks:    []string{"serving"},
+		},
+	}
+	for _, tc := range tests {
+		s := tc.e.String()
+		if tc.want != "" && strings.TrimRight(s, " ") != tc.want {
+			t.Errorf("String() = %q, want %q", s, tc.want)
+		}
+		for _, c := range tc.contains {
+			if !strings.Contains(s, c) {
+				t.Errorf("String() = %q, want it to contain %q", s, c)
+			}
+		}
+		for _, c := range tc.lacks {
+			if strings.Contains(s, c) {
+				t.Errorf("String() = %q, should not contain %q", s, c)
+			}
+		}
+		if strings.Contains(s, "\n") {
+			t.Errorf("String() = %q is more than one line", s)
+		}
+	}
+	// Columns line up whatever the action and version.
+	a := Entry{Time: t0, Action: "deploy", Version: "v1", Result: ResultOK}.String()
+	b := Entry{Time: t0, Action: "rollback", Version: "2024.05.01-abcdef", Result: ResultFailed}.String()
+	if ia, ib := strings.Index(a, "ok"), strings.Index(b, "failed"); ia != ib {
+		t.Errorf("result columns differ: %q / %q", a, b)
+	}
+}
+
+// testDeployer is a Deployer whose deploy folder (with a space and a quote
+// in its name) is in a temp folder, with a local compose file and migrations.
+func testDeployer(t *testing.T, h host.Host) (*Deployer, *bytes.Buffer) {
+	t.Helper()
+	root := t.TempDir()
+	local := filepath.Join(root, "local")
+	if err := os.MkdirAll(filepath.Join(local, "migrations"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(local, "compose.yml"), "services:\n  app:\n    image: ${IMAGE_NAME}:${IMAGE_TAG}\n", 0o644)
+	writeFile(t, filepath.Join(local, "migrations", "001_init.sql"), "CREATE TABLE t (id INTEGER);\n", 0o644)
+	out := &bytes.Buffer{}
+	return &Deployer{
+		Host:          h,
+		Path:          filepath.Join(root, "srv", "care bot's deploy"),
+		ComposeFile:   filepath.Join(local, "compose.yml"),
+		Migrations:    filepath.Join(local, "migrations"),
+		ImageName:     "carebot",
+		AppPort:       8080,
+		HealthPath:    "/healthz",
+		HealthTimeout: 5 * time.Second,
+		LogLines:      50,
+		Out:           out,
+		Now:           func() time.Time { return t0 },
+	}, out
+}
+
+func writeFile(t *testing.T, p, data string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil { // past the umask
+		t.Fatal(err)
+	}
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+func TestHistoryRecordAndRead(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h, err := d.History(ctx)
+	if err != nil || len(h) != 0 {
+		t.Fatalf("History with no file = %+v, %v; want none", h, err)
+	}
+	entries := []Entry{
+		{Action: "deploy", Version: "v1", ImageID: "sha256:1", Commit: "abc", Result: ResultOK, Serving: "v1"},
+		{Action: "deploy", Version: "v2", Result: ResultRolledBack, Serving: "v1", Previous: "v1", Error: `it said "no" and 'stop'`},
+	}
+	for i, e := range entries {
+		now := t0.Add(time.Duration(i) * time.Hour)
+		d.Now = func() time.Time { return now }
+		if err := d.record(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A hand-edited line in between does not stop the ones after it.
+	f, err := os.OpenFile(d.historyPath(), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("# edited by hand\n")
+	f.Close()
+	d.Now = func() time.Time { return t0.Add(5 * time.Hour) }
+	if err := d.record(ctx, Entry{Action: "rollback", Version: "v1", Result: ResultOK, Serving: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := d.History(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var versions []string
+	for _, e := range got {
+		versions = append(versions, e.Action+" "+e.Version+" "+e.Result)
+	}
+	if want := []string{"deploy v1 ok", "deploy v2 rolled-back", "rollback v1 ok"}; !reflect.DeepEqual(versions, want) {
+		t.Fatalf("History = %q, want %q", versions, want)
+	}
+	if !got[1].Time.Equal(t0.Add(time.Hour)) || !got[2].Time.Equal(t0.Add(5*time.Hour)) {
+		t.Errorf("recorded times %v, %v: want the Deployer's Now", got[1].Time, got[2].Time)
+	}
+	if got[1].Error != entries[1].Error || got[0].ImageID != "sha256:1" || got[0].Commit != "abc" {
+		t.Errorf("fields lost in the round trip: %+v", got)
+	}
+}
+
+func TestLock(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := d.Lock(ctx)
+	if err != nil {
+		t.Fatalf("first Lock: %v", err)
+	}
+	owner, err := os.ReadFile(filepath.Join(d.Path, ".deploy.lock", "owner"))
+	if err != nil {
+		t.Fatalf("lock has no owner file: %v", err)
+	}
+	wantOwner := fmt.Sprintf("%s pid %d at %s\n", whoami(), os.Getpid(), t0.Format(time.RFC3339))
+	if string(owner) != wantOwner {
+		t.Errorf("owner file %q, want %q", owner, wantOwner)
+	}
+
+	for i := 0; i < 2; i++ { // a failed Lock leaves the holder's lock alone
+		_, err = d.Lock(ctx)
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("second Lock: %v, want ErrLocked", err)
+		}
+		msg := err.Error()
+		for _, want := range []string{strings.TrimSpace(wantOwner), d.lockPath(), "another deploy is running", "on " + d.Host.String()} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("locked error %q does not say %q", msg, want)
+			}
+		}
+		if strings.Contains(msg, "stale") {
+			t.Errorf("a fresh lock is called stale: %q", msg)
+		}
+	}
+
+	unlock()
+	if exists(d.lockPath()) {
+		t.Fatalf("unlock left %s", d.lockPath())
+	}
+	unlock2, err := d.Lock(ctx)
+	if err != nil {
+		t.Fatalf("Lock after unlock: %v", err)
+	}
+	unlock2()
+}
+
+func TestLockAge(t *testing.T) {
+	tests := []struct {
+		age   time.Duration
+		stale bool
+		ago   string
+	}{
+		{0, false, ""},
+		{29 * time.Minute, false, ""},
+		{31 * time.Minute, true, "31m0s ago"},
+		{2 * time.Hour, true, "2h0m0s ago"},
+		{26*time.Hour + 20*time.Second, true, "26h0m0s ago"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.age.String(), func(t *testing.T) {
+			ctx := context.Background()
+			d, _ := testDeployer(t, host.Local{})
+			if err := os.MkdirAll(d.Path, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			unlock, err := d.Lock(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			d.Now = func() time.Time { return t0.Add(tc.age) }
+			_, err = d.Lock(ctx)
+			if !errors.Is(err, ErrLocked) {
+				t.Fatalf("Lock: %v, want ErrLocked", err)
+			}
+			msg := err.Error()
+			if got := strings.Contains(msg, "stale"); got != tc.stale {
+				t.Errorf("stale=%v, want %v: %q", got, tc.stale, msg)
+			}
+			if !strings.Contains(msg, "remove "+d.lockPath()) {
+				t.Errorf("error %q does not say to remove %s", msg, d.lockPath())
+			}
+			if tc.ago != "" && !strings.Contains(msg, tc.ago) {
+				t.Errorf("error %q does not say %q", msg, tc.ago)
+			}
+		})
+	}
+}
+
+func TestLockWithoutOwner(t *testing.T) {
+	tests := []struct {
+		name  string
+		owner *string // nil: no owner file
+	}{
+		{"no owner file", nil},
+		{"empty owner file", new(string)},
+		{"owner without a time", func() *string { s := "someone else\n"; return &s }()},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := testDeployer(t, host.Local{})
+			if err := os.MkdirAll(d.lockPath(), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			want := "an unknown deploy"
+			if tc.owner != nil {
+				writeFile(t, filepath.Join(d.lockPath(), "owner"), *tc.owner, 0o644)
+				if s := strings.TrimSpace(*tc.owner); s != "" {
+					want = s
+				}
+			}
+			d.Now = func() time.Time { return t0.Add(100 * time.Hour) }
+			_, err := d.Lock(context.Background())
+			if !errors.Is(err, ErrLocked) {
+				t.Fatalf("Lock: %v, want ErrLocked", err)
+			}
+			if !strings.Contains(err.Error(), "held by "+want) || strings.Contains(err.Error(), "stale") {
+				t.Errorf("error %q: want held by %q, not stale", err, want)
+			}
+			if !exists(d.lockPath()) {
+				t.Errorf("a failed Lock removed the other deploy's lock")
+			}
+		})
+	}
+}
+
+func TestLockMissingPath(t *testing.T) {
+	d, _ := testDeployer(t, host.Local{}) // d.Path is not created
+	unlock, err := d.Lock(context.Background())
+	if err == nil {
+		unlock()
+		t.Fatal("Lock in a missing folder succeeded")
+	}
+	if errors.Is(err, ErrLocked) {
+		t.Errorf("Lock in a missing folder says it is locked: %v", err)
+	}
+	if !strings.Contains(err.Error(), "take the deploy lock") || !strings.Contains(err.Error(), d.lockPath()) {
+		t.Errorf("error %q should say the lock could not be taken, and where", err)
+	}
+	if exists(d.Path) {
+		t.Errorf("Lock created %s", d.Path)
+	}
+}
+
+func TestComposeCommand(t *testing.T) {
+	d := &Deployer{Path: "/srv/carebot", ComposeFile: "deploy/compose.prod.yml", ImageName: "carebot", AppPort: 8080, compose: "docker-compose"}
+	tests := []struct {
+		path, image, version, args string
+		want                       string
+	}{
+		{"/srv/carebot", "carebot", "v1.2.3", "up -d",
+			"cd /srv/carebot && IMAGE_NAME=carebot APP_PORT=8080 IMAGE_TAG=v1.2.3 docker-compose -f compose.prod.yml up -d"},
+		{"/srv/carebot", "carebot", "", "ps -q",
+			"cd /srv/carebot && IMAGE_NAME=carebot APP_PORT=8080 docker-compose -f compose.prod.yml ps -q"},
+		{"/srv/my bot's app", "ghcr.io/me/carebot", "v1", "logs",
+			`cd '/srv/my bot'\''s app' && IMAGE_NAME=ghcr.io/me/carebot APP_PORT=8080 IMAGE_TAG=v1 docker-compose -f compose.prod.yml logs`},
+		{"/srv/$HOME", "carebot", "v;rm -rf /", "stop",
+			`cd '/srv/$HOME' && IMAGE_NAME=carebot APP_PORT=8080 IMAGE_TAG='v;rm -rf /' docker-compose -f compose.prod.yml stop`},
+	}
+	for _, tc := range tests {
+		d.Path, d.ImageName = tc.path, tc.image
+		if got := d.ComposeCommand(tc.version, tc.args); got != tc.want {
+			t.Errorf("ComposeCommand:\n got %s\nwant %s", got, tc.want)
+		}
+	}
+
+	// Through a real shell: the folder and the settings arrive intact.
+	root, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, `my "bot's" $app`)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d = &Deployer{Path: dir, ComposeFile: "/local/compose file.yml", ImageName: "carebot", AppPort: 18080,
+		compose: `sh -c 'pwd -P; printf "%s|%s|%s\n" "$IMAGE_NAME" "$APP_PORT" "$IMAGE_TAG"; printf "%s\n" "$@"' compose`}
+	out, err := host.Run(context.Background(), host.Local{}, d.ComposeCommand("v 2", "up -d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := dir + "\ncarebot|18080|v 2\n-f\ncompose file.yml\nup\n-d\n"
+	if out != want {
+		t.Errorf("compose saw:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+func TestDetectCompose(t *testing.T) {
+	tests := []struct {
+		says    string
+		want    string
+		wantErr string
+	}{
+		{"docker compose\n", "docker compose", ""},
+		{"docker-compose\n", "docker-compose", ""},
+		{"", "", "neither 'docker compose' nor 'docker-compose' works on the fake host"},
+		{"\n", "", "install one"},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%q", tc.says), func(t *testing.T) {
+			h := &fakeHost{compose: tc.says}
+			d := &Deployer{Host: h}
+			for i := 0; i < 2; i++ {
+				got, err := d.detectCompose(context.Background())
+				if tc.wantErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("detectCompose = %q, %v; want error %q", got, err, tc.wantErr)
+					}
+					continue
+				}
+				if err != nil || got != tc.want {
+					t.Fatalf("detectCompose = %q, %v; want %q", got, err, tc.want)
+				}
+			}
+			wantRuns := 1 // found once, then remembered
+			if tc.wantErr != "" {
+				wantRuns = 2 // not found: asked again
+			}
+			if n := len(h.ran("docker compose version")); n != wantRuns {
+				t.Errorf("asked the host %d times, want %d", n, wantRuns)
+			}
+		})
+	}
+}
+
+func TestPrepare(t *testing.T) {
+	tests := []struct {
+		name     string
+		hostEnv  *string // the host's .env before, nil = none
+		seed     string  // "" none, "missing", or the seed's content
+		wantErr  []string
+		wantEnv  *string // the host's .env after, nil = none
+		wantSaid string
+	}{
+		{
+			name:    "no .env and no seed: refuse",
+			wantErr: []string{"has no .env on the fake host", "cp .env.example .env", "nothing was changed"},
+		},
+		{
+			name:     "no .env: copy the seed",
+			seed:     "BOT_TOKEN=123:abc\n",
+			wantEnv:  strp("BOT_TOKEN=123:abc\n"),
+			wantSaid: "created ",
+		},
+		{
+			name:     "no .env and the seed is missing: an empty one",
+			seed:     "missing",
+			wantEnv:  strp(""),
+			wantSaid: "created ",
+		},
+		{
+			name:    "the host's .env wins over the seed",
+			hostEnv: strp("BOT_TOKEN=on-the-server\n"),
+			seed:    "BOT_TOKEN=local\n",
+			wantEnv: strp("BOT_TOKEN=on-the-server\n"),
+		},
+		{
+			name:    "the host's .env, no seed",
+			hostEnv: strp("BOT_TOKEN=on-the-server\n"),
+			wantEnv: strp("BOT_TOKEN=on-the-server\n"),
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &fakeHost{compose: "docker-compose\n"}
+			d, out := testDeployer(t, h)
+			envPath := filepath.Join(d.Path, ".env")
+			if tc.hostEnv != nil {
+				if err := os.MkdirAll(d.Path, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, envPath, *tc.hostEnv, 0o640)
+			}
+			switch tc.seed {
+			case "":
+			case "missing":
+				d.SeedEnv = filepath.Join(t.TempDir(), "no", ".env")
+			default:
+				d.SeedEnv = filepath.Join(t.TempDir(), "seed .env")
+				writeFile(t, d.SeedEnv, tc.seed, 0o644)
+			}
+
+			err := d.prepare(context.Background())
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatal("prepare succeeded, want an error")
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not say %q", err, w)
+					}
+				}
+			} else if err != nil {
+				t.Fatalf("prepare: %v", err)
+			}
+			if d.compose != "docker-compose" {
+				t.Errorf("compose = %q, want it detected", d.compose)
+			}
+			for _, sub := range []string{"", "data", "migrations"} {
+				if fi, err := os.Stat(filepath.Join(d.Path, sub)); err != nil || !fi.IsDir() {
+					t.Errorf("%s/%s not created: %v", d.Path, sub, err)
+				}
+			}
+			data, err := os.ReadFile(envPath)
+			switch {
+			case tc.wantEnv == nil && err == nil:
+				t.Errorf(".env created: %q", data)
+			case tc.wantEnv != nil && err != nil:
+				t.Errorf(".env: %v", err)
+			case tc.wantEnv != nil && string(data) != *tc.wantEnv:
+				t.Errorf(".env holds %q, want %q", data, *tc.wantEnv)
+			}
+			if tc.wantSaid != "" {
+				if !strings.Contains(out.String(), tc.wantSaid+envPath) {
+					t.Errorf("output %q does not say %q", out, tc.wantSaid+envPath)
+				}
+				if fi, err := os.Stat(envPath); err == nil && fi.Mode().Perm() != 0o600 {
+					t.Errorf("seeded .env has mode %o, want 600", fi.Mode().Perm())
+				}
+			} else if out.Len() != 0 {
+				t.Errorf("unexpected output %q", out)
+			}
+			if tc.hostEnv != nil {
+				if fi, err := os.Stat(envPath); err == nil && fi.Mode().Perm() != 0o640 {
+					t.Errorf("the host's .env mode changed to %o", fi.Mode().Perm())
+				}
+			}
+		})
+	}
+}
+
+func strp(s string) *string { return &s }
+
+func TestPrepareWithoutCompose(t *testing.T) {
+	d, _ := testDeployer(t, &fakeHost{compose: ""})
+	err := d.prepare(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "neither") {
+		t.Fatalf("prepare = %v, want the no-compose error", err)
+	}
+	if exists(d.Path) {
+		t.Errorf("prepare created %s though it refused", d.Path)
+	}
+}
+
+func TestSyncFiles(t *testing.T) {
+	ctx := context.Background()
+	d, out := testDeployer(t, host.Local{})
+	// Another migration with its own mode, a folder and a symlink that are not copied.
+	writeFile(t, filepath.Join(d.Migrations, "002_add_users.sql"), "CREATE TABLE users (id INTEGER);\n", 0o600)
+	writeFile(t, filepath.Join(d.Migrations, "003_hook.sh"), "#!/bin/sh\necho hook\n", 0o755)
+	if err := os.Mkdir(filepath.Join(d.Migrations, "subdir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("001_init.sql", filepath.Join(d.Migrations, "link.sql")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(d.ComposeFile, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(d.Path, "migrations"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Files of the host's own that syncFiles must leave alone.
+	writeFile(t, filepath.Join(d.Path, ".env"), "BOT_TOKEN=x\n", 0o600)
+	writeFile(t, filepath.Join(d.Path, "migrations", "000_gone_here.sql"), "-- applied long ago\n", 0o644)
+
+	want := map[string]struct {
+		src  string
+		mode os.FileMode
+	}{
+		"compose.yml":                  {d.ComposeFile, 0o640},
+		"migrations/001_init.sql":      {filepath.Join(d.Migrations, "001_init.sql"), 0o644},
+		"migrations/002_add_users.sql": {filepath.Join(d.Migrations, "002_add_users.sql"), 0o600},
+		"migrations/003_hook.sh":       {filepath.Join(d.Migrations, "003_hook.sh"), 0o755},
+	}
+
+	if err := d.syncFiles(ctx); err != nil {
+		t.Fatalf("first syncFiles: %v", err)
+	}
+	for name, w := range want {
+		dst := filepath.Join(d.Path, name)
+		got, err := os.ReadFile(dst)
+		if err != nil {
+			t.Errorf("%s not copied: %v", name, err)
+			continue
+		}
+		src, _ := os.ReadFile(w.src)
+		if !bytes.Equal(got, src) {
+			t.Errorf("%s holds %q, want %q", name, got, src)
+		}
+		if fi, _ := os.Stat(dst); fi.Mode().Perm() != w.mode {
+			t.Errorf("%s has mode %o, want %o", name, fi.Mode().Perm(), w.mode)
+		}
+		if !strings.Contains(out.String(), "updated "+dst+"\n") {
+			t.Errorf("output does not say %s was updated:\n%s", dst, out)
+		}
+	}
+	if n := strings.Count(out.String(), "updated "); n != len(want) {
+		t.Errorf("%d updated lines, want %d:\n%s", n, len(want), out)
+	}
+	for _, name := range []string{"migrations/subdir", "migrations/link.sql"} {
+		if exists(filepath.Join(d.Path, name)) {
+			t.Errorf("%s was copied", name)
+		}
+	}
+	if !exists(filepath.Join(d.Path, "migrations", "000_gone_here.sql")) {
+		t.Errorf("a migration that is gone locally was removed from the host")
+	}
+	if data, _ := os.ReadFile(filepath.Join(d.Path, ".env")); string(data) != "BOT_TOKEN=x\n" {
+		t.Errorf("the host's .env changed: %q", data)
+	}
+
+	// Nothing changed: nothing written.
+	out.Reset()
+	if err := d.syncFiles(ctx); err != nil {
+		t.Fatalf("second syncFiles: %v", err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("second syncFiles wrote files:\n%s", out)
+	}
+
+	// One file changed: only it is written.
+	writeFile(t, filepath.Join(d.Migrations, "001_init.sql"), "CREATE TABLE t (id INTEGER, name TEXT);\n", 0o644)
+	if err := d.syncFiles(ctx); err != nil {
+		t.Fatalf("third syncFiles: %v", err)
+	}
+	if got, want := out.String(), "updated "+filepath.Join(d.Path, "migrations", "001_init.sql")+"\n"; got != want {
+		t.Errorf("third syncFiles said %q, want %q", got, want)
+	}
+	if data, _ := os.ReadFile(filepath.Join(d.Path, "migrations", "001_init.sql")); !strings.Contains(string(data), "name TEXT") {
+		t.Errorf("changed migration not copied: %q", data)
+	}
+
+	// The host's copy was edited by hand: it is put back.
+	out.Reset()
+	writeFile(t, filepath.Join(d.Path, "compose.yml"), "edited on the server\n", 0o644)
+	if err := d.syncFiles(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "updated "+filepath.Join(d.Path, "compose.yml")) {
+		t.Errorf("an edited host compose file was not restored: %q", out)
+	}
+}
+
+func TestSyncFilesWithoutMigrations(t *testing.T) {
+	d, out := testDeployer(t, host.Local{})
+	d.Migrations = filepath.Join(t.TempDir(), "none")
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.syncFiles(context.Background()); err != nil {
+		t.Fatalf("syncFiles without a migrations folder: %v", err)
+	}
+	if got := strings.TrimSpace(out.String()); got != "updated "+filepath.Join(d.Path, "compose.yml") {
+		t.Errorf("output %q, want only the compose file", got)
+	}
+	d.ComposeFile = filepath.Join(t.TempDir(), "missing.yml")
+	if err := d.syncFiles(context.Background()); err == nil || !strings.Contains(err.Error(), "missing.yml") {
+		t.Errorf("syncFiles with a missing compose file = %v, want an error naming it", err)
+	}
+}
+
+func TestDeployed(t *testing.T) {
+	d, _ := testDeployer(t, &fakeHost{compose: "docker compose\n"})
+	err := d.Deployed(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "nothing is deployed at "+d.Path+" on the fake host") {
+		t.Fatalf("Deployed before any deploy = %v", err)
+	}
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(d.Path, "compose.yml"), "services: {}\n", 0o644)
+	if err := d.Deployed(context.Background()); err != nil {
+		t.Fatalf("Deployed after a deploy: %v", err)
+	}
+	d2, _ := testDeployer(t, &fakeHost{})
+	if err := d2.Deployed(context.Background()); err == nil || !strings.Contains(err.Error(), "neither") {
+		t.Errorf("Deployed without compose = %v, want the no-compose error", err)
+	}
+}
+
+func TestContainerStateString(t *testing.T) {
+	tests := []struct {
+		s    ContainerState
+		want string
+	}{
+		{ContainerState{Name: "app", Image: "carebot:v1", Status: "running", Started: "2024-05-01T10:00:00Z"},
+			"app: running, image carebot:v1, started 2024-05-01T10:00:00Z"},
+		{ContainerState{Name: "app", Image: "carebot:v1", Status: "running", Health: "healthy", Started: "x"},
+			"app: running (healthy), image carebot:v1, started x"},
+		{ContainerState{Name: "app", Image: "carebot:v2", Status: "exited", ExitCode: 2, Restarts: 3, Started: "x"},
+			"app: exited, exit code 2, 3 restarts, image carebot:v2, started x"},
+		{ContainerState{Name: "app", Image: "carebot:v2", Status: "restarting", Health: "starting", Restarts: 1, Started: "x"},
+			"app: restarting (starting), exit code 0, 1 restarts, image carebot:v2, started x"},
+	}
+	for _, tc := range tests {
+		if got := tc.s.String(); got != tc.want {
+			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// deployedWorld is a host where compose.yml was deployed before and tag
+// serves (none when ""), with the host's own .env.
+func deployedWorld(t *testing.T, serving string) (*Deployer, *bytes.Buffer, *world, *fakeHost) {
+	t.Helper()
+	w := newWorld(t)
+	h := &fakeHost{compose: "docker-compose\n", handle: w.handle}
+	d, out := testDeployer(t, h)
+	d.AppPort = w.port
+	d.HealthTimeout = 3 * time.Second
+	if err := os.MkdirAll(filepath.Join(d.Path, "migrations"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(d.Path, ".env"), "BOT_TOKEN=x\n", 0o600)
+	if serving != "" {
+		if err := d.syncFiles(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		w.serve(serving)
+	}
+	out.Reset()
+	backoff := health.Backoff
+	health.Backoff = func(int) time.Duration { return 20 * time.Millisecond }
+	t.Cleanup(func() { health.Backoff = backoff })
+	return d, out, w, h
+}
+
+func TestServingAndContainers(t *testing.T) {
+	ctx := context.Background()
+	d, _, w, _ := deployedWorld(t, "v1")
+	got, err := d.Serving(ctx)
+	if err != nil || got != "v1" {
+		t.Fatalf("Serving = %q, %v; want v1", got, err)
+	}
+	states, err := d.Containers(ctx)
+	if err != nil || len(states) != 1 {
+		t.Fatalf("Containers = %+v, %v", states, err)
+	}
+	if s := states[0]; s.Name != "carebot-app-1" || s.Image != "carebot:v1" || s.Status != "running" || s.Started != "2024-05-01T10:00:00Z" {
+		t.Errorf("container %+v", s)
+	}
+	w.mu.Lock()
+	w.running = ""
+	w.mu.Unlock()
+	if got, err := d.Serving(ctx); err != nil || got != "" {
+		t.Errorf("Serving with nothing running = %q, %v", got, err)
+	}
+	// Before the first deploy there is no compose file: nothing to ask.
+	d2, _, _, h2 := deployedWorld(t, "")
+	if got, err := d2.Serving(ctx); err != nil || got != "" {
+		t.Errorf("Serving before any deploy = %q, %v", got, err)
+	}
+	if n := len(h2.ran("docker")); n != 0 {
+		t.Errorf("asked docker %d times before any deploy", n)
+	}
+}
+
+func TestCheckPort(t *testing.T) {
+	ctx := context.Background()
+	t.Run("free", func(t *testing.T) {
+		d, _, _, _ := deployedWorld(t, "")
+		if err := d.checkPort(ctx); err != nil {
+			t.Errorf("checkPort on a free port: %v", err)
+		}
+	})
+	t.Run("held by our own container", func(t *testing.T) {
+		d, _, _, _ := deployedWorld(t, "v1")
+		if err := d.checkPort(ctx); err != nil {
+			t.Errorf("checkPort with our container on the port: %v", err)
+		}
+	})
+	t.Run("held by another container", func(t *testing.T) {
+		d, _, w, _ := deployedWorld(t, "v1")
+		w.foreign = true
+		err := d.checkPort(ctx)
+		if err == nil || !strings.Contains(err.Error(), "taken by container other-app") || !strings.Contains(err.Error(), fmt.Sprint(d.AppPort)) {
+			t.Errorf("checkPort = %v, want it taken by other-app", err)
+		}
+	})
+	t.Run("held by another program", func(t *testing.T) {
+		d, _, w, _ := deployedWorld(t, "")
+		w.mu.Lock()
+		w.publish() // listening, but no container of ours
+		w.mu.Unlock()
+		err := d.checkPort(ctx)
+		if err == nil || !strings.Contains(err.Error(), "taken by another program") {
+			t.Errorf("checkPort = %v, want it taken by another program", err)
+		}
+	})
+}
+
+func TestVerifyImage(t *testing.T) {
+	tests := []struct {
+		name    string
+		images  map[string]string
+		r       Release
+		wantErr string
+	}{
+		{"there with the built ID", map[string]string{"v2": "sha256:2222222222222222aaaa"}, Release{Version: "v2", ImageID: "sha256:2222222222222222aaaa"}, ""},
+		{"there, ID not known", map[string]string{"v2": "sha256:2222222222222222aaaa"}, Release{Version: "v2"}, ""},
+		{"missing", map[string]string{"v1": "sha256:1"}, Release{Version: "v2", ImageID: "sha256:2"}, "image carebot:v2 is not on the fake host"},
+		{"tag points elsewhere", map[string]string{"v2": "sha256:999999999999999999"}, Release{Version: "v2", ImageID: "sha256:222222222222222222"},
+			"is 999999999999, not the 222222222222 that was built"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _, w, _ := deployedWorld(t, "")
+			w.images = tc.images
+			err := d.verifyImage(context.Background(), tc.r)
+			if tc.wantErr == "" && err != nil {
+				t.Errorf("verifyImage: %v", err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("verifyImage = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+const (
+	id1  = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	id2  = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	id2b = "sha256:2bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	id3  = "sha256:3333333333333333333333333333333333333333333333333333333333333333"
+	idX  = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+)
+
+func TestDeploy(t *testing.T) {
+	tests := []struct {
+		name     string
+		serving  string
+		history  []Entry
+		images   map[string]string
+		dangling []string
+		broken   []string
+		foreign  bool
+		locked   bool
+		ship     map[string]string // images Ship loads
+		release  Release
+
+		wantErr     []string // nil: success
+		wantLocked  bool     // errors.Is(err, ErrLocked)
+		wantServing string
+		wantEntry   *Entry // the entry recorded; nil: none
+		wantOut     []string
+		wantImages  map[string]string // tags that must point at these IDs after
+		wantNoSync  bool              // the local change to compose.yml must not reach the host
+	}{
+		{
+			name:        "first deploy",
+			images:      map[string]string{"v1": id1},
+			release:     Release{Version: "v1", ImageID: id1, Commit: "abc"},
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "deploy", Version: "v1", ImageID: id1, Commit: "abc", Result: ResultOK, Serving: "v1"},
+			wantOut:     []string{"deploying carebot:v1 to the fake host (serving now: none)", "is serving v1 (commit commit-v1)", "updated "},
+		},
+		{
+			name:        "deploy over a serving release",
+			serving:     "v1",
+			history:     []Entry{{Action: "deploy", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1"}},
+			images:      map[string]string{"v1": id1, "v2": id2},
+			release:     Release{Version: "v2", ImageID: id2},
+			wantServing: "v2",
+			wantEntry:   &Entry{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2", Previous: "v1"},
+			wantOut:     []string{"(serving now: v1)", "is serving v2"},
+		},
+		{
+			name:        "Ship puts the image there",
+			serving:     "v1",
+			images:      map[string]string{"v1": id1},
+			ship:        map[string]string{"v2": id2},
+			release:     Release{Version: "v2", ImageID: id2},
+			wantServing: "v2",
+			wantEntry:   &Entry{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2", Previous: "v1"},
+		},
+		{
+			name:        "a release that never gets healthy rolls back, to the recorded image",
+			serving:     "v1",
+			history:     []Entry{{Action: "deploy", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1"}},
+			images:      map[string]string{"v1": idX, "v3": id3}, // v1's tag was reused by a later build
+			dangling:    []string{id1},
+			broken:      []string{"v3"},
+			release:     Release{Version: "v3", ImageID: id3},
+			wantErr:     []string{"release v3 failed: container carebot-app-1 is running (exit code 0, 2 restarts)", "rolled back to v1, which is serving"},
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "deploy", Version: "v3", ImageID: id3, Result: ResultRolledBack, Serving: "v1", Previous: "v1"},
+			wantOut:     []string{"last log lines of v3", "panic: it broke", "release v3 failed (", "rolling back to v1"},
+			wantImages:  map[string]string{"v1": id1},
+		},
+		{
+			name:        "a broken first release is stopped",
+			images:      map[string]string{"v3": id3},
+			broken:      []string{"v3"},
+			release:     Release{Version: "v3", ImageID: id3},
+			wantErr:     []string{"release v3 failed", "no earlier release to roll back to, so it was stopped"},
+			wantServing: "",
+			wantEntry:   &Entry{Action: "deploy", Version: "v3", ImageID: id3, Result: ResultFailed},
+		},
+		{
+			name:    "redeploying the serving tag falls back to the release before it",
+			serving: "v2",
+			history: []Entry{
+				{Action: "deploy", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1"},
+				{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2"},
+			},
+			images:      map[string]string{"v1": id1, "v2": id2b},
+			broken:      []string{"v2"},
+			release:     Release{Version: "v2", ImageID: id2b},
+			wantErr:     []string{"release v2 failed", "rolled back to v1"},
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "deploy", Version: "v2", ImageID: id2b, Result: ResultRolledBack, Serving: "v1", Previous: "v1"},
+		},
+		{
+			name:        "the rollback fails too",
+			serving:     "v1",
+			history:     []Entry{{Action: "deploy", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1"}},
+			images:      map[string]string{"v1": id1, "v3": id3},
+			broken:      []string{"v1", "v3"},
+			release:     Release{Version: "v3", ImageID: id3},
+			wantErr:     []string{"release v3 failed", "rollback to v1 failed too", "mage status"},
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "deploy", Version: "v3", ImageID: id3, Result: ResultFailed, Previous: "v1"},
+		},
+		{
+			name:        "image not on the host: refused, nothing changes",
+			serving:     "v1",
+			images:      map[string]string{"v1": id1},
+			release:     Release{Version: "v2", ImageID: id2},
+			wantErr:     []string{"image carebot:v2 is not on the fake host"},
+			wantServing: "v1",
+			wantNoSync:  true,
+		},
+		{
+			name:        "the tag is another image: refused",
+			serving:     "v1",
+			images:      map[string]string{"v1": id1, "v2": idX},
+			release:     Release{Version: "v2", ImageID: id2},
+			wantErr:     []string{"is eeeeeeeeeeee, not the 222222222222 that was built"},
+			wantServing: "v1",
+			wantNoSync:  true,
+		},
+		{
+			name:        "port taken by another container: refused",
+			serving:     "v1",
+			images:      map[string]string{"v1": id1, "v2": id2},
+			foreign:     true,
+			release:     Release{Version: "v2", ImageID: id2},
+			wantErr:     []string{"taken by container other-app", "nothing was changed"},
+			wantServing: "v1",
+			wantNoSync:  true,
+		},
+		{
+			name:        "another deploy holds the lock",
+			serving:     "v1",
+			images:      map[string]string{"v1": id1, "v2": id2},
+			locked:      true,
+			release:     Release{Version: "v2", ImageID: id2},
+			wantLocked:  true,
+			wantErr:     []string{"another deploy is running"},
+			wantServing: "v1",
+			wantNoSync:  true,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			d, out, w, _ := deployedWorld(t, tc.serving)
+			for _, e := range tc.history {
+				if err := d.record(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := d.History(ctx)
+			w.mu.Lock()
+			w.images, w.foreign = tc.images, tc.foreign
+			for _, id := range tc.dangling {
+				w.dangling[id] = true
+			}
+			for _, v := range tc.broken {
+				w.broken[v] = true
+			}
+			w.mu.Unlock()
+			shipped := false
+			if tc.ship != nil {
+				d.Ship = func(context.Context) error {
+					shipped = true
+					w.mu.Lock()
+					defer w.mu.Unlock()
+					for k, v := range tc.ship {
+						w.images[k] = v
+					}
+					return nil
+				}
+			}
+			if tc.locked {
+				if err := os.Mkdir(d.lockPath(), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, filepath.Join(d.lockPath(), "owner"), "ci@runner pid 1 at "+t0.Format(time.RFC3339)+"\n", 0o644)
+			}
+			hostCompose := filepath.Join(d.Path, "compose.yml")
+			oldCompose, _ := os.ReadFile(hostCompose)
+			writeFile(t, d.ComposeFile, "services:\n  app:\n    image: ${IMAGE_NAME}:${IMAGE_TAG}\n    restart: unless-stopped\n", 0o644)
+
+			err := d.Deploy(ctx, tc.release)
+
+			switch {
+			case tc.wantErr == nil && err != nil:
+				t.Fatalf("Deploy: %v\noutput:\n%s", err, out)
+			case tc.wantErr != nil && err == nil:
+				t.Fatalf("Deploy succeeded, want an error\noutput:\n%s", out)
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if err != nil && errors.Is(err, ErrLocked) != tc.wantLocked {
+				t.Errorf("errors.Is(err, ErrLocked) = %v, want %v", !tc.wantLocked, tc.wantLocked)
+			}
+			if tc.ship != nil && !shipped {
+				t.Errorf("Ship was not called")
+			}
+			for _, want := range tc.wantOut {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output does not say %q:\n%s", want, out)
+				}
+			}
+			running, images := w.state()
+			if running != tc.wantServing {
+				t.Errorf("serving %q after, want %q", running, tc.wantServing)
+			}
+			for tag, id := range tc.wantImages {
+				if images[tag] != id {
+					t.Errorf("%s is %s after, want %s", tag, images[tag], id)
+				}
+			}
+			if exists(d.lockPath()) != tc.locked {
+				t.Errorf("lock exists after: %v, want %v", exists(d.lockPath()), tc.locked)
+			}
+
+			after, _ := d.History(ctx)
+			if tc.wantEntry == nil {
+				if len(after) != len(before) {
+					t.Errorf("a refused deploy recorded %+v", after[len(before):])
+				}
+			} else {
+				if len(after) != len(before)+1 {
+					t.Fatalf("history grew from %d to %d entries, want one more", len(before), len(after))
+				}
+				got := after[len(after)-1]
+				if !got.Time.Equal(t0) {
+					t.Errorf("entry time %v, want %v", got.Time, t0)
+				}
+				if (got.Error != "") != (got.Result != ResultOK) {
+					t.Errorf("entry %+v: an error must be recorded exactly when it failed", got)
+				}
+				if strings.Contains(got.Error, "\n") {
+					t.Errorf("entry error is more than one line: %q", got.Error)
+				}
+				got.Time, got.Error = time.Time{}, ""
+				if got != *tc.wantEntry {
+					t.Errorf("entry:\n got %+v\nwant %+v", got, *tc.wantEntry)
+				}
+			}
+
+			newCompose, _ := os.ReadFile(hostCompose)
+			synced := strings.Contains(string(newCompose), "restart: unless-stopped")
+			if synced == tc.wantNoSync {
+				t.Errorf("compose file synced: %v, want %v (before %q, after %q)", synced, !tc.wantNoSync, oldCompose, newCompose)
+			}
+		})
+	}
+}
+
+func TestRollback(t *testing.T) {
+	history := []Entry{
+		{Action: "deploy", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1"},
+		{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2"},
+	}
+	tests := []struct {
+		name        string
+		deployed    bool
+		history     []Entry
+		images      map[string]string
+		dangling    []string
+		broken      []string
+		to          string
+		wantErr     []string
+		wantServing string
+		wantEntry   *Entry
+		wantImages  map[string]string
+	}{
+		{
+			name: "to the release before", deployed: true, history: history,
+			images:      map[string]string{"v1": id1, "v2": id2},
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "rollback", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1", Previous: "v2"},
+		},
+		{
+			name: "to a named release, whose tag was reused", deployed: true, history: history,
+			images: map[string]string{"v1": idX, "v2": id2}, dangling: []string{id1}, to: "v1",
+			wantServing: "v1",
+			wantEntry:   &Entry{Action: "rollback", Version: "v1", ImageID: id1, Result: ResultOK, Serving: "v1", Previous: "v2"},
+			wantImages:  map[string]string{"v1": id1},
+		},
+		{
+			name: "no earlier release", deployed: true, history: history[1:],
+			images:      map[string]string{"v2": id2},
+			wantErr:     []string{"no earlier release to roll back to", "(serving: v2)", "-to"},
+			wantServing: "v2",
+		},
+		{
+			name: "the image is gone", deployed: true, history: history,
+			images:      map[string]string{"v2": id2},
+			wantErr:     []string{"image carebot:v1 is not on the fake host any more"},
+			wantServing: "v2",
+		},
+		{
+			name: "the older release does not come up: back to the current one", deployed: true, history: history,
+			images: map[string]string{"v1": id1, "v2": id2}, broken: []string{"v1"},
+			wantErr:     []string{"release v1 failed", "rolled back to v2"},
+			wantServing: "v2",
+			wantEntry:   &Entry{Action: "rollback", Version: "v1", ImageID: id1, Result: ResultRolledBack, Serving: "v2", Previous: "v2"},
+		},
+		{
+			name:    "nothing deployed",
+			images:  map[string]string{"v1": id1},
+			to:      "v1",
+			wantErr: []string{"nothing is deployed at"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			serving := ""
+			if tc.deployed {
+				serving = "v2"
+			}
+			d, out, w, _ := deployedWorld(t, serving)
+			for _, e := range tc.history {
+				if err := d.record(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := d.History(ctx)
+			w.mu.Lock()
+			w.images = tc.images
+			for _, id := range tc.dangling {
+				w.dangling[id] = true
+			}
+			for _, v := range tc.broken {
+				w.broken[v] = true
+			}
+			w.mu.Unlock()
+
+			err := d.Rollback(ctx, tc.to)
+
+			if tc.wantErr == nil && err != nil {
+				t.Fatalf("Rollback: %v\noutput:\n%s", err, out)
+			}
+			if tc.wantErr != nil && err == nil {
+				t.Fatalf("Rollback succeeded, want an error\noutput:\n%s", out)
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			running, images := w.state()
+			if running != tc.wantServing {
+				t.Errorf("serving %q after, want %q", running, tc.wantServing)
+			}
+			for tag, id := range tc.wantImages {
+				if images[tag] != id {
+					t.Errorf("%s is %s after, want %s", tag, images[tag], id)
+				}
+			}
+			if exists(d.lockPath()) {
+				t.Errorf("Rollback left the lock behind")
+			}
+			after, _ := d.History(ctx)
+			if tc.wantEntry == nil {
+				if len(after) != len(before) {
+					t.Errorf("recorded %+v", after[len(before):])
+				}
+				return
+			}
+			if len(after) != len(before)+1 {
+				t.Fatalf("history grew from %d to %d entries, want one more", len(before), len(after))
+			}
+			got := after[len(after)-1]
+			got.Time, got.Error = time.Time{}, ""
+			if got != *tc.wantEntry {
+				t.Errorf("entry:\n got %+v\nwant %+v", got, *tc.wantEntry)
+			}
+			if tc.wantErr == nil && !strings.Contains(out.String(), "rolling back the fake host from v2 to v1") {
+				t.Errorf("output does not say what it rolls back:\n%s", out)
+			}
+		})
+	}
+}

@@ -1,0 +1,348 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// nasty are strings a shell would split, expand or choke on unquoted.
+var nasty = []string{
+	"plain",
+	"/srv/carebot",
+	"with space",
+	"  leading and trailing  ",
+	"it's",
+	"''",
+	`'\''`,
+	`say "hi"`,
+	"$HOME",
+	"${PATH}",
+	"$(echo pwned)",
+	"`echo pwned`",
+	"line one\nline two",
+	"trailing newline\n",
+	"tab\there",
+	"*",
+	"/etc/*",
+	"?[a-z]",
+	"~",
+	"~root",
+	"a;b",
+	"a&&b|c",
+	"x>y<z",
+	"#comment",
+	"back\\slash",
+	"-n",
+	"--",
+	"%s%d",
+	"!bang",
+	"a=b",
+	"données/файл",
+	"emoji 🚀",
+	"",
+}
+
+func TestQuoteRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	// Run from an empty folder, so a glob that escaped quoting would
+	// still change nothing... except when it matches: put a file there.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "match-me"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range nasty {
+		t.Run(strings.ReplaceAll(s, "\n", `\n`), func(t *testing.T) {
+			q := Quote(s)
+			out, err := Run(ctx, Local{}, "cd "+Quote(dir)+" && HOME=/nowhere printf '%s\\n' "+q)
+			if err != nil {
+				t.Fatalf("printf %s: %v", q, err)
+			}
+			if want := s + "\n"; out != want {
+				t.Errorf("Quote(%q) = %s; the shell saw %q, want %q", s, q, out, want)
+			}
+		})
+	}
+}
+
+func TestQuoteLeavesSafeWordsAlone(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"carebot", "carebot"},
+		{"/srv/care-bot_1.2/x", "/srv/care-bot_1.2/x"},
+		{"user@host:22", "user@host:22"},
+		{"IMAGE_TAG=v1.2.3+build,x", "IMAGE_TAG=v1.2.3+build,x"},
+		{"100%", "100%"},
+		{"", "''"},
+		{"a b", "'a b'"},
+		{"it's", `'it'\''s'`},
+		{"$x", "'$x'"},
+		{"données", "'données'"},
+	}
+	for _, tc := range tests {
+		if got := Quote(tc.in); got != tc.want {
+			t.Errorf("Quote(%q) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestJoinRoundTrip(t *testing.T) {
+	tests := [][]string{
+		nasty,
+		{"", "", ""},
+		{"one"},
+		{"a b", "c'd", `e"f`},
+	}
+	for _, args := range tests {
+		// %s\0 so that arguments holding newlines stay whole.
+		out, err := Run(context.Background(), Local{}, `printf '%s\0' `+Join(args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Split(strings.TrimSuffix(out, "\x00"), "\x00")
+		if !reflect.DeepEqual(got, args) {
+			t.Errorf("Join(%q) = %s; the shell saw %q", args, Join(args...), got)
+		}
+	}
+	if got := Join(); got != "" {
+		t.Errorf("Join() = %q, want empty", got)
+	}
+}
+
+func TestFiles(t *testing.T) {
+	ctx := context.Background()
+	h := Local{}
+	root := t.TempDir()
+	names := []string{
+		"plain.txt",
+		"with space.txt",
+		"it's quoted.txt",
+		`dollar $HOME "and" quotes`,
+		"données/файл.txt",
+		"dir with space/sub'dir/file",
+	}
+	contents := []string{
+		"hello\n",
+		"no trailing newline",
+		"",
+		"n\nlooks like the 'missing' marker\n",
+		"y\nlooks like the 'exists' marker\n",
+		"binary \x00\x01\xff\n\n\n",
+	}
+	modes := []uint32{0o644, 0o600, 0o755, 0o640, 0o700, 0o444}
+	for i, name := range names {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(root, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := Exists(ctx, h, p); err != nil || ok {
+				t.Fatalf("Exists before writing = %v, %v; want false, nil", ok, err)
+			}
+			if data, ok, err := ReadFile(ctx, h, p); err != nil || ok || data != nil {
+				t.Fatalf("ReadFile of a missing file = %q, %v, %v; want nil, false, nil", data, ok, err)
+			}
+
+			// Write twice: the second write replaces the first.
+			if err := WriteFile(ctx, h, p, []byte("first version, longer than the second\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			content, mode := contents[i], modes[i]
+			if err := WriteFile(ctx, h, p, []byte(content), mode); err != nil {
+				t.Fatalf("WriteFile: %v", err)
+			}
+			raw, err := os.ReadFile(p)
+			if err != nil || string(raw) != content {
+				t.Fatalf("file holds %q (%v), want %q", raw, err, content)
+			}
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := uint32(fi.Mode().Perm()); got != mode {
+				t.Errorf("mode %o, want %o", got, mode)
+			}
+			if _, err := os.Stat(p + ".tmp"); !os.IsNotExist(err) {
+				t.Errorf("WriteFile left its temp file behind: %v", err)
+			}
+
+			if ok, err := Exists(ctx, h, p); err != nil || !ok {
+				t.Errorf("Exists after writing = %v, %v; want true, nil", ok, err)
+			}
+			data, ok, err := ReadFile(ctx, h, p)
+			if err != nil || !ok || string(data) != content {
+				t.Errorf("ReadFile = %q, %v, %v; want %q, true, nil", data, ok, err, content)
+			}
+
+			if mode&0o200 == 0 {
+				return // read-only (root could append anyway)
+			}
+			if err := AppendFile(ctx, h, p, []byte("more\n")); err != nil {
+				t.Fatalf("AppendFile: %v", err)
+			}
+			if err := AppendFile(ctx, h, p, []byte("and more")); err != nil {
+				t.Fatalf("AppendFile: %v", err)
+			}
+			data, ok, err = ReadFile(ctx, h, p)
+			if want := content + "more\nand more"; err != nil || !ok || string(data) != want {
+				t.Errorf("after AppendFile: ReadFile = %q, %v, %v; want %q", data, ok, err, want)
+			}
+		})
+	}
+}
+
+func TestAppendFileCreates(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "new 'history'.jsonl")
+	for _, line := range []string{"{\"a\":1}\n", "{\"b\":2}\n"} {
+		if err := AppendFile(ctx, Local{}, p, []byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := os.ReadFile(p)
+	if want := "{\"a\":1}\n{\"b\":2}\n"; err != nil || string(raw) != want {
+		t.Errorf("file holds %q (%v), want %q", raw, err, want)
+	}
+}
+
+func TestExistsAndReadFileOfFolder(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "a folder")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Exists(ctx, Local{}, dir); err != nil || !ok {
+		t.Errorf("Exists(folder) = %v, %v; want true, nil", ok, err)
+	}
+	if ok, err := Exists(ctx, Local{}, dir+"/nope"); err != nil || ok {
+		t.Errorf("Exists(missing) = %v, %v; want false, nil", ok, err)
+	}
+	// A folder exists but cannot be read as a file: an error, not ok=false.
+	if _, _, err := ReadFile(ctx, Local{}, dir); err == nil {
+		t.Errorf("ReadFile(folder) gave no error")
+	}
+}
+
+func TestWriteFileErrors(t *testing.T) {
+	ctx := context.Background()
+	p := filepath.Join(t.TempDir(), "no such folder", "f")
+	err := WriteFile(ctx, Local{}, p, []byte("x"), 0o644)
+	var ce *CommandError
+	if !errors.As(err, &ce) {
+		t.Fatalf("WriteFile into a missing folder: %v (%T), want a *CommandError", err, err)
+	}
+	if !strings.Contains(ce.Output, "no such folder") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q (output %q) should be one line naming the path", err, ce.Output)
+	}
+	err = AppendFile(ctx, Local{}, p, []byte("x"))
+	if !errors.As(err, &ce) {
+		t.Fatalf("AppendFile into a missing folder: %v (%T), want a *CommandError", err, err)
+	}
+}
+
+func TestRunOutput(t *testing.T) {
+	out, err := Run(context.Background(), Local{}, "echo out; echo err >&2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "out\n" {
+		t.Errorf("Run = %q, want only standard output %q", out, "out\n")
+	}
+}
+
+func TestRunError(t *testing.T) {
+	tests := []struct {
+		cmd    string
+		status int
+		want   string
+	}{
+		{"echo boom >&2; exit 3", 3, "echo: boom"},
+		{"echo first >&2; echo second >&2; echo boom >&2; exit 7", 7, "echo: boom"},
+		{"printf 'a\\nwhat went wrong\\n\\n\\n' >&2; exit 2", 2, "printf: what went wrong"},
+		{"exit 4", 4, "exit: exit status 4"},
+		{"false", 1, "false: exit status 1"},
+		{"FOO=1 BAR=2 sh -c 'echo nope >&2; exit 5'", 5, "sh: nope"},
+		{"nosuchcommand-carebot-test", 127, "nosuchcommand-carebot-test: "},
+	}
+	for _, tc := range tests {
+		t.Run(tc.cmd, func(t *testing.T) {
+			_, err := Run(context.Background(), Local{}, tc.cmd)
+			var ce *CommandError
+			if !errors.As(err, &ce) {
+				t.Fatalf("Run error %v (%T), want a *CommandError", err, err)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("Error() has more than one line: %q", msg)
+			}
+			if !strings.HasPrefix(msg, tc.want) {
+				t.Errorf("Error() = %q, want it to start with %q", msg, tc.want)
+			}
+			if ce.Cmd != tc.cmd {
+				t.Errorf("Cmd = %q, want %q", ce.Cmd, tc.cmd)
+			}
+			if got := ce.ExitStatus(); got != tc.status {
+				t.Errorf("ExitStatus() = %d, want %d", got, tc.status)
+			}
+			if errors.Unwrap(err) == nil {
+				t.Errorf("CommandError does not unwrap to the exec error")
+			}
+		})
+	}
+}
+
+type statusErr int
+
+func (e statusErr) Error() string   { return "remote failed" }
+func (e statusErr) ExitStatus() int { return int(e) }
+
+func TestCommandErrorWithoutExecError(t *testing.T) {
+	base := errors.New("connection lost")
+	tests := []struct {
+		err    *CommandError
+		msg    string
+		status int
+	}{
+		{&CommandError{Cmd: "docker ps", Err: base}, "docker: connection lost", 1},
+		{&CommandError{Cmd: "docker ps", Output: "  \n\n", Err: base}, "docker: connection lost", 1},
+		{&CommandError{Cmd: "docker ps", Output: "Error: daemon down\n", Err: statusErr(9)}, "docker: Error: daemon down", 9},
+		{&CommandError{Cmd: "IMAGE_TAG=v1 docker compose up", Output: "x\ny\n", Err: base}, "docker: y", 1},
+	}
+	for _, tc := range tests {
+		if got := tc.err.Error(); got != tc.msg {
+			t.Errorf("Error() = %q, want %q", got, tc.msg)
+		}
+		if got := tc.err.ExitStatus(); got != tc.status {
+			t.Errorf("%q: ExitStatus() = %d, want %d", tc.msg, got, tc.status)
+		}
+		if !errors.Is(tc.err, tc.err.Err) {
+			t.Errorf("%q does not wrap its cause", tc.msg)
+		}
+	}
+}
+
+func TestLocal(t *testing.T) {
+	var h Host = Local{}
+	if h.String() != "this machine" {
+		t.Errorf("String() = %q", h.String())
+	}
+	if err := h.Close(); err != nil {
+		t.Errorf("Close() = %v", err)
+	}
+	// stdin reaches the command; nil writers discard.
+	var out strings.Builder
+	if err := h.Exec(context.Background(), "tr a-z A-Z", strings.NewReader("shout"), &out, nil); err != nil || out.String() != "SHOUT" {
+		t.Errorf("Exec with stdin = %q, %v", out.String(), err)
+	}
+	if err := h.Exec(context.Background(), "echo discarded; echo too >&2", nil, nil, nil); err != nil {
+		t.Errorf("Exec with nil writers: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.Exec(ctx, "true", nil, nil, nil); err == nil {
+		t.Errorf("Exec with a cancelled context succeeded")
+	}
+}
