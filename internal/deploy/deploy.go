@@ -238,17 +238,20 @@ func (d *Deployer) prepare(ctx context.Context) error {
 	if _, err := d.detectCompose(ctx); err != nil {
 		return err
 	}
+	envPath := d.Path + "/.env"
+	hasEnv, err := host.Exists(ctx, d.Host, envPath)
+	if err != nil {
+		return err
+	}
+	if !hasEnv && d.SeedEnv == "" {
+		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
+	}
 	p := host.Quote(d.Path)
 	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations", p, p, p)); err != nil {
 		return fmt.Errorf("create %s on %s: %w", d.Path, d.Host, err)
 	}
-	envPath := d.Path + "/.env"
-	ok, err := host.Exists(ctx, d.Host, envPath)
-	if err != nil || ok {
-		return err
-	}
-	if d.SeedEnv == "" {
-		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
+	if hasEnv {
+		return nil
 	}
 	data, err := os.ReadFile(d.SeedEnv)
 	if errors.Is(err, os.ErrNotExist) {
@@ -301,7 +304,7 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 
 func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
 	p := host.Quote(d.Path)
-	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s && { find . -maxdepth 1 -type f; find ./migrations -maxdepth 1 -type f; } 2>/dev/null | xargs -r sha256sum --", p))
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s && find . ./migrations -maxdepth 1 -type f -exec sha256sum -- {} + 2>/dev/null; true", p))
 	if err != nil {
 		return nil, fmt.Errorf("list files in %s: %w", d.Path, err)
 	}

@@ -564,7 +564,11 @@ func TestPrepare(t *testing.T) {
 				t.Errorf("compose = %q, want it detected", d.compose)
 			}
 			for _, sub := range []string{"", "data", "migrations"} {
-				if fi, err := os.Stat(filepath.Join(d.Path, sub)); err != nil || !fi.IsDir() {
+				fi, err := os.Stat(filepath.Join(d.Path, sub))
+				switch {
+				case tc.wantErr != nil && tc.hostEnv == nil && err == nil:
+					t.Errorf("%s/%s created by a refused deploy", d.Path, sub) // nothing changes on refusal
+				case tc.wantErr == nil && (err != nil || !fi.IsDir()):
 					t.Errorf("%s/%s not created: %v", d.Path, sub, err)
 				}
 			}

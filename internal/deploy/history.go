@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -46,11 +45,9 @@ func (e Entry) String() string {
 // hand-edited or truncated file never blocks a deploy.
 func ParseHistory(data []byte) []Entry {
 	var out []Entry
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	for _, line := range bytes.Split(data, []byte("\n")) {
 		var e Entry
-		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Version != "" {
+		if json.Unmarshal(line, &e) == nil && e.Version != "" {
 			out = append(out, e)
 		}
 	}

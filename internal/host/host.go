@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 )
 
 // Host runs commands and dials ports on the machine that serves the app.
@@ -56,24 +57,43 @@ func (e *CommandError) ExitStatus() int {
 	return 1
 }
 
+// firstWord names the program a command line runs, for messages: past a
+// leading "cd DIR &&" and VAR=value assignments.
 func firstWord(cmd string) string {
-	f := strings.Fields(cmd)
-	for _, w := range f {
-		if !strings.Contains(w, "=") && w != "cd" && w != "&&" && !strings.HasPrefix(w, "'") {
+	rest := strings.TrimSpace(cmd)
+	if strings.HasPrefix(rest, "cd ") {
+		if i := strings.Index(rest, " && "); i >= 0 {
+			rest = rest[i+4:]
+		}
+	}
+	for _, w := range strings.Fields(rest) {
+		if !strings.Contains(w, "=") && !strings.HasPrefix(w, "'") {
 			return w
 		}
 	}
-	if len(f) > 0 {
+	if f := strings.Fields(cmd); len(f) > 0 {
 		return f[0]
 	}
 	return cmd
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // Run runs cmd and returns its standard output; on failure the error
 // carries the combined output.
 func Run(ctx context.Context, h Host, cmd string) (string, error) {
 	var out, both bytes.Buffer
-	err := h.Exec(ctx, cmd, nil, io.MultiWriter(&out, &both), &both)
+	var mu sync.Mutex // the two streams are copied by two goroutines into one buffer
+	err := h.Exec(ctx, cmd, nil, &lockedWriter{&mu, io.MultiWriter(&out, &both)}, &lockedWriter{&mu, &both})
 	if err != nil {
 		return out.String(), &CommandError{Cmd: cmd, Output: both.String(), Err: err}
 	}

@@ -117,7 +117,14 @@ func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer b
 		defer zr.Close()
 		br = bufio.NewReaderSize(zr, 64<<10)
 	}
-	if head, _ := br.Peek(512); len(head) < 512 || !bytes.Equal(head[257:262], []byte("ustar")) {
+	head, _ := br.Peek(512)
+	if len(head) < 512 {
+		return nil, nil, false, nil
+	}
+	if allZero(head) { // an empty layer (WORKDIR, ENV in some builders) is a bare end-of-archive
+		return nil, nil, true, nil
+	}
+	if !bytes.Equal(head[257:262], []byte("ustar")) {
 		return nil, nil, false, nil
 	}
 	tr := tar.NewReader(br)
@@ -155,21 +162,34 @@ func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer b
 	}
 }
 
-// apply lays one layer's entries over the merged view.
+// apply lays one layer's entries over the merged view. A layer's whiteouts
+// hide only what lower layers made, so they go first.
 func apply(merged map[string]File, entries []layerEntry) {
 	for _, e := range entries {
-		if e.whiteout {
-			for p := range merged {
-				if strings.HasPrefix(p, e.Path+"/") || (!e.opaque && p == e.Path) {
-					delete(merged, p)
-				}
-			}
+		if !e.whiteout {
 			continue
 		}
-		if !e.dir {
+		prefix := strings.TrimSuffix(e.Path, "/") + "/"
+		for p := range merged {
+			if strings.HasPrefix(p, prefix) || (!e.opaque && p == e.Path) {
+				delete(merged, p)
+			}
+		}
+	}
+	for _, e := range entries {
+		if !e.whiteout && !e.dir {
 			merged[e.Path] = e.File
 		}
 	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func dedupe(fs []Finding) []Finding {
