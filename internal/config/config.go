@@ -53,6 +53,14 @@ type Config struct {
 	TestData      string        // TEST_DATA, default "./test-data" (absolute; may not exist)
 	Migrations    string        // MIGRATIONS, default "./migrations" (absolute; may not exist)
 
+	// SSH, read only when DeployHost is set.
+	SSHKey           string // SSH_KEY: private key file ("" = the agent, then ~/.ssh/id_*)
+	SSHKeyPassphrase string // SSH_KEY_PASSPHRASE (secret)
+	SSHAuthSock      string // SSH_AUTH_SOCK: the ssh-agent's socket
+	SSHKnownHosts    string // SSH_KNOWN_HOSTS, default ~/.ssh/known_hosts
+	SSHAcceptNew     bool   // SSH_ACCEPT_NEW: record an unknown host key (a changed one is always refused)
+	Compression      string // TRANSFER_COMPRESSION: auto (zstd where the server takes it, else gzip), zstd, gzip, none
+
 	EnvFile string            // path of the .env that was read ("" when there was none)
 	AppEnv  map[string]string // every key of .env with its value (the environment's when set there)
 
@@ -86,6 +94,7 @@ var settingKeys = []string{
 	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
 	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
 	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
+	"SSH_KEY", "SSH_KEY_PASSPHRASE", "SSH_KNOWN_HOSTS", "SSH_ACCEPT_NEW", "TRANSFER_COMPRESSION",
 }
 
 // SettingError reports one invalid setting. Its message is a single line.
@@ -158,6 +167,7 @@ func Load(dir string, environ []string) (*Config, error) {
 	l.loadImage()
 	l.loadTest()
 	l.loadDeploy()
+	l.loadSSH()
 	if len(l.errs) > 0 {
 		return nil, errors.Join(l.errs...)
 	}
@@ -195,6 +205,12 @@ func (c *Config) Print(w io.Writer) {
 		"COMPOSE_FILE":   c.ComposeFile,
 		"APP_PORT":       strconv.Itoa(c.AppPort),
 		"MIGRATIONS":     c.Migrations,
+
+		"SSH_KEY":              c.SSHKey,
+		"SSH_KEY_PASSPHRASE":   c.SSHKeyPassphrase,
+		"SSH_KNOWN_HOSTS":      c.SSHKnownHosts,
+		"SSH_ACCEPT_NEW":       strconv.FormatBool(c.SSHAcceptNew),
+		"TRANSFER_COMPRESSION": c.Compression,
 	}
 	line := func(k, v string) {
 		src := c.Sources[k]
@@ -473,6 +489,51 @@ func (l *loader) loadDeploy() {
 
 	c.ComposeFile = l.file(l.get("COMPOSE_FILE", defaultComposeFile), "set COMPOSE_FILE to your production compose file")
 	c.Migrations = l.directory(l.get("MIGRATIONS", defaultMigrations), false)
+}
+
+func (l *loader) loadSSH() {
+	c := l.c
+	s := l.get("TRANSFER_COMPRESSION", "auto")
+	switch s.val {
+	case "auto", "zstd", "gzip", "none":
+		c.Compression = s.val
+	default:
+		l.fail(s, "is not one of auto, zstd, gzip, none")
+	}
+	c.SSHKeyPassphrase = l.get("SSH_KEY_PASSPHRASE", "").val
+	c.SSHAuthSock = l.get("SSH_AUTH_SOCK", "").val
+	if a := l.get("SSH_ACCEPT_NEW", "0"); a.set {
+		v, err := strconv.ParseBool(a.val)
+		if err != nil {
+			l.fail(a, "is not 1/0 or true/false")
+		}
+		c.SSHAcceptNew = v
+	}
+	home, _ := os.UserHomeDir()
+	if k := l.get("SSH_KEY", ""); k.set {
+		c.SSHKey = l.homePath(k, home)
+		if c.SSHKey != "" && c.Remote() {
+			if _, err := os.Stat(c.SSHKey); err != nil {
+				l.fail(k, fmt.Sprintf("cannot be read (%s); set SSH_KEY to your private key file, or leave it empty to use ssh-agent", oneLine(err.Error())))
+			}
+		}
+	}
+	c.SSHKnownHosts = l.homePath(l.get("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts"), home)
+}
+
+// homePath resolves a path on this machine where ~ means the home folder,
+// as it does for ssh.
+func (l *loader) homePath(s setting, home string) string {
+	v := s.val
+	if v == "~" || strings.HasPrefix(v, "~/") {
+		v = filepath.Join(home, strings.TrimPrefix(v, "~"))
+	}
+	s.val = v
+	p, ok := l.localPath(s, s.key)
+	if !ok {
+		return ""
+	}
+	return p
 }
 
 // localPath makes s.val absolute against the project root.

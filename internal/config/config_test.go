@@ -98,6 +98,8 @@ func TestLoadDefaults(t *testing.T) {
 		ImageKeep:     5,
 		TestData:      filepath.Join(dir, "test-data"),
 		Migrations:    filepath.Join(dir, "migrations"),
+		SSHKnownHosts: filepath.Join(home(t), ".ssh", "known_hosts"),
+		Compression:   "auto",
 	}
 	got := *c
 	got.AppEnv, got.Sources = nil, nil
@@ -848,9 +850,15 @@ DEPLOY_PATH=/home/ubuntu/carebot-production (source: default)
 COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)
+SSH_KEY= (source: default)
+SSH_KEY_PASSPHRASE= (source: default)
+SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)
+SSH_ACCEPT_NEW=false (source: default)
+TRANSFER_COMPRESSION=auto (source: default)
 BOT_TOKEN=**** (source: environment)
 GREETING="hello world" (source: .env:3)
 `, "{dir}", dir)
+	want = strings.ReplaceAll(want, "{home}", home(t))
 	if b.String() != want {
 		t.Errorf("Print:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -903,4 +911,13 @@ func TestEnvExample(t *testing.T) {
 	if v, ok := c.AppEnv["BOT_TOKEN"]; !ok || v != "" {
 		t.Errorf("AppEnv[BOT_TOKEN] = %q, %v; want empty and present", v, ok)
 	}
+}
+
+func home(t *testing.T) string {
+	t.Helper()
+	h, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
