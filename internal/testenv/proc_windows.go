@@ -1,0 +1,5 @@
+package testenv
+
+import "syscall"
+
+func detached() *syscall.SysProcAttr { return nil }
