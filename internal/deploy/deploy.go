@@ -36,9 +36,9 @@ type Deployer struct {
 	HealthTimeout time.Duration
 	LogLines      int // shown when a release fails
 
-	// Ship puts the image on the host (nil: it is there already, as on
-	// this machine).
-	Ship func(ctx context.Context) error
+	// Ship puts the image on the host and returns the ID the host knows it
+	// by (nil: it is there already, as on this machine).
+	Ship func(ctx context.Context) (string, error)
 
 	Out io.Writer
 	Now func() time.Time
@@ -81,8 +81,12 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	defer unlock()
 
 	if d.Ship != nil {
-		if err := d.Ship(ctx); err != nil {
+		id, err := d.Ship(ctx)
+		if err != nil {
 			return err
+		}
+		if id != "" {
+			r.ImageID = id // the containerd store names it by manifest, not config
 		}
 	}
 	if err := d.verifyImage(ctx, r); err != nil {
@@ -227,6 +231,9 @@ func (d *Deployer) alive(ctx context.Context) error {
 	for _, s := range states {
 		if s.Status == "exited" || s.Status == "dead" || s.Restarts >= 2 {
 			return fmt.Errorf("container %s is %s (exit code %d, %d restarts)", s.Name, s.Status, s.ExitCode, s.Restarts)
+		}
+		if s.Health == "unhealthy" { // the image's own healthcheck gave up: no need to wait out the timeout
+			return fmt.Errorf("container %s is unhealthy by its healthcheck", s.Name)
 		}
 	}
 	return nil

@@ -1054,14 +1054,14 @@ func TestDeploy(t *testing.T) {
 			w.mu.Unlock()
 			shipped := false
 			if tc.ship != nil {
-				d.Ship = func(context.Context) error {
+				d.Ship = func(context.Context) (string, error) {
 					shipped = true
 					w.mu.Lock()
 					defer w.mu.Unlock()
 					for k, v := range tc.ship {
 						w.images[k] = v
 					}
-					return nil
+					return "", nil
 				}
 			}
 			if tc.locked {

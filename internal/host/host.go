@@ -88,6 +88,18 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// SyncWriter is a writer that two output streams may share.
+type SyncWriter struct {
+	mu sync.Mutex
+	W  io.Writer
+}
+
+func (s *SyncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.W.Write(p)
+}
+
 // Run runs cmd and returns its standard output; on failure the error
 // carries the combined output.
 func Run(ctx context.Context, h Host, cmd string) (string, error) {

@@ -101,7 +101,14 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 			seed = c.Dir + "/.env" // absent: the deploy gets an empty .env
 		}
 	} else {
-		return nil, fmt.Errorf("DEPLOY_HOST=%s: deploying over SSH is not available yet; leave DEPLOY_HOST empty to deploy to this machine", c.DeployHost)
+		s, err := host.DialSSH(ctx, host.SSHConfig{
+			Target: c.DeployHost, KeyFile: c.SSHKey, Passphrase: c.SSHKeyPassphrase, AgentSocket: c.SSHAuthSock,
+			KnownHosts: c.SSHKnownHosts, AcceptNew: c.SSHAcceptNew, Log: r.Out,
+		})
+		if err != nil {
+			return nil, err
+		}
+		h = s // the server's .env is its own: no seed, a deploy without one stops
 	}
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed,

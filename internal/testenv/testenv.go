@@ -186,7 +186,15 @@ func (s *SSHD) Target() string { return fmt.Sprintf("%s@%s", s.User, s.Addr) }
 // WriteKnownHosts writes a known_hosts file trusting key for the server.
 func (s *SSHD) WriteKnownHosts(t testing.TB, path string, key ssh.PublicKey) {
 	t.Helper()
-	line := fmt.Sprintf("[127.0.0.1]:%d %s", s.Port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))))
+	WriteKnownHosts(t, path, s.Addr, key)
+}
+
+// WriteKnownHosts writes a known_hosts file trusting key for addr
+// (host:port), in OpenSSH's [host]:port form.
+func WriteKnownHosts(t testing.TB, path, addr string, key ssh.PublicKey) {
+	t.Helper()
+	h, port, _ := net.SplitHostPort(addr)
+	line := fmt.Sprintf("[%s]:%s %s", h, port, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))))
 	if err := os.WriteFile(path, []byte(line+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -244,5 +252,15 @@ func freePort(t testing.TB) int {
 func ServerDocker(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	out, err := exec.Command("docker", append([]string{"-H", ServerDockerHost}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// ServerDockerCompose runs docker-compose in dir against the test server's
+// engine, for cleaning up after a test.
+func ServerDockerCompose(dir, file, imageName string, args ...string) (string, error) {
+	cmd := exec.Command("docker-compose", append([]string{"-f", file}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+ServerDockerHost, "IMAGE_NAME="+imageName, "IMAGE_TAG=latest")
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -1,0 +1,699 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/melbahja/goph"
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+)
+
+// SSHConfig says how to reach a server over SSH. The names in the comments
+// are the settings each field comes from.
+type SSHConfig struct {
+	Target         string        // DEPLOY_HOST: [user@]host[:port]; user defaults to $USER (or "root"), port 22
+	KeyFile        string        // SSH_KEY: private key path ("" = use the agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa if present)
+	Passphrase     string        // SSH_KEY_PASSPHRASE (secret: never print it)
+	AgentSocket    string        // SSH_AUTH_SOCK ("" = no agent)
+	KnownHosts     string        // SSH_KNOWN_HOSTS, default ~/.ssh/known_hosts
+	AcceptNew      bool          // SSH_ACCEPT_NEW: accept and record an unknown host key; a changed key is always refused
+	ConnectTimeout time.Duration // TCP dial plus SSH handshake; default 10s
+	Keepalive      time.Duration // default 15s, negative = off; the link is dropped after 3 unanswered keepalives
+	Log            io.Writer     // one-line notes (a recorded host key); nil discards
+}
+
+const (
+	defaultConnectTimeout = 10 * time.Second
+	defaultKeepalive      = 15 * time.Second
+	keepaliveMaxMissed    = 3
+)
+
+// SSH is a server reached over SSH: commands run in its login shell, dials
+// go out through direct-tcpip channels, files are written over SFTP.
+type SSH struct {
+	client *goph.Client
+	name   string // user@host:port
+
+	done      chan struct{} // closed by Close: stops the keepalive
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+
+	mu   sync.Mutex
+	lost error // why the connection was dropped under us
+}
+
+var _ Host = (*SSH)(nil)
+
+// DialSSH connects and authenticates, or returns one line saying what to fix.
+func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
+	user, hostname, port, err := parseTarget(c.Target)
+	if err != nil {
+		return nil, err
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = defaultConnectTimeout
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = defaultKeepalive
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	home, _ := os.UserHomeDir()
+	if c.KnownHosts == "" {
+		if home == "" {
+			return nil, errors.New("no home directory to find ~/.ssh/known_hosts in: set SSH_KNOWN_HOSTS")
+		}
+		c.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
+	}
+	c.KnownHosts = expandHome(c.KnownHosts, home)
+	c.KeyFile = expandHome(c.KeyFile, home)
+
+	addr := net.JoinHostPort(hostname, strconv.Itoa(port))
+	name := user + "@" + addr
+	hk, err := newHostKeyCheck(c.KnownHosts, c.AcceptNew, c.Log, addr)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := loadKeys(c, home)
+	if keys != nil && keys.agent != nil {
+		defer keys.agent.Close() // only needed while we authenticate
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	cfg := &goph.Config{
+		Auth:     goph.Auth{ssh.PublicKeys(keys.signers...)},
+		User:     user,
+		Addr:     hostname,
+		Port:     uint(port),
+		Timeout:  c.ConnectTimeout,
+		Callback: hk.callback,
+	}
+	client, err := dial(ctx, cfg, hk.algos)
+	if err != nil {
+		var de *dialError
+		switch {
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("ssh to %s: %w", name, context.Cause(ctx))
+		case errors.As(err, &de):
+			return nil, fmt.Errorf("cannot reach %s within %s: %s: check DEPLOY_HOST and that sshd runs", addr, c.ConnectTimeout, netReason(de.err))
+		case hk.refused != nil:
+			return nil, hk.refused
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return nil, fmt.Errorf("ssh: %s refused our key(s) (tried %s): add the public key to ~/.ssh/authorized_keys on the server", name, keys.describe())
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, fmt.Errorf("%s did not finish the SSH handshake within %s: check DEPLOY_HOST points at an SSH server, or raise the connect timeout", addr, c.ConnectTimeout)
+		default:
+			if inner := errors.Unwrap(err); inner != nil { // drop "ssh: handshake failed: "
+				err = inner
+			}
+			return nil, fmt.Errorf("ssh handshake with %s failed: %v: check DEPLOY_HOST points at an SSH server", addr, netReason(err))
+		}
+	}
+	s := &SSH{client: client, name: name, done: make(chan struct{})}
+	if c.Keepalive > 0 {
+		s.wg.Add(1)
+		go s.keepalive(c.Keepalive)
+	}
+	return s, nil
+}
+
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// dial is goph.NewConn, except that the connect timeout covers the SSH
+// handshake as well as the TCP dial (goph's, like ssh.Dial, covers only the
+// dial), ctx is honoured, and we choose which host key algorithms to offer.
+func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.Client, error) {
+	addr := net.JoinHostPort(cfg.Addr, strconv.FormatUint(uint64(cfg.Port), 10))
+	deadline := time.Now().Add(cfg.Timeout)
+	d := net.Dialer{Deadline: deadline}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &dialError{err}
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
+		User:              cfg.User,
+		Auth:              cfg.Auth,
+		HostKeyCallback:   cfg.Callback,
+		HostKeyAlgorithms: hostKeyAlgos,
+		BannerCallback:    cfg.BannerCallback,
+		Timeout:           cfg.Timeout,
+	})
+	if !stop() && err == nil { // ctx ended just as the handshake finished
+		c.Close()
+		return nil, context.Cause(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return &goph.Client{Client: ssh.NewClient(c, chans, reqs), Config: cfg}, nil
+}
+
+// netReason is the part of a network error a person can act on.
+func netReason(err error) string {
+	var dns *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "no answer"
+	case errors.As(err, &dns):
+		if dns.IsNotFound {
+			return "no such host " + dns.Name
+		}
+		return dns.Err
+	}
+	for {
+		var op *net.OpError
+		var sc *os.SyscallError
+		switch {
+		case errors.As(err, &op) && op.Err != nil:
+			err = op.Err
+		case errors.As(err, &sc) && sc.Err != nil:
+			err = sc.Err
+		default:
+			return err.Error()
+		}
+	}
+}
+
+// keepalive asks the server for a reply every interval and drops the
+// connection when keepaliveMaxMissed ticks pass with no reply, so that
+// anything blocked on it fails instead of hanging on a dead link.
+func (s *SSH) keepalive(every time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	replies := make(chan error, 1)
+	waiting, missed := false, 0
+	for {
+		select {
+		case <-s.done:
+			return
+		case err := <-replies:
+			waiting, missed = false, 0
+			if err != nil {
+				s.drop(fmt.Errorf("connection to %s lost: %v", s.name, err))
+				return
+			}
+		case <-t.C:
+			if waiting {
+				if missed++; missed >= keepaliveMaxMissed {
+					s.drop(fmt.Errorf("connection to %s lost: no answer to keepalives for %s", s.name, time.Duration(missed)*every))
+					return
+				}
+				continue
+			}
+			waiting = true
+			go func() {
+				_, _, err := s.client.SendRequest("keepalive@openssh.com", true, nil)
+				replies <- err
+			}()
+		}
+	}
+}
+
+// drop closes the connection under its users and remembers why.
+func (s *SSH) drop(why error) {
+	s.mu.Lock()
+	if s.lost == nil {
+		s.lost = why
+	}
+	s.mu.Unlock()
+	_ = s.client.Client.Close()
+}
+
+// connErr explains an error from a connection that may have been dropped.
+func (s *SSH) connErr(err error) error {
+	s.mu.Lock()
+	lost := s.lost
+	s.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	return fmt.Errorf("ssh %s: %w", s.name, err)
+}
+
+// Exec runs cmd, verbatim, in a new session: the remote login shell parses
+// it, so quote arguments with Quote. A non-zero exit is an error wrapping
+// *ssh.ExitError. When ctx ends, the command gets SIGTERM and the session
+// is closed.
+func (s *SSH) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+	sess, err := s.newSession(ctx)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	sess.Stdout, sess.Stderr = stdout, stderr // nil discards
+	var in io.WriteCloser
+	if stdin != nil {
+		if in, err = sess.StdinPipe(); err != nil {
+			return s.connErr(err)
+		}
+	}
+	if err := sess.Start(cmd); err != nil {
+		return s.connErr(err)
+	}
+	readErr := make(chan error, 1)
+	if stdin != nil {
+		// Not sess.Stdin: Wait would then wait for stdin to run dry even
+		// after the command has exited.
+		go func() {
+			if err := copyStdin(in, stdin); err != nil {
+				readErr <- err
+				sess.Close() // the command must not take a short read for the whole input
+			}
+		}()
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = sess.Signal(ssh.SIGTERM)
+		sess.Close()
+		select { // let the output copiers finish; a dead link is the keepalive's job
+		case <-done:
+		case <-time.After(2 * time.Second):
+		}
+		return fmt.Errorf("on %s: %w", s.name, context.Cause(ctx))
+	}
+	select {
+	case rerr := <-readErr:
+		return fmt.Errorf("reading input for %s: %w", s.name, rerr)
+	default:
+	}
+	var ee *ssh.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee):
+		return &remoteExit{ee}
+	default:
+		return s.connErr(err)
+	}
+}
+
+// copyStdin feeds r to the command and then sends EOF. It returns only
+// errors reading r; a failed write means the command stopped reading.
+func copyStdin(w io.WriteCloser, r io.Reader) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil
+			}
+		}
+		if err == io.EOF {
+			w.Close()
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *SSH) newSession(ctx context.Context) (*ssh.Session, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("on %s: %w", s.name, context.Cause(ctx))
+	}
+	type result struct {
+		sess *ssh.Session
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		sess, err := s.client.NewSession()
+		ch <- result{sess, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, s.connErr(r.err)
+		}
+		return r.sess, nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.sess != nil {
+				r.sess.Close()
+			}
+		}()
+		return nil, fmt.Errorf("on %s: %w", s.name, context.Cause(ctx))
+	}
+}
+
+// remoteExit is a command's non-zero exit, worded like os/exec's.
+type remoteExit struct{ err *ssh.ExitError }
+
+func (e *remoteExit) Error() string {
+	if sig := e.err.Signal(); sig != "" {
+		return "killed by signal " + sig
+	}
+	return "exit status " + strconv.Itoa(e.err.ExitStatus())
+}
+func (e *remoteExit) Unwrap() error   { return e.err }
+func (e *remoteExit) ExitStatus() int { return e.err.ExitStatus() }
+
+// DialContext opens a direct-tcpip channel: the server makes the TCP
+// connection, so addr may be on its loopback. Deadlines on the returned
+// conn are not supported (x/crypto); cancel through ctx or Close instead.
+func (s *SSH) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := s.client.DialContext(ctx, network, addr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("dial %s on %s: %w", addr, s.name, context.Cause(ctx))
+		}
+		s.mu.Lock()
+		lost := s.lost
+		s.mu.Unlock()
+		if lost != nil {
+			return nil, lost
+		}
+		return nil, fmt.Errorf("dial %s on %s: %w", addr, s.name, err)
+	}
+	return c, nil
+}
+
+// WriteFile writes data to path on the server over SFTP, atomically: into
+// path+".tmp", chmod, then posix-rename over path. The mode is set before
+// any data goes in. A server without the sftp subsystem gets the shell
+// pipeline that host.WriteFile uses.
+func (s *SSH) WriteFile(ctx context.Context, path string, data []byte, mode uint32) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("write %s on %s: %w", path, s.name, context.Cause(ctx))
+	}
+	c, err := s.client.NewSftp()
+	if err != nil {
+		if strings.Contains(err.Error(), "subsystem request failed") {
+			return s.writeFileShell(ctx, path, data, mode)
+		}
+		return s.connErr(fmt.Errorf("sftp: %w", err))
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if err := sftpWrite(c, path, data, mode); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("write %s on %s: %w", path, s.name, context.Cause(ctx))
+		}
+		return fmt.Errorf("%w on %s", err, s.name)
+	}
+	return nil
+}
+
+func sftpWrite(c *sftp.Client, path string, data []byte, mode uint32) error {
+	tmp := path + ".tmp"
+	f, err := c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	fail := func(what string, err error) error {
+		f.Close()
+		_ = c.Remove(tmp)
+		return fmt.Errorf("%s %s: %w", what, tmp, err)
+	}
+	if err := f.Chmod(fileMode(mode)); err != nil {
+		return fail("chmod", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail("write", err)
+	}
+	if err := f.Close(); err != nil {
+		_ = c.Remove(tmp)
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := c.PosixRename(tmp, path); err != nil {
+		_ = c.Remove(tmp)
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return nil
+}
+
+// fileMode turns a Unix mode (0o640, 0o4755) into an os.FileMode.
+func fileMode(m uint32) fs.FileMode {
+	fm := fs.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		fm |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		fm |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		fm |= fs.ModeSticky
+	}
+	return fm
+}
+
+func (s *SSH) writeFileShell(ctx context.Context, path string, data []byte, mode uint32) error {
+	tmp := path + ".tmp"
+	cmd := fmt.Sprintf("cat > %s && chmod %o %s && mv -f %s %s",
+		Quote(tmp), mode, Quote(tmp), Quote(tmp), Quote(path))
+	var both bytes.Buffer
+	if err := s.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
+		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
+	}
+	return nil
+}
+
+// String is "user@host:port".
+func (s *SSH) String() string { return s.name }
+
+// Close stops the keepalive and closes the connection and its sessions.
+func (s *SSH) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		err := s.client.Client.Close()
+		s.wg.Wait()
+		s.mu.Lock()
+		lost := s.lost
+		s.mu.Unlock()
+		if err != nil && lost == nil && !errors.Is(err, net.ErrClosed) {
+			s.closeErr = fmt.Errorf("close ssh %s: %w", s.name, err)
+		}
+	})
+	return s.closeErr
+}
+
+// parseTarget splits DEPLOY_HOST: [user@]host[:port], host may be [v6].
+func parseTarget(t string) (user, host string, port int, err error) {
+	orig := t
+	bad := func(why string) error {
+		return fmt.Errorf("DEPLOY_HOST %q is not [user@]host[:port] (%s)", orig, why)
+	}
+	t = strings.TrimPrefix(strings.TrimSpace(t), "ssh://")
+	if t == "" {
+		return "", "", 0, errors.New("DEPLOY_HOST is empty: set it to [user@]host[:port]")
+	}
+	if i := strings.LastIndexByte(t, '@'); i >= 0 {
+		user, t = t[:i], t[i+1:]
+	}
+	ps := "22"
+	switch {
+	case strings.HasPrefix(t, "[") && strings.HasSuffix(t, "]"):
+		host = t[1 : len(t)-1]
+	case strings.HasPrefix(t, "[") || strings.Count(t, ":") == 1:
+		if host, ps, err = net.SplitHostPort(t); err != nil {
+			return "", "", 0, bad("cannot split host and port")
+		}
+	default: // a name, or a bare IPv6 address
+		host = t
+	}
+	if host == "" || strings.ContainsAny(host, " /\t") {
+		return "", "", 0, bad("no host")
+	}
+	if port, err = strconv.Atoi(ps); err != nil || port < 1 || port > 65535 {
+		return "", "", 0, bad("port must be 1-65535")
+	}
+	if user == "" {
+		if user = os.Getenv("USER"); user == "" {
+			user = "root"
+		}
+	}
+	return user, host, port, nil
+}
+
+func expandHome(p, home string) string {
+	if home != "" && (p == "~" || strings.HasPrefix(p, "~/")) {
+		return filepath.Join(home, p[1:])
+	}
+	return p
+}
+
+// keySet is what we authenticate with, and how to say so when it fails.
+type keySet struct {
+	signers []ssh.Signer
+	tried   []string
+	skipped []string
+	agent   io.Closer
+}
+
+func (k *keySet) describe() string {
+	d := strings.Join(k.tried, ", ")
+	if len(k.skipped) > 0 {
+		d += "; skipped " + strings.Join(k.skipped, ", ")
+	}
+	return d
+}
+
+func (k *keySet) add(s ssh.Signer) bool {
+	for _, have := range k.signers {
+		if bytes.Equal(have.PublicKey().Marshal(), s.PublicKey().Marshal()) {
+			return false
+		}
+	}
+	k.signers = append(k.signers, s)
+	return true
+}
+
+// agentSigner is the agent's signer for pub, if it holds that key.
+func (k *keySet) agentSigner(agentKeys []ssh.Signer, pub ssh.PublicKey) ssh.Signer {
+	if pub == nil {
+		return nil
+	}
+	for _, s := range agentKeys {
+		if bytes.Equal(s.PublicKey().Marshal(), pub.Marshal()) {
+			return s
+		}
+	}
+	return nil
+}
+
+var errEncrypted = errors.New("encrypted")
+
+// loadKeys gathers the keys to offer, in one publickey method: x/crypto tries
+// each method name once, so a second ssh.PublicKeys method would never run.
+// SSH_KEY alone is used when it is set (like IdentitiesOnly); otherwise the
+// agent's keys, then the default key files.
+func loadKeys(c SSHConfig, home string) (*keySet, error) {
+	k := &keySet{}
+	var agentKeys []ssh.Signer
+	if c.AgentSocket != "" {
+		conn, err := net.DialTimeout("unix", c.AgentSocket, 2*time.Second)
+		if err == nil {
+			k.agent = conn
+			agentKeys, err = agent.NewClient(conn).Signers()
+		}
+		if err != nil {
+			k.skipped = append(k.skipped, "agent ("+netReason(err)+")")
+		}
+	}
+
+	if c.KeyFile != "" {
+		signer, pub, err := readKey(c.KeyFile, c.Passphrase)
+		switch {
+		case err == nil:
+		case errors.Is(err, errEncrypted):
+			if signer = k.agentSigner(agentKeys, pub); signer == nil {
+				return k, fmt.Errorf("SSH_KEY %s is encrypted: set SSH_KEY_PASSPHRASE or load it into ssh-agent", c.KeyFile)
+			}
+		case errors.Is(err, x509.IncorrectPasswordError):
+			return k, fmt.Errorf("SSH_KEY_PASSPHRASE does not decrypt SSH_KEY %s: check it, or load the key into ssh-agent", c.KeyFile)
+		case errors.Is(err, fs.ErrNotExist):
+			return k, fmt.Errorf("SSH_KEY %s does not exist: set SSH_KEY to your private key file", c.KeyFile)
+		case errors.Is(err, fs.ErrPermission):
+			return k, fmt.Errorf("SSH_KEY %s cannot be read (permission denied): run as its owner or fix its permissions", c.KeyFile)
+		default:
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				return k, fmt.Errorf("SSH_KEY %s cannot be read: %v", c.KeyFile, pe.Err)
+			}
+			return k, fmt.Errorf("SSH_KEY %s is not a private key we can use (%v): set SSH_KEY to the private key file, not the .pub", c.KeyFile, err)
+		}
+		k.add(signer)
+		k.tried = append(k.tried, "SSH_KEY "+c.KeyFile+" ("+fingerprint(signer.PublicKey())+")")
+		return k, nil
+	}
+
+	n := 0
+	for _, s := range agentKeys {
+		if k.add(s) {
+			n++
+		}
+	}
+	if n > 0 {
+		k.tried = append(k.tried, fmt.Sprintf("agent (%d key(s))", n))
+	} else if c.AgentSocket != "" && k.agent != nil {
+		k.skipped = append(k.skipped, "agent (no keys)")
+	}
+	if home != "" {
+		for _, f := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+			p := filepath.Join(home, ".ssh", f)
+			signer, pub, err := readKey(p, c.Passphrase)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+			case errors.Is(err, errEncrypted):
+				if k.agentSigner(agentKeys, pub) == nil {
+					k.skipped = append(k.skipped, p+" (encrypted: set SSH_KEY_PASSPHRASE or load it into ssh-agent)")
+				}
+			case errors.Is(err, x509.IncorrectPasswordError):
+				k.skipped = append(k.skipped, p+" (SSH_KEY_PASSPHRASE does not decrypt it)")
+			case err != nil:
+				k.skipped = append(k.skipped, p+" ("+pathErr(err).Error()+")")
+			default:
+				if k.add(signer) {
+					k.tried = append(k.tried, p)
+				}
+			}
+		}
+	}
+	if len(k.signers) == 0 {
+		why := "no agent and no ~/.ssh/id_ed25519, id_ecdsa or id_rsa"
+		if len(k.skipped) > 0 {
+			why = "skipped " + strings.Join(k.skipped, ", ")
+		}
+		return k, fmt.Errorf("no SSH key to log in with (%s): set SSH_KEY to your private key file, or load a key into ssh-agent and set SSH_AUTH_SOCK", why)
+	}
+	return k, nil
+}
+
+// readKey parses a private key file. An encrypted key without a passphrase
+// gives errEncrypted and, when it can be found, the public key (to look for
+// in the agent). The passphrase is ignored for a key that is not encrypted.
+func readKey(path, passphrase string) (ssh.Signer, ssh.PublicKey, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, err := ssh.ParsePrivateKey(pem)
+	var missing *ssh.PassphraseMissingError
+	if !errors.As(err, &missing) {
+		return signer, nil, err
+	}
+	pub := missing.PublicKey
+	if pub == nil {
+		if b, err := os.ReadFile(path + ".pub"); err == nil {
+			pub, _, _, _, _ = ssh.ParseAuthorizedKey(b)
+		}
+	}
+	if passphrase == "" {
+		return nil, pub, errEncrypted
+	}
+	signer, err = ssh.ParsePrivateKeyWithPassphrase(pem, []byte(passphrase))
+	return signer, pub, err
+}

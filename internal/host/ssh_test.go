@@ -1,0 +1,830 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// testServer is an in-process SSH server on 127.0.0.1 that runs "exec"
+// requests with /bin/sh -c, serves the sftp subsystem and direct-tcpip.
+type testServer struct {
+	addr     string // 127.0.0.1:port
+	hostKeys []ssh.Signer
+
+	// ignoreGlobal makes the server read global requests (keepalives)
+	// and never answer them, like a server that has stopped responding.
+	ignoreGlobal bool
+
+	mu    sync.Mutex
+	conns []net.Conn
+	procs map[*exec.Cmd]bool
+}
+
+type serverOpt func(*testServer)
+
+func withIgnoreGlobal() serverOpt { return func(s *testServer) { s.ignoreGlobal = true } }
+
+// withECDSA adds an ECDSA host key, offered by x/crypto before ED25519.
+func withECDSA(t *testing.T) serverOpt {
+	return func(s *testServer) {
+		priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.hostKeys = append(s.hostKeys, mustSigner(t, priv))
+	}
+}
+
+func startServer(t *testing.T, authorized ssh.PublicKey, opts ...serverOpt) *testServer {
+	t.Helper()
+	_, hostPriv := newEd25519(t)
+	s := &testServer{hostKeys: []ssh.Signer{mustSigner(t, hostPriv)}, procs: map[*exec.Cmd]bool{}}
+	for _, o := range opts {
+		o(s)
+	}
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(_ ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if bytes.Equal(key.Marshal(), authorized.Marshal()) {
+				return nil, nil
+			}
+			return nil, errors.New("not authorized")
+		},
+	}
+	for _, k := range s.hostKeys {
+		cfg.AddHostKey(k)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = ln.Addr().String()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, nc)
+			s.mu.Unlock()
+			go s.serveConn(nc, cfg)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		for p := range s.procs {
+			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+		}
+	})
+	return s
+}
+
+// hostKey is the server's ED25519 host key.
+func (s *testServer) hostKey() ssh.PublicKey { return s.hostKeys[0].PublicKey() }
+
+func (s *testServer) serveConn(nc net.Conn, cfg *ssh.ServerConfig) {
+	_, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	if err != nil {
+		nc.Close()
+		return
+	}
+	go func() {
+		for r := range reqs {
+			if !s.ignoreGlobal && r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		}
+	}()
+	for nch := range chans {
+		switch nch.ChannelType() {
+		case "session":
+			go s.serveSession(nch)
+		case "direct-tcpip":
+			go serveDirect(nch)
+		default:
+			_ = nch.Reject(ssh.UnknownChannelType, "not here")
+		}
+	}
+}
+
+func (s *testServer) serveSession(nch ssh.NewChannel) {
+	ch, reqs, err := nch.Accept()
+	if err != nil {
+		return
+	}
+	var proc *exec.Cmd
+	var mu sync.Mutex
+	kill := func(sig syscall.Signal) {
+		mu.Lock()
+		defer mu.Unlock()
+		if proc != nil {
+			_ = syscall.Kill(-proc.Process.Pid, sig)
+		}
+	}
+	for req := range reqs {
+		switch req.Type {
+		case "exec":
+			var p struct{ Command string }
+			if ssh.Unmarshal(req.Payload, &p) != nil {
+				_ = req.Reply(false, nil)
+				continue
+			}
+			cmd := exec.Command("/bin/sh", "-c", p.Command)
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			cmd.WaitDelay = time.Second
+			if err := cmd.Start(); err != nil {
+				_ = req.Reply(false, nil)
+				continue
+			}
+			_ = req.Reply(true, nil)
+			mu.Lock()
+			proc = cmd
+			mu.Unlock()
+			s.mu.Lock()
+			s.procs[cmd] = true
+			s.mu.Unlock()
+			go func() {
+				_ = cmd.Wait()
+				s.mu.Lock()
+				delete(s.procs, cmd)
+				s.mu.Unlock()
+				code := cmd.ProcessState.ExitCode()
+				if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					code = 128 + int(ws.Signal())
+				}
+				_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
+				ch.Close()
+			}()
+		case "subsystem":
+			var p struct{ Name string }
+			if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+				_ = req.Reply(false, nil)
+				continue
+			}
+			_ = req.Reply(true, nil)
+			go func() {
+				srv, err := sftp.NewServer(ch)
+				if err == nil {
+					_ = srv.Serve()
+					srv.Close()
+				}
+				ch.Close()
+			}()
+		case "signal":
+			var p struct{ Signal string }
+			if ssh.Unmarshal(req.Payload, &p) == nil {
+				sig := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "KILL": syscall.SIGKILL}[p.Signal]
+				if sig != 0 {
+					kill(sig)
+				}
+			}
+		default:
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+		}
+	}
+	kill(syscall.SIGKILL) // the client closed the channel
+}
+
+func serveDirect(nch ssh.NewChannel) {
+	var p struct {
+		Host     string
+		Port     uint32
+		OrigHost string
+		OrigPort uint32
+	}
+	if err := ssh.Unmarshal(nch.ExtraData(), &p); err != nil {
+		_ = nch.Reject(ssh.ConnectionFailed, "bad request")
+		return
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(p.Host, strconv.Itoa(int(p.Port))), 2*time.Second)
+	if err != nil {
+		_ = nch.Reject(ssh.ConnectionFailed, err.Error())
+		return
+	}
+	ch, reqs, err := nch.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	go func() {
+		_, _ = io.Copy(c, ch)
+		_ = c.(*net.TCPConn).CloseWrite()
+	}()
+	_, _ = io.Copy(ch, c)
+	ch.Close()
+	c.Close()
+}
+
+func newEd25519(t *testing.T) (ssh.PublicKey, ed25519.PrivateKey) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp, priv
+}
+
+func mustSigner(t *testing.T, priv any) ssh.Signer {
+	t.Helper()
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writeKey writes priv as an OpenSSH private key file, encrypted when
+// passphrase is set.
+func writeKey(t *testing.T, priv any, passphrase string) string {
+	t.Helper()
+	var block *pem.Block
+	var err error
+	if passphrase == "" {
+		block, err = ssh.MarshalPrivateKey(priv, "test")
+	} else {
+		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte(passphrase))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "id_test")
+	if err := os.WriteFile(p, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func writeKnownHosts(t *testing.T, lines ...string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// fixture: a server that accepts one user key, and a config that trusts it.
+type fixture struct {
+	srv *testServer
+	cfg SSHConfig
+}
+
+func newFixture(t *testing.T, opts ...serverOpt) fixture {
+	t.Helper()
+	pub, priv := newEd25519(t)
+	srv := startServer(t, pub, opts...)
+	return fixture{srv: srv, cfg: SSHConfig{
+		Target:         "tester@" + srv.addr,
+		KeyFile:        writeKey(t, priv, ""),
+		KnownHosts:     writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
+		ConnectTimeout: 5 * time.Second,
+	}}
+}
+
+func dialOK(t *testing.T, cfg SSHConfig) *SSH {
+	t.Helper()
+	s, err := DialSSH(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("DialSSH: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func dialErr(t *testing.T, cfg SSHConfig) string {
+	t.Helper()
+	s, err := DialSSH(context.Background(), cfg)
+	if err == nil {
+		s.Close()
+		t.Fatal("DialSSH succeeded, want an error")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "\n") {
+		t.Errorf("error is more than one line: %q", msg)
+	}
+	return msg
+}
+
+func wantContains(t *testing.T, got string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(got, w) {
+			t.Errorf("%q\ndoes not contain %q", got, w)
+		}
+	}
+}
+
+func TestSSHExec(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	ctx := context.Background()
+	if got, want := s.String(), "tester@"+f.srv.addr; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+
+	var out, errOut bytes.Buffer
+	if err := s.Exec(ctx, "echo hello; echo oops >&2", nil, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "hello\n" || errOut.String() != "oops\n" {
+		t.Errorf("stdout %q stderr %q", out.String(), errOut.String())
+	}
+
+	// The command line reaches the shell verbatim; Quote makes one word.
+	got, err := Run(ctx, s, "printf '%s|' "+Join("it's", "a b", "$HOME"))
+	if err != nil || got != "it's|a b|$HOME|" {
+		t.Errorf("Run = %q, %v", got, err)
+	}
+
+	// stdin is streamed, well past the channel window.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16)
+	out.Reset()
+	if err := s.Exec(ctx, "wc -c", bytes.NewReader(big), &out, nil); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out.String()) != strconv.Itoa(len(big)) {
+		t.Errorf("wc -c = %q, want %d", out.String(), len(big))
+	}
+
+	// A command that exits without reading its input does not hang Exec.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	if err := s.Exec(ctx, "true", pr, nil, nil); err != nil {
+		t.Errorf("Exec with unread stdin: %v", err)
+	}
+
+	err = s.Exec(ctx, "echo failing >&2; exit 3", nil, nil, nil)
+	var ee *ssh.ExitError
+	if !errors.As(err, &ee) || ee.ExitStatus() != 3 {
+		t.Fatalf("Exec exit 3: %v (%T), want *ssh.ExitError with status 3", err, err)
+	}
+	_, err = Run(ctx, s, "echo failing >&2; exit 3")
+	var ce *CommandError
+	if !errors.As(err, &ce) || ce.ExitStatus() != 3 {
+		t.Fatalf("Run exit 3: %v, want CommandError with ExitStatus 3", err)
+	}
+	if err.Error() != "echo: failing" {
+		t.Errorf("CommandError = %q", err.Error())
+	}
+}
+
+func TestSSHStdinReadError(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "out")
+	in := io.MultiReader(strings.NewReader("partial"), &failingReader{})
+	err := s.Exec(context.Background(), "cat > "+Quote(target)+" && echo done > "+Quote(target+".done"), in, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "reading input") {
+		t.Fatalf("Exec = %v, want a reading input error", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := os.Stat(target + ".done"); err == nil {
+		t.Error("the command saw EOF after a failed read and carried on")
+	}
+}
+
+type failingReader struct{}
+
+func (*failingReader) Read([]byte) (int, error) { return 0, errors.New("disk on fire") }
+
+func TestSSHHashedKnownHosts(t *testing.T) {
+	f := newFixture(t)
+	line := knownhosts.HashHostname(knownhosts.Normalize(f.srv.addr)) + " " +
+		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(f.srv.hostKey())))
+	f.cfg.KnownHosts = writeKnownHosts(t, "# comment", line)
+	s := dialOK(t, f.cfg)
+	if out, err := Run(context.Background(), s, "echo ok"); err != nil || out != "ok\n" {
+		t.Fatalf("Run = %q, %v", out, err)
+	}
+}
+
+func TestSSHKnownKeyOfPreferredTypeOnly(t *testing.T) {
+	// The server has ECDSA and ED25519 keys; only ED25519 is known. x/crypto
+	// on its own would pick ECDSA and call it a changed key.
+	f := newFixture(t, withECDSA(t))
+	dialOK(t, f.cfg)
+}
+
+func TestSSHUnknownHostRefused(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.KnownHosts = filepath.Join(t.TempDir(), "nothing", "known_hosts")
+	msg := dialErr(t, f.cfg)
+	wantContains(t, msg, "host key of ["+strings.Replace(f.srv.addr, ":", "]:", 1)+" is not known",
+		"ED25519 "+ssh.FingerprintSHA256(f.srv.hostKey()), "SSH_ACCEPT_NEW=1", f.cfg.KnownHosts)
+	if _, err := os.Stat(filepath.Dir(f.cfg.KnownHosts)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("something was recorded: %v", err)
+	}
+	// An existing file that does not mention the host: the same, untouched.
+	f.cfg.KnownHosts = writeKnownHosts(t, "example.org "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(f.srv.hostKey()))))
+	before, _ := os.ReadFile(f.cfg.KnownHosts)
+	wantContains(t, dialErr(t, f.cfg), "is not known")
+	if after, _ := os.ReadFile(f.cfg.KnownHosts); !bytes.Equal(before, after) {
+		t.Errorf("known_hosts changed:\n%s", after)
+	}
+}
+
+func TestSSHAcceptNew(t *testing.T) {
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), ".ssh")
+	f.cfg.KnownHosts = filepath.Join(dir, "known_hosts")
+	f.cfg.AcceptNew = true
+	var log bytes.Buffer
+	f.cfg.Log = &log
+	s := dialOK(t, f.cfg)
+	s.Close()
+
+	norm := "[" + strings.Replace(f.srv.addr, ":", "]:", 1)
+	wantContains(t, log.String(), "recorded host key of "+norm+" (ED25519 "+ssh.FingerprintSHA256(f.srv.hostKey())+") in "+f.cfg.KnownHosts)
+	data, err := os.ReadFile(f.cfg.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := knownhosts.Line([]string{f.srv.addr}, f.srv.hostKey()) + "\n"; string(data) != want {
+		t.Errorf("known_hosts = %q, want %q", data, want)
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("dir mode %v", st.Mode().Perm())
+	}
+	if st, _ := os.Stat(f.cfg.KnownHosts); st.Mode().Perm() != 0o600 {
+		t.Errorf("file mode %v", st.Mode().Perm())
+	}
+
+	// Now known: a connection without AcceptNew passes and records nothing.
+	f.cfg.AcceptNew = false
+	log.Reset()
+	dialOK(t, f.cfg)
+	if after, _ := os.ReadFile(f.cfg.KnownHosts); !bytes.Equal(data, after) || log.Len() != 0 {
+		t.Errorf("second connect changed known_hosts (%q) or logged %q", after, log.String())
+	}
+
+	// A file without a final newline gets one before the new line.
+	f2 := newFixture(t)
+	os.WriteFile(f2.cfg.KnownHosts, []byte("example.org "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(f.srv.hostKey())))), 0o600)
+	f2.cfg.AcceptNew = true
+	dialOK(t, f2.cfg)
+	data, _ = os.ReadFile(f2.cfg.KnownHosts)
+	if lines := strings.Split(strings.TrimSpace(string(data)), "\n"); len(lines) != 2 {
+		t.Errorf("known_hosts:\n%s", data)
+	}
+}
+
+func TestSSHChangedKeyRefused(t *testing.T) {
+	f := newFixture(t)
+	other, _ := newEd25519(t)
+	f.cfg.KnownHosts = writeKnownHosts(t, "# first", "example.org "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(other))),
+		knownhosts.Line([]string{f.srv.addr}, other))
+	f.cfg.AcceptNew = true // must not matter
+	before, _ := os.ReadFile(f.cfg.KnownHosts)
+	msg := dialErr(t, f.cfg)
+	norm := "[" + strings.Replace(f.srv.addr, ":", "]:", 1)
+	wantContains(t, msg, "host key of "+norm+" has CHANGED", "now ED25519 "+ssh.FingerprintSHA256(f.srv.hostKey()),
+		f.cfg.KnownHosts+":3 has another", "man-in-the-middle", "ssh-keygen -R '"+norm+"'")
+	if after, _ := os.ReadFile(f.cfg.KnownHosts); !bytes.Equal(before, after) {
+		t.Errorf("known_hosts changed:\n%s", after)
+	}
+
+	// Only a key of another type is known (the server offers no such key):
+	// also refused, like OpenSSH.
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	f.cfg.KnownHosts = writeKnownHosts(t, knownhosts.Line([]string{f.srv.addr}, mustSigner(t, priv).PublicKey()))
+	wantContains(t, dialErr(t, f.cfg), "has CHANGED")
+}
+
+func TestSSHWrongUserKey(t *testing.T) {
+	f := newFixture(t)
+	_, otherPriv := newEd25519(t)
+	f.cfg.KeyFile = writeKey(t, otherPriv, "")
+	msg := dialErr(t, f.cfg)
+	wantContains(t, msg, "ssh: tester@"+f.srv.addr+" refused our key(s)", "SSH_KEY "+f.cfg.KeyFile, "authorized_keys")
+}
+
+func TestSSHKeyFileProblems(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.KeyFile = filepath.Join(t.TempDir(), "nope")
+	wantContains(t, dialErr(t, f.cfg), "SSH_KEY "+f.cfg.KeyFile+" does not exist")
+
+	pub, _ := newEd25519(t)
+	f.cfg.KeyFile = filepath.Join(t.TempDir(), "id.pub")
+	os.WriteFile(f.cfg.KeyFile, ssh.MarshalAuthorizedKey(pub), 0o600)
+	wantContains(t, dialErr(t, f.cfg), "is not a private key", "not the .pub")
+}
+
+func TestSSHEncryptedKey(t *testing.T) {
+	const pass = "correct horse battery"
+	pub, priv := newEd25519(t)
+	srv := startServer(t, pub)
+	cfg := SSHConfig{
+		Target:     "tester@" + srv.addr,
+		KeyFile:    writeKey(t, priv, pass),
+		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
+	}
+
+	msg := dialErr(t, cfg)
+	wantContains(t, msg, "SSH_KEY "+cfg.KeyFile+" is encrypted: set SSH_KEY_PASSPHRASE or load it into ssh-agent")
+
+	cfg.Passphrase = "wrong horse"
+	msg = dialErr(t, cfg)
+	wantContains(t, msg, "SSH_KEY_PASSPHRASE does not decrypt SSH_KEY "+cfg.KeyFile)
+	if strings.Contains(msg, "wrong horse") {
+		t.Errorf("the passphrase is in the error: %q", msg)
+	}
+
+	cfg.Passphrase = pass
+	s := dialOK(t, cfg)
+	if strings.Contains(s.String(), pass) {
+		t.Error("passphrase in String()")
+	}
+
+	// Without the passphrase, the agent's copy of the key will do.
+	cfg.Passphrase = ""
+	cfg.AgentSocket = startAgent(t, priv)
+	dialOK(t, cfg)
+}
+
+// startAgent serves an in-memory ssh-agent holding keys on a unix socket.
+func startAgent(t *testing.T, keys ...any) string {
+	t.Helper()
+	kr := agent.NewKeyring()
+	for _, k := range keys {
+		if err := kr.Add(agent.AddedKey{PrivateKey: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); os.RemoveAll(dir) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = agent.ServeAgent(kr, c); c.Close() }()
+		}
+	}()
+	return sock
+}
+
+func TestSSHAgentAndDefaultKeys(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	pub, priv := newEd25519(t)
+	srv := startServer(t, pub)
+	cfg := SSHConfig{
+		Target:     "tester@" + srv.addr,
+		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
+	}
+
+	// Nothing to offer at all.
+	wantContains(t, dialErr(t, cfg), "no SSH key to log in with", "SSH_KEY")
+
+	// The agent holds a wrong key and the right one.
+	_, wrong := newEd25519(t)
+	cfg.AgentSocket = startAgent(t, wrong, priv)
+	dialOK(t, cfg)
+
+	// No agent: ~/.ssh/id_ed25519 is used.
+	cfg.AgentSocket = ""
+	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
+	os.Rename(writeKey(t, priv, ""), filepath.Join(home, ".ssh", "id_ed25519"))
+	dialOK(t, cfg)
+
+	// A wrong default key: the message lists what was tried.
+	os.Rename(writeKey(t, wrong, ""), filepath.Join(home, ".ssh", "id_ed25519"))
+	wantContains(t, dialErr(t, cfg), "refused our key(s) (tried "+filepath.Join(home, ".ssh", "id_ed25519"))
+}
+
+func TestSSHDialContext(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"status":"ok"}`)
+	}))
+	defer web.Close()
+
+	hc := &http.Client{Transport: &http.Transport{DialContext: s.DialContext, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := hc.Get(web.URL + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != `{"status":"ok"}` {
+		t.Errorf("body %q", body)
+	}
+
+	// Nothing listens: an error, not a connection.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := ln.Addr().String()
+	ln.Close()
+	if c, err := s.DialContext(context.Background(), "tcp", closed); err == nil {
+		c.Close()
+		t.Error("dial to a closed port succeeded")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.DialContext(ctx, "tcp", web.Listener.Addr().String()); !errors.Is(err, context.Canceled) {
+		t.Errorf("dial with a cancelled ctx: %v", err)
+	}
+}
+
+func TestSSHExecCancel(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	err := s.Exec(ctx, "sleep 30", nil, nil, nil)
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("cancelled Exec took %v", took)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	// The connection is still good.
+	if out, err := Run(context.Background(), s, "echo still here"); err != nil || out != "still here\n" {
+		t.Errorf("after cancel: %q, %v", out, err)
+	}
+}
+
+func TestSSHKeepaliveDropsDeadLink(t *testing.T) {
+	f := newFixture(t, withIgnoreGlobal())
+	f.cfg.Keepalive = 100 * time.Millisecond
+	s := dialOK(t, f.cfg)
+	start := time.Now()
+	err := s.Exec(context.Background(), "sleep 30", nil, nil, nil)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Exec on a dead link took %v", took)
+	}
+	if err == nil || !strings.Contains(err.Error(), "keepalive") {
+		t.Errorf("err = %v, want one about keepalives", err)
+	}
+	if err := s.Exec(context.Background(), "true", nil, nil, nil); err == nil || !strings.Contains(err.Error(), "lost") {
+		t.Errorf("Exec after the link died: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+func TestSSHKeepaliveKeepsLiveLink(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.Keepalive = 50 * time.Millisecond
+	s := dialOK(t, f.cfg)
+	if err := s.Exec(context.Background(), "sleep 0.5", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestSSHUnreachable(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	_, priv := newEd25519(t)
+	cfg := SSHConfig{Target: "tester@" + addr, KeyFile: writeKey(t, priv, ""), KnownHosts: writeKnownHosts(t)}
+	start := time.Now()
+	msg := dialErr(t, cfg)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("took %v", took)
+	}
+	wantContains(t, msg, "cannot reach "+addr+" within 10s: connection refused: check DEPLOY_HOST and that sshd runs")
+}
+
+func TestSSHHandshakeTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never speaks
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	_, priv := newEd25519(t)
+	cfg := SSHConfig{Target: "tester@" + ln.Addr().String(), KeyFile: writeKey(t, priv, ""),
+		KnownHosts: writeKnownHosts(t), ConnectTimeout: 300 * time.Millisecond}
+	start := time.Now()
+	msg := dialErr(t, cfg)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v", took)
+	}
+	wantContains(t, msg, "did not finish the SSH handshake within 300ms")
+}
+
+func TestSSHWriteFile(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	dir := filepath.Join(t.TempDir(), "with space")
+	os.Mkdir(dir, 0o755)
+	path := filepath.Join(dir, "my file.env")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("A=1\nB='two words'\n")
+	if err := s.WriteFile(context.Background(), path, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("content %q, %v", got, err)
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", st.Mode().Perm())
+	}
+	if _, err := os.Stat(path + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temp file left: %v", err)
+	}
+
+	err = s.WriteFile(context.Background(), filepath.Join(dir, "no such dir", "f"), data, 0o600)
+	if err == nil || strings.Contains(err.Error(), "\n") {
+		t.Errorf("write into a missing dir: %v", err)
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	t.Setenv("USER", "me")
+	for _, tc := range []struct {
+		in, user, host string
+		port           int
+		err            bool
+	}{
+		{"server", "me", "server", 22, false},
+		{"ubuntu@server:2222", "ubuntu", "server", 2222, false},
+		{"ssh://deploy@10.0.0.1", "deploy", "10.0.0.1", 22, false},
+		{"[::1]:2200", "me", "::1", 2200, false},
+		{"root@[fe80::1]", "root", "fe80::1", 22, false},
+		{"fe80::1", "me", "fe80::1", 22, false},
+		{"a@b@host", "a@b", "host", 22, false},
+		{"", "", "", 0, true},
+		{"host:0", "", "", 0, true},
+		{"host:ssh", "", "", 0, true},
+		{"user@", "", "", 0, true},
+	} {
+		u, h, p, err := parseTarget(tc.in)
+		if (err != nil) != tc.err || u != tc.user || h != tc.host || p != tc.port {
+			t.Errorf("parseTarget(%q) = %q %q %d %v", tc.in, u, h, p, err)
+		}
+	}
+	t.Setenv("USER", "")
+	if u, _, _, _ := parseTarget("h"); u != "root" {
+		t.Errorf("default user %q", u)
+	}
+}

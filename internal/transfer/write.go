@@ -1,0 +1,502 @@
+package transfer
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+)
+
+// Options describe one load archive.
+type Options struct {
+	Ref string // name:tag the server tags the image with; "" = the tag the save carries
+	// ID is the image ID (from engine.Image), checked if set: the config's
+	// digest on the classic store; on the containerd store, the digest of
+	// the image's manifest or index, which the save then holds as a blob.
+	ID     string
+	Layers []string // the image's diff IDs, base first (from engine.Image); required
+	Skip   int      // how many leading layers the server has (from Present); 0 = send all
+
+	Compress string // Gzip, Zstd or None; "" = Gzip
+
+	// Progress, if set, receives a progress line of the bytes on the wire
+	// (redrawn on a terminal, every 5 s elsewhere); Estimate is how many
+	// there will be, roughly (0 = unknown: no time left is shown).
+	Progress io.Writer
+	Estimate int64
+
+	// TempDir is a directory on THIS machine for holding one layer at a time:
+	// the legacy save layout names a layer only by a v1 ID, so its diff ID is
+	// known after its last byte, too late for the tar header that must come
+	// first. "" = os.TempDir(). Nothing is ever written on the server.
+	TempDir string
+}
+
+// Stats say what Write sent.
+type Stats struct {
+	Layers    int   // layers of the image
+	Sent      int   // layer blobs in the archive
+	RawBytes  int64 // the archive before compression
+	WireBytes int64 // the archive as written to w
+	// The image ID the server will show after the load: Config (the config's
+	// digest) on the classic store, Manifest (of the OCI image manifest in
+	// the archive) on the containerd store. Config is also the local image
+	// ID when the local engine uses the classic store.
+	Config, Manifest string
+}
+
+// Media types of the OCI image layout Write produces.
+const (
+	mediaIndex    = "application/vnd.oci.image.index.v1+json"
+	mediaManifest = "application/vnd.oci.image.manifest.v1+json"
+	mediaConfig   = "application/vnd.oci.image.config.v1+json"
+	mediaLayer    = "application/vnd.oci.image.layer.v1.tar"
+)
+
+// maxMeta bounds a JSON file (config, manifest) kept in memory.
+const maxMeta = 16 << 20
+
+// Write reads `docker save` of ONE image from save and writes to w a
+// compressed `docker load` archive that holds the image's config and its
+// layers above o.Skip, and names all of its layers.
+//
+// It streams: layers pass through one at a time (in the legacy layout each is
+// first copied to o.TempDir to learn its diff ID), so memory stays small
+// whatever the image's size. Every layer it reads is checked against
+// o.Layers, and the config against them and o.ID. On error the archive
+// written so far is unusable: abort the load it feeds.
+func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, error) {
+	if len(o.Layers) == 0 {
+		return Stats{}, errors.New("transfer: no layers given (Options.Layers)")
+	}
+	if o.Skip < 0 || o.Skip > len(o.Layers) {
+		return Stats{}, fmt.Errorf("transfer: skip %d of %d layers", o.Skip, len(o.Layers))
+	}
+	if o.Ref != "" {
+		if _, err := parseRef(o.Ref); err != nil {
+			return Stats{}, err // before a byte is sent
+		}
+	}
+	var prog *Progress
+	if o.Progress != nil {
+		prog = NewProgress(w, o.Progress, o.Estimate)
+		w = prog
+	}
+	wire := &Counter{W: w}
+	zw, err := compressor(wire, o.Compress)
+	if err != nil {
+		return Stats{}, err
+	}
+	raw := &Counter{W: zw}
+	x := &rewriter{
+		o:      o,
+		tw:     tar.NewWriter(raw),
+		need:   map[string]bool{},
+		ours:   map[string]bool{},
+		sent:   map[string]bool{},
+		size:   map[string]int64{},
+		digest: map[string]string{},
+		links:  map[string]string{},
+		meta:   map[string][]byte{},
+		blobs:  map[string]bool{},
+	}
+	for i, d := range o.Layers {
+		x.ours[d] = true
+		if i >= o.Skip {
+			x.need[d] = true
+		}
+	}
+	err = x.read(ctx, save)
+	if err == nil {
+		err = x.finish()
+	}
+	if err == nil {
+		err = x.tw.Close()
+	}
+	if cerr := zw.Close(); err == nil && cerr != nil { // also stops zstd's goroutines after an error
+		err = fmt.Errorf("transfer: compress: %w", cerr)
+	}
+	if prog != nil {
+		prog.end(err == nil)
+	}
+	if err != nil {
+		return Stats{}, err
+	}
+	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N, WireBytes: wire.N, Config: x.configDigest, Manifest: x.manifestDigest}, nil
+}
+
+// rewriter is the state of one Write.
+type rewriter struct {
+	o  Options
+	tw *tar.Writer
+
+	need map[string]bool  // diff IDs to send
+	ours map[string]bool  // diff IDs of the image
+	sent map[string]bool  // diff IDs already in the archive
+	size map[string]int64 // diff ID -> uncompressed size, of every layer seen
+
+	digest   map[string]string // save path -> diff ID of the layer there
+	links    map[string]string // save path -> the path a symlink points at
+	meta     map[string][]byte // save path -> small JSON file
+	manifest []struct {
+		Config   string
+		RepoTags []string
+		Layers   []string
+	}
+	dirs           bool // blobs/sha256/ written
+	configDigest   string
+	manifestDigest string          // of the OCI manifest written
+	blobs          map[string]bool // digests named by blobs/sha256/ in the save
+}
+
+// read goes once through the save archive, sending needed layers as it meets them.
+func (x *rewriter) read(ctx context.Context, save io.Reader) error {
+	tr := tar.NewReader(ctxReader{ctx, save})
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read image archive: %w", err)
+		}
+		name := path.Clean(h.Name)
+		switch {
+		case h.Typeflag == tar.TypeSymlink:
+			// docker save links a layer whose diff ID it has already written.
+			x.links[name] = path.Join(path.Dir(name), h.Linkname)
+		case h.Typeflag != tar.TypeReg:
+		case name == "manifest.json":
+			if err := json.NewDecoder(io.LimitReader(tr, maxMeta)).Decode(&x.manifest); err != nil {
+				return fmt.Errorf("read image archive: manifest.json: %w", err)
+			}
+		case strings.HasPrefix(name, "blobs/sha256/"):
+			x.blobs["sha256:"+path.Base(name)] = true
+			err = x.blob(tr, h, name, "sha256:"+path.Base(name))
+		case path.Base(name) == "layer.tar":
+			err = x.layer(tr, name, "")
+		case !strings.Contains(name, "/") && strings.HasSuffix(name, ".json"):
+			err = x.keep(tr, h, name) // the legacy layout's <image ID>.json config
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// blob handles blobs/sha256/<digest> of the OCI layout: an uncompressed layer
+// of ours is known by its name, sent straight through or not read at all;
+// a compressed layer must be unpacked to learn its diff ID; JSON is kept.
+func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) error {
+	if x.ours[digest] {
+		x.digest[name], x.size[digest] = digest, h.Size
+		if !x.need[digest] || x.sent[digest] {
+			return nil
+		}
+		x.sent[digest] = true
+		return x.send(digest, h.Size, tr)
+	}
+	br := bufio.NewReaderSize(tr, 64<<10)
+	if compressed(br) {
+		return x.layer(br, name, digest)
+	}
+	if h.Size <= maxMeta {
+		return x.keep(br, h, name)
+	}
+	return nil // a big blob that is no layer of this image: not needed
+}
+
+// layer copies a layer (unpacking it if compressed) to a local temporary
+// file while hashing it, then sends it if it is needed. digest, if known, is
+// what the bytes as stored must hash to.
+func (x *rewriter) layer(r io.Reader, name, digest string) error {
+	stored := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(r, stored), 64<<10)
+	zr, err := decompress(br)
+	if err != nil {
+		return fmt.Errorf("read layer %s: %w", name, err)
+	}
+	defer zr.Close()
+	f, err := os.CreateTemp(x.o.TempDir, "carebot-layer-*")
+	if err != nil {
+		return fmt.Errorf("spool layer %s: %w", name, err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), zr)
+	if err != nil {
+		return fmt.Errorf("spool layer %s: %w", name, err)
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil { // the rest of a compressed stream, for its digest
+		return fmt.Errorf("read layer %s: %w", name, err)
+	}
+	if digest != "" && hexDigest(stored) != digest {
+		return fmt.Errorf("layer %s is corrupt: its content hashes to %s", name, hexDigest(stored))
+	}
+	diffID := hexDigest(h)
+	x.digest[name], x.size[diffID] = diffID, n
+	if !x.need[diffID] || x.sent[diffID] {
+		return nil // the server has it, or it is already in the archive
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("spool layer %s: %w", name, err)
+	}
+	x.sent[diffID] = true
+	return x.send(diffID, n, f)
+}
+
+// send writes a layer to the archive as blobs/sha256/<diff ID>, and checks
+// that the bytes hash to it.
+func (x *rewriter) send(diffID string, size int64, r io.Reader) error {
+	h := sha256.New()
+	if err := x.file(blobPath(diffID), size, io.TeeReader(r, h)); err != nil {
+		return err
+	}
+	if got := hexDigest(h); got != diffID {
+		return fmt.Errorf("layer %s is corrupt: its content hashes to %s", diffID, got)
+	}
+	return nil
+}
+
+// keep holds a small file (a config, a manifest) in memory until the end.
+func (x *rewriter) keep(r io.Reader, h *tar.Header, name string) error {
+	if h.Size > maxMeta {
+		return nil
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	x.meta[name] = b
+	return nil
+}
+
+// finish checks the save against the options and writes the config, the
+// OCI image manifest, index.json, oci-layout and manifest.json.
+func (x *rewriter) finish() error {
+	if len(x.manifest) != 1 {
+		return fmt.Errorf("read image archive: want one image in manifest.json, found %d", len(x.manifest))
+	}
+	m := x.manifest[0]
+	cfgPath := x.resolve(path.Clean(m.Config))
+	config, ok := x.meta[cfgPath]
+	if !ok {
+		return fmt.Errorf("read image archive: config %s is missing", m.Config)
+	}
+	cfgDigest := digestOf(config)
+	x.configDigest = cfgDigest
+	if strings.HasPrefix(cfgPath, "blobs/sha256/") && "sha256:"+path.Base(cfgPath) != cfgDigest {
+		return fmt.Errorf("config %s is corrupt: its content hashes to %s", m.Config, cfgDigest)
+	}
+	if x.o.ID != "" && x.o.ID != cfgDigest && !x.blobs[x.o.ID] {
+		return fmt.Errorf("saved image %s is not image %s: was it rebuilt meanwhile?", cfgDigest, x.o.ID)
+	}
+	var cfg struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+		RootFS       struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	if err := json.Unmarshal(config, &cfg); err != nil {
+		return fmt.Errorf("read image config: %w", err)
+	}
+	if !slices.Equal(cfg.RootFS.DiffIDs, x.o.Layers) {
+		return fmt.Errorf("saved image %s has layers %v, not the %v expected: was it rebuilt meanwhile?", cfgDigest, cfg.RootFS.DiffIDs, x.o.Layers)
+	}
+	if len(m.Layers) != len(x.o.Layers) {
+		return fmt.Errorf("read image archive: manifest.json names %d layers, the config %d", len(m.Layers), len(x.o.Layers))
+	}
+	for i, p := range m.Layers {
+		got, ok := x.digest[x.resolve(path.Clean(p))]
+		if !ok {
+			return fmt.Errorf("read image archive: layer %s is missing", p)
+		}
+		if got != x.o.Layers[i] {
+			return fmt.Errorf("layer %d (%s) hashes to %s, not %s", i+1, p, got, x.o.Layers[i])
+		}
+	}
+	for d := range x.need {
+		if !x.sent[d] {
+			return fmt.Errorf("read image archive: layer %s is missing", d)
+		}
+	}
+
+	ref := x.o.Ref
+	if ref == "" && len(m.RepoTags) > 0 {
+		ref = m.RepoTags[0]
+	}
+	if ref == "" {
+		return errors.New("transfer: no name:tag to load the image as (Options.Ref)")
+	}
+	tagged, err := parseRef(ref)
+	if err != nil {
+		return err
+	}
+
+	if err := x.file(blobPath(cfgDigest), int64(len(config)), bytes.NewReader(config)); err != nil {
+		return err
+	}
+	manifest := ociManifest{
+		SchemaVersion: 2,
+		MediaType:     mediaManifest,
+		Config:        descriptor{MediaType: mediaConfig, Digest: cfgDigest, Size: int64(len(config))},
+	}
+	legacy := []legacyManifest{{Config: blobPath(cfgDigest), RepoTags: []string{reference.FamiliarString(tagged)}}}
+	for _, d := range x.o.Layers {
+		manifest.Layers = append(manifest.Layers, descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]})
+		legacy[0].Layers = append(legacy[0].Layers, blobPath(d))
+	}
+	mb, err := json.Marshal(manifest)
+	if err != nil {
+		return err
+	}
+	mDigest := digestOf(mb)
+	x.manifestDigest = mDigest
+	if err := x.file(blobPath(mDigest), int64(len(mb)), bytes.NewReader(mb)); err != nil {
+		return err
+	}
+	index := ociIndex{SchemaVersion: 2, MediaType: mediaIndex, Manifests: []descriptor{{
+		MediaType: mediaManifest, Digest: mDigest, Size: int64(len(mb)),
+		Annotations: map[string]string{
+			"io.containerd.image.name":          tagged.String(),
+			"org.opencontainers.image.ref.name": tagged.Tag(),
+		},
+		Platform: &platform{Architecture: cfg.Architecture, OS: cfg.OS, Variant: cfg.Variant},
+	}}}
+	if cfg.OS == "" || cfg.Architecture == "" {
+		index.Manifests[0].Platform = nil
+	}
+	for _, f := range []struct {
+		name string
+		v    any
+	}{{"index.json", index}, {"oci-layout", map[string]string{"imageLayoutVersion": "1.0.0"}}, {"manifest.json", legacy}} {
+		b, err := json.Marshal(f.v)
+		if err != nil {
+			return err
+		}
+		if err := x.file(f.name, int64(len(b)), bytes.NewReader(b)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseRef reads name[:tag] (tag latest if none) as `docker load` will.
+func parseRef(ref string) (reference.NamedTagged, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return nil, fmt.Errorf("image name %q: %w", ref, err)
+	}
+	tagged, ok := reference.TagNameOnly(named).(reference.NamedTagged)
+	if !ok {
+		return nil, fmt.Errorf("image name %q: want name:tag", ref)
+	}
+	return tagged, nil
+}
+
+// resolve follows the symlinks of the save archive.
+func (x *rewriter) resolve(p string) string {
+	for range 8 {
+		t, ok := x.links[p]
+		if !ok {
+			break
+		}
+		p = t
+	}
+	return p
+}
+
+// file writes one regular file to the archive, with blobs/sha256/ before the first blob.
+func (x *rewriter) file(name string, size int64, r io.Reader) error {
+	if strings.HasPrefix(name, "blobs/") && !x.dirs {
+		x.dirs = true
+		for _, d := range []string{"blobs/", "blobs/sha256/"} {
+			if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
+				return fmt.Errorf("write archive: %w", err)
+			}
+		}
+	}
+	if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: epoch}); err != nil {
+		return fmt.Errorf("write archive: %w", err)
+	}
+	if n, err := io.Copy(x.tw, r); err != nil {
+		return fmt.Errorf("write archive: %s: %w", name, err)
+	} else if n != size {
+		return fmt.Errorf("write archive: %s: %d bytes of %d", name, n, size)
+	}
+	return nil
+}
+
+var epoch = time.Unix(0, 0)
+
+func blobPath(digest string) string { return "blobs/sha256/" + strings.TrimPrefix(digest, "sha256:") }
+
+func hexDigest(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+func digestOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+type descriptor struct {
+	MediaType   string            `json:"mediaType"`
+	Digest      string            `json:"digest"`
+	Size        int64             `json:"size"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	Platform    *platform         `json:"platform,omitempty"`
+}
+
+type platform struct {
+	Architecture string `json:"architecture"`
+	OS           string `json:"os"`
+	Variant      string `json:"variant,omitempty"`
+}
+
+type ociManifest struct {
+	SchemaVersion int          `json:"schemaVersion"`
+	MediaType     string       `json:"mediaType"`
+	Config        descriptor   `json:"config"`
+	Layers        []descriptor `json:"layers"`
+}
+
+type ociIndex struct {
+	SchemaVersion int          `json:"schemaVersion"`
+	MediaType     string       `json:"mediaType"`
+	Manifests     []descriptor `json:"manifests"`
+}
+
+type legacyManifest struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
+}
+
+// ctxReader stops a read once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(b []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(b)
+}
