@@ -102,7 +102,7 @@ func (p Probe) Until(ctx context.Context, w Wait) (Status, error) {
 		}
 		if w.Alive != nil {
 			if aerr := w.Alive(ctx); aerr != nil && ctx.Err() == nil {
-				return s, aerr
+				return s, fmt.Errorf("%w (last answer: %v)", aerr, trimErr(last))
 			}
 		}
 		select {

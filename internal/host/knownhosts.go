@@ -169,6 +169,13 @@ func (h *hostKeyCheck) callback(hostname string, remote net.Addr, key ssh.Public
 	return h.refused
 }
 
+// refusal is why the host key was refused, or nil.
+func (h *hostKeyCheck) refusal() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.refused
+}
+
 func (h *hostKeyCheck) keygenRemove(name string) string {
 	cmd := "ssh-keygen -R " + Quote(name)
 	if home, err := os.UserHomeDir(); err != nil || filepath.Clean(h.file) != filepath.Join(home, ".ssh", "known_hosts") {

@@ -115,12 +115,12 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 			return nil, fmt.Errorf("ssh to %s: %w", name, context.Cause(ctx))
 		case errors.As(err, &de):
 			return nil, fmt.Errorf("cannot reach %s within %s: %s: check DEPLOY_HOST and that sshd runs", addr, c.ConnectTimeout, netReason(de.err))
-		case hk.refused != nil:
-			return nil, hk.refused
+		case hk.refusal() != nil:
+			return nil, hk.refusal()
 		case strings.Contains(err.Error(), "unable to authenticate"):
 			return nil, fmt.Errorf("ssh: %s refused our key(s) (tried %s): add the public key to ~/.ssh/authorized_keys on the server", name, keys.describe())
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return nil, fmt.Errorf("%s did not finish the SSH handshake within %s: check DEPLOY_HOST points at an SSH server, or raise the connect timeout", addr, c.ConnectTimeout)
+			return nil, fmt.Errorf("%s did not finish the SSH handshake within %s: check DEPLOY_HOST points at an SSH server and the link is up", addr, c.ConnectTimeout)
 		default:
 			if inner := errors.Unwrap(err); inner != nil { // drop "ssh: handshake failed: "
 				err = inner
@@ -260,15 +260,32 @@ func (s *SSH) connErr(err error) error {
 
 // Exec runs cmd, verbatim, in a new session: the remote login shell parses
 // it, so quote arguments with Quote. A non-zero exit is an error wrapping
-// *ssh.ExitError. When ctx ends, the command gets SIGTERM and the session
-// is closed.
+// *ssh.ExitError. When ctx ends, or reading stdin fails, the command gets
+// SIGTERM, the session is closed and Exec returns at once.
+//
+// OpenSSH refuses signals in root logins, and closing a session neither
+// kills its command nor makes sshd let go of it before the command ends:
+// a cancelled command that never writes keeps running on the server, and
+// one reading stdin sees EOF. Commands fed by stdin must check they got all
+// of it (WriteFile's shell fallback compares the size).
 func (s *SSH) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
 	sess, err := s.newSession(ctx)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	sess.Stdout, sess.Stderr = stdout, stderr // nil discards
+	// x/crypto copies stdout and stderr in two goroutines; callers like Run
+	// may pass one writer to both, so take turns (os/exec does the same).
+	// The gate also keeps late output of an abandoned session from reaching
+	// the caller's writers after Exec has returned.
+	gate := &outputGate{}
+	defer gate.close()
+	if stdout != nil {
+		sess.Stdout = &gatedWriter{gate, stdout}
+	}
+	if stderr != nil {
+		sess.Stderr = &gatedWriter{gate, stderr}
+	}
 	var in io.WriteCloser
 	if stdin != nil {
 		if in, err = sess.StdinPipe(); err != nil {
@@ -285,7 +302,6 @@ func (s *SSH) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 		go func() {
 			if err := copyStdin(in, stdin); err != nil {
 				readErr <- err
-				sess.Close() // the command must not take a short read for the whole input
 			}
 		}()
 	}
@@ -294,18 +310,11 @@ func (s *SSH) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGTERM)
-		sess.Close()
-		select { // let the output copiers finish; a dead link is the keepalive's job
-		case <-done:
-		case <-time.After(2 * time.Second):
-		}
+		abort(sess, done)
 		return fmt.Errorf("on %s: %w", s.name, context.Cause(ctx))
-	}
-	select {
 	case rerr := <-readErr:
-		return fmt.Errorf("reading input for %s: %w", s.name, rerr)
-	default:
+		abort(sess, done)
+		return fmt.Errorf("reading input for the command on %s: %w", s.name, rerr)
 	}
 	var ee *ssh.ExitError
 	switch {
@@ -316,6 +325,45 @@ func (s *SSH) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 	default:
 		return s.connErr(err)
 	}
+}
+
+// abort signals and closes a session, giving its output a moment to drain.
+// It does not wait for the close to complete: OpenSSH completes it only
+// when the command has exited.
+func abort(sess *ssh.Session, done <-chan error) {
+	_ = sess.Signal(ssh.SIGTERM)
+	sess.Close()
+	select {
+	case <-done:
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// outputGate serialises a session's output writers, and drops output that
+// arrives after close.
+type outputGate struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+func (g *outputGate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+type gatedWriter struct {
+	g *outputGate
+	w io.Writer
+}
+
+func (w *gatedWriter) Write(p []byte) (int, error) {
+	w.g.mu.Lock()
+	defer w.g.mu.Unlock()
+	if w.g.closed {
+		return len(p), nil
+	}
+	return w.w.Write(p)
 }
 
 // copyStdin feeds r to the command and then sends EOF. It returns only
@@ -471,14 +519,21 @@ func fileMode(m uint32) fs.FileMode {
 }
 
 func (s *SSH) writeFileShell(ctx context.Context, path string, data []byte, mode uint32) error {
-	tmp := path + ".tmp"
-	cmd := fmt.Sprintf("cat > %s && chmod %o %s && mv -f %s %s",
-		Quote(tmp), mode, Quote(tmp), Quote(tmp), Quote(path))
+	cmd := shellWriteCmd(path, len(data), mode)
 	var both bytes.Buffer
 	if err := s.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
 		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
 	}
 	return nil
+}
+
+// shellWriteCmd stores size bytes of stdin at path, atomically. The size
+// check matters: if our side fails mid-stream, sshd gives cat an EOF, and a
+// short file must not be renamed into place.
+func shellWriteCmd(path string, size int, mode uint32) string {
+	tmp := Quote(path + ".tmp")
+	return fmt.Sprintf("cat > %[1]s && if [ $(($(wc -c < %[1]s))) -ne %[3]d ]; then rm -f %[1]s; echo %[4]s >&2; exit 1; fi && chmod %[5]o %[1]s && mv -f %[1]s %[2]s",
+		tmp, Quote(path), size, Quote(path+": incomplete upload"), mode)
 }
 
 // String is "user@host:port".

@@ -39,6 +39,7 @@ type testServer struct {
 	// ignoreGlobal makes the server read global requests (keepalives)
 	// and never answer them, like a server that has stopped responding.
 	ignoreGlobal bool
+	noSFTP       bool // refuse the sftp subsystem
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -48,6 +49,7 @@ type testServer struct {
 type serverOpt func(*testServer)
 
 func withIgnoreGlobal() serverOpt { return func(s *testServer) { s.ignoreGlobal = true } }
+func withoutSFTP() serverOpt      { return func(s *testServer) { s.noSFTP = true } }
 
 // withECDSA adds an ECDSA host key, offered by x/crypto before ED25519.
 func withECDSA(t *testing.T) serverOpt {
@@ -160,13 +162,24 @@ func (s *testServer) serveSession(nch ssh.NewChannel) {
 				continue
 			}
 			cmd := exec.Command("/bin/sh", "-c", p.Command)
-			cmd.Stdin, cmd.Stdout, cmd.Stderr = ch, ch, ch.Stderr()
+			cmd.Stdout, cmd.Stderr = ch, ch.Stderr()
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			cmd.WaitDelay = time.Second
+			// Like sshd, feed stdin without waiting for its end when the
+			// command exits (os/exec would, with cmd.Stdin = ch).
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				_ = req.Reply(false, nil)
+				continue
+			}
 			if err := cmd.Start(); err != nil {
 				_ = req.Reply(false, nil)
 				continue
 			}
+			go func() {
+				_, _ = io.Copy(stdin, ch)
+				stdin.Close()
+			}()
 			_ = req.Reply(true, nil)
 			mu.Lock()
 			proc = cmd
@@ -188,7 +201,7 @@ func (s *testServer) serveSession(nch ssh.NewChannel) {
 			}()
 		case "subsystem":
 			var p struct{ Name string }
-			if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+			if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" || s.noSFTP {
 				_ = req.Reply(false, nil)
 				continue
 			}
@@ -337,6 +350,7 @@ func dialErr(t *testing.T, cfg SSHConfig) string {
 		t.Fatal("DialSSH succeeded, want an error")
 	}
 	msg := err.Error()
+	t.Log(msg)
 	if strings.Contains(msg, "\n") {
 		t.Errorf("error is more than one line: %q", msg)
 	}
@@ -368,8 +382,14 @@ func TestSSHExec(t *testing.T) {
 		t.Errorf("stdout %q stderr %q", out.String(), errOut.String())
 	}
 
+	// Run hands one buffer to stdout and stderr: no race between the two.
+	got, err := Run(ctx, s, "for i in 1 2 3 4 5 6 7 8; do echo out$i; echo err$i >&2; done; exit 1")
+	if err == nil || !strings.Contains(got, "out8") {
+		t.Errorf("Run = %q, %v", got, err)
+	}
+
 	// The command line reaches the shell verbatim; Quote makes one word.
-	got, err := Run(ctx, s, "printf '%s|' "+Join("it's", "a b", "$HOME"))
+	got, err = Run(ctx, s, "printf '%s|' "+Join("it's", "a b", "$HOME"))
 	if err != nil || got != "it's|a b|$HOME|" {
 		t.Errorf("Run = %q, %v", got, err)
 	}
@@ -703,6 +723,7 @@ func TestSSHKeepaliveDropsDeadLink(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("Exec on a dead link took %v", took)
 	}
+	t.Log(err)
 	if err == nil || !strings.Contains(err.Error(), "keepalive") {
 		t.Errorf("err = %v, want one about keepalives", err)
 	}
@@ -794,7 +815,8 @@ func TestSSHWriteFile(t *testing.T) {
 	}
 
 	err = s.WriteFile(context.Background(), filepath.Join(dir, "no such dir", "f"), data, 0o600)
-	if err == nil || strings.Contains(err.Error(), "\n") {
+	t.Log(err)
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "no such dir") {
 		t.Errorf("write into a missing dir: %v", err)
 	}
 }
@@ -826,5 +848,194 @@ func TestParseTarget(t *testing.T) {
 	t.Setenv("USER", "")
 	if u, _, _, _ := parseTarget("h"); u != "root" {
 		t.Errorf("default user %q", u)
+	}
+}
+
+func TestSSHWriteFileWithoutSFTP(t *testing.T) {
+	f := newFixture(t, withoutSFTP())
+	s := dialOK(t, f.cfg)
+	path := filepath.Join(t.TempDir(), "it's here")
+	if err := s.WriteFile(context.Background(), path, []byte("x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 || string(got) != "x\n" {
+		t.Errorf("shell fallback wrote %q: %v %v", got, st, err)
+	}
+}
+
+// startOpenSSH runs the real sshd on a free loopback port with ED25519,
+// ECDSA and RSA host keys, trusting userKey. It skips without sshd or root.
+func startOpenSSH(t *testing.T, userKey ssh.PublicKey) (addr, dir string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts sshd: skipped with -short")
+	}
+	bin, err := exec.LookPath("sshd")
+	if err != nil {
+		bin = "/usr/sbin/sshd"
+	}
+	if _, err := os.Stat(bin); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs OpenSSH's sshd and root")
+	}
+	dir = t.TempDir()
+	var hostKeys string
+	for _, typ := range []string{"ed25519", "ecdsa", "rsa"} {
+		p := filepath.Join(dir, "ssh_host_"+typ+"_key")
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", typ, "-N", "", "-f", p).CombinedOutput(); err != nil {
+			t.Skipf("ssh-keygen: %v %s", err, out)
+		}
+		hostKeys += "HostKey " + p + "\n"
+	}
+	auth := filepath.Join(dir, "authorized_keys")
+	os.WriteFile(auth, ssh.MarshalAuthorizedKey(userKey), 0o600)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr = ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(dir, "sshd_config")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`ListenAddress 127.0.0.1
+Port %s
+%sPidFile %s/sshd.pid
+AuthorizedKeysFile %s
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+AllowTcpForwarding yes
+Subsystem sftp internal-sftp
+`, port, hostKeys, dir, auth)), 0o600)
+	os.MkdirAll("/run/sshd", 0o755)
+	var log bytes.Buffer
+	cmd := exec.Command(bin, "-D", "-e", "-f", conf)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Skipf("start sshd: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", log.String())
+		}
+	})
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return addr, dir
+		}
+		if i > 50 {
+			t.Fatalf("sshd did not listen: %s", log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSSHAgainstOpenSSH checks the parts the in-process server only
+// imitates: OpenSSH's keepalive replies, signals, internal-sftp, several
+// host key types, and that `ssh` itself accepts the known_hosts line we record.
+func TestSSHAgainstOpenSSH(t *testing.T) {
+	pub, priv := newEd25519(t)
+	addr, dir := startOpenSSH(t, pub)
+	keyFile := writeKey(t, priv, "")
+	kh := filepath.Join(dir, "client", "known_hosts")
+	var log bytes.Buffer
+	cfg := SSHConfig{Target: "root@" + addr, KeyFile: keyFile, KnownHosts: kh, AcceptNew: true,
+		Keepalive: 50 * time.Millisecond, Log: &log}
+	s := dialOK(t, cfg)
+	wantContains(t, log.String(), "recorded host key of ["+strings.Replace(addr, ":", "]:", 1)+" (ED25519 SHA256:")
+
+	// OpenSSH's own client trusts the line we wrote.
+	_, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile="+kh, "-o", "GlobalKnownHostsFile=/dev/null", "-i", keyFile,
+		"-p", port, "root@127.0.0.1", "echo", "ok").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "ok" {
+		t.Errorf("ssh with our known_hosts: %v %s", err, out)
+	}
+
+	ctx := context.Background()
+	got, err := Run(ctx, s, "printf '%s|' "+Join("it's", "a b")+"; echo err >&2")
+	if err != nil || got != "it's|a b|" {
+		t.Errorf("Run = %q, %v", got, err)
+	}
+	if _, err := Run(ctx, s, "exit 3"); err == nil || err.(*CommandError).ExitStatus() != 3 {
+		t.Errorf("exit 3: %v", err)
+	}
+	var wc bytes.Buffer
+	big := bytes.Repeat([]byte("x"), 5<<20)
+	if err := s.Exec(ctx, "wc -c", bytes.NewReader(big), &wc, nil); err != nil || strings.TrimSpace(wc.String()) != strconv.Itoa(len(big)) {
+		t.Errorf("wc -c = %q, %v", wc.String(), err)
+	}
+
+	// Keepalives (every 50ms) are answered: a 1s command is not cut off.
+	if err := s.Exec(ctx, "sleep 1", nil, nil, nil); err != nil {
+		t.Errorf("sleep 1 with keepalives: %v", err)
+	}
+
+	// Cancel: returns promptly, and the signal stops the remote command.
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	pidFile := filepath.Join(dir, "sleep.pid")
+	err = s.Exec(cctx, "echo $$ > "+Quote(pidFile)+"; exec sleep 30", nil, nil, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
+		t.Errorf("cancelled Exec: %v after %v", err, time.Since(start))
+	}
+	// sshd refuses signals in root logins ("session signalling requires
+	// privilege separation"), so the command outlives the cancel here.
+	time.Sleep(100 * time.Millisecond)
+	if b, err := os.ReadFile(pidFile); err == nil {
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && syscall.Kill(pid, 0) == nil {
+			t.Logf("as expected for a root login, the remote command (pid %d) outlived the cancel", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+
+	// A failed read of stdin: the shell fallback of WriteFile sees EOF, and
+	// its size check keeps the short file from being renamed into place.
+	short := filepath.Join(dir, "short.env")
+	in := io.MultiReader(strings.NewReader("partial"), &failingReader{})
+	if err := s.Exec(ctx, shellWriteCmd(short, 100, 0o600), in, nil, nil); err == nil || !strings.Contains(err.Error(), "reading input") {
+		t.Errorf("Exec with a failing stdin: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := os.Stat(short); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a short upload was renamed into place: %v", err)
+	}
+	if _, err := os.Stat(short + ".tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the short temp file is left: %v", err)
+	}
+
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "up") }))
+	defer web.Close()
+	hc := &http.Client{Transport: &http.Transport{DialContext: s.DialContext, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	if resp, err := hc.Get(web.URL); err != nil {
+		t.Errorf("GET through the tunnel: %v", err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "up" {
+			t.Errorf("body %q", body)
+		}
+	}
+
+	p := filepath.Join(dir, "sub dir", "app.env")
+	os.Mkdir(filepath.Dir(p), 0o755)
+	if err := s.WriteFile(ctx, p, []byte("K=v\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o640 {
+		t.Errorf("WriteFile over internal-sftp: %v %v", st, err)
+	}
+	s.Close()
+
+	// sshd offers ECDSA and RSA too; the recorded ED25519 key is enough.
+	cfg.AcceptNew = false
+	log.Reset()
+	dialOK(t, cfg)
+	if log.Len() != 0 {
+		t.Errorf("second connect logged %q", log.String())
 	}
 }

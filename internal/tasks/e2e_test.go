@@ -26,7 +26,7 @@ import (
 // layer (incompressible, so compression cannot hide a resend) under the
 // service's binary and one small file that changes between releases.
 type remoteProject struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	env     map[string]string
 	sshd    *testenv.SSHD
@@ -37,11 +37,18 @@ type remoteProject struct {
 
 const baseLayerSize = 24 << 20
 
-func newRemoteProject(t *testing.T, name string) *remoteProject {
+func newRemoteProject(t testing.TB, name string) *remoteProject {
+	t.Helper()
+	return newRemoteProjectWith(t, name, 0, nil)
+}
+
+// newRemoteProjectWith links through a proxy limited to bps (0: no limit)
+// and lets customize change the project folder before anything is built.
+func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(dir string)) *remoteProject {
 	t.Helper()
 	needEngine(t)
 	sshd := testenv.StartSSHD(t)
-	proxy := testenv.StartProxy(t, sshd.Addr, 0)
+	proxy := testenv.StartProxy(t, sshd.Addr, bps)
 	dir := t.TempDir()
 
 	// The binary comes from this repository's app, compiled once.
@@ -85,6 +92,9 @@ func newRemoteProject(t *testing.T, name string) *remoteProject {
 		if err := os.WriteFile(filepath.Join(dir, n), b, mode); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if customize != nil {
+		customize(dir)
 	}
 	p := &remoteProject{t: t, dir: dir, sshd: sshd, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(freePort(t))}
 	p.env = map[string]string{
@@ -189,7 +199,7 @@ func (p *remoteProject) teardown() {
 	}
 }
 
-func serverImageID(t *testing.T, ref string) string {
+func serverImageID(t testing.TB, ref string) string {
 	out, err := testenv.ServerDocker(t, "image", "inspect", "--format", "{{.Id}}", ref)
 	if err != nil {
 		return ""

@@ -22,7 +22,7 @@ import (
 // engine answers, except under CI=true, where that is a failure.
 
 // repoRoot is the project the tests build: this repository.
-func repoRoot(t *testing.T) string {
+func repoRoot(t testing.TB) string {
 	t.Helper()
 	dir, err := filepath.Abs("../..")
 	if err != nil {
@@ -31,7 +31,7 @@ func repoRoot(t *testing.T) string {
 	return dir
 }
 
-func needEngine(t *testing.T) {
+func needEngine(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
@@ -49,7 +49,7 @@ func needEngine(t *testing.T) {
 }
 
 // freePort asks the kernel for a port nobody uses.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -62,13 +62,13 @@ func freePort(t *testing.T) int {
 // project is one configured runner over the repository, with its own image
 // name, ports and deploy folder, so tests never touch a user's deployment.
 type project struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	env map[string]string
 	out *bytes.Buffer
 }
 
-func newProject(t *testing.T, name string) *project {
+func newProject(t testing.TB, name string) *project {
 	t.Helper()
 	// The repository's compose file, with a container name of the test's
 	// own, so a test never meets the user's carebot_production.
@@ -174,7 +174,7 @@ func envList(m map[string]string) []string {
 	return l
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
