@@ -115,9 +115,12 @@ func Run(ctx context.Context, h Host, cmd string) (string, error) {
 // WriteFile writes data to path on the host atomically (temp file, then
 // rename), so a reader never sees half a file.
 func WriteFile(ctx context.Context, h Host, path string, data []byte, mode uint32) error {
-	tmp := path + ".tmp"
-	cmd := fmt.Sprintf("cat > %s && chmod %o %s && mv -f %s %s",
-		Quote(tmp), mode, Quote(tmp), Quote(tmp), Quote(path))
+	if w, ok := h.(interface {
+		WriteFile(ctx context.Context, path string, data []byte, mode uint32) error
+	}); ok {
+		return w.WriteFile(ctx, path, data, mode) // SFTP over SSH
+	}
+	cmd := shellWriteCmd(path, len(data), mode)
 	var both bytes.Buffer
 	if err := h.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
 		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
