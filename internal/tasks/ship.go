@@ -102,7 +102,7 @@ func serverLayers(ctx context.Context, h host.Host) ([][]string, error) {
 type ShipStats struct {
 	transfer.Stats
 	Compression string
-	Fallback    bool // the partial load failed and the whole image was sent
+	Fallback    bool   // the partial load failed and the whole image was sent
 	Skipped     bool   // the server had the image already
 	ServerID    string // the image's ID on the server
 	Duration    time.Duration

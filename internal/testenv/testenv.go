@@ -101,9 +101,9 @@ type SSHD struct {
 	Addr        string // 127.0.0.1:port
 	Port        int
 	User        string
-	KeyFile     string         // the client's private key (authorized)
-	HostKey     ssh.PublicKey  // the server's host key
-	KnownHosts  string         // a known_hosts file that trusts HostKey for Addr
+	KeyFile     string        // the client's private key (authorized)
+	HostKey     ssh.PublicKey // the server's host key
+	KnownHosts  string        // a known_hosts file that trusts HostKey for Addr
 	Dir         string
 	cmd         *exec.Cmd
 	hostKeyFile string
