@@ -25,16 +25,32 @@ type serverEngine struct {
 // (Docker 25); older engines, such as Debian's 20.10, take gzip only.
 const zstdAPI = "1.44"
 
-func queryServerEngine(ctx context.Context, h host.Host) (serverEngine, error) {
-	out, err := host.Run(ctx, h, "docker version --format '{{.Server.APIVersion}} {{.Server.Os}} {{.Server.Arch}}'")
+// survey asks the server, in one round trip, for its engine's version and
+// platform, the ID it has for ref, and the layer chains of all its images.
+func survey(ctx context.Context, h host.Host, ref string) (srv serverEngine, haveID string, chains [][]string, err error) {
+	q := host.Quote(ref)
+	out, err := host.Run(ctx, h, "docker version --format '{{.Server.APIVersion}} {{.Server.Os}} {{.Server.Arch}}' && "+
+		"{ docker image inspect --format '{{.Id}}' "+q+" 2>/dev/null || echo none; } && "+
+		"docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'")
 	if err != nil {
-		return serverEngine{}, fmt.Errorf("the Docker engine on %s does not answer: %w", h, err)
+		return srv, "", nil, fmt.Errorf("the Docker engine on %s does not answer: %w", h, err)
 	}
-	f := strings.Fields(out)
-	if len(f) != 3 {
-		return serverEngine{}, fmt.Errorf("docker version on %s printed %q", h, strings.TrimSpace(out))
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	f := strings.Fields(lines[0])
+	if len(f) != 3 || len(lines) < 2 {
+		return srv, "", nil, fmt.Errorf("docker version on %s printed %q", h, strings.TrimSpace(out))
 	}
-	return serverEngine{APIVersion: f[0], OS: f[1], Arch: f[2]}, nil
+	srv = serverEngine{APIVersion: f[0], OS: f[1], Arch: f[2]}
+	if id := strings.TrimSpace(lines[1]); id != "none" {
+		haveID = id
+	}
+	for _, line := range lines[2:] {
+		var layers []string
+		if json.Unmarshal([]byte(line), &layers) == nil && len(layers) > 0 {
+			chains = append(chains, layers)
+		}
+	}
+	return srv, haveID, chains, nil
 }
 
 // checkPlatform refuses an image the server's CPU cannot run, before a byte
@@ -82,22 +98,6 @@ func apiAtLeast(v, min string) bool {
 	return a > c || a == c && b >= d
 }
 
-// serverLayers lists the layer chains of every image on the server.
-func serverLayers(ctx context.Context, h host.Host) ([][]string, error) {
-	out, err := host.Run(ctx, h, "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'")
-	if err != nil {
-		return nil, fmt.Errorf("list the layers on %s: %w", h, err)
-	}
-	var chains [][]string
-	for _, line := range strings.Split(out, "\n") {
-		var layers []string
-		if json.Unmarshal([]byte(line), &layers) == nil && len(layers) > 0 {
-			chains = append(chains, layers)
-		}
-	}
-	return chains, nil
-}
-
 // ShipStats is what one image transfer did, for messages and benchmarks.
 type ShipStats struct {
 	transfer.Stats
@@ -122,7 +122,7 @@ func (r *Runner) Ship(ctx context.Context, h host.Host, ref string) (ShipStats, 
 	if err != nil {
 		return ShipStats{}, err
 	}
-	srv, err := queryServerEngine(ctx, h)
+	srv, haveID, chains, err := survey(ctx, h, ref)
 	if err != nil {
 		return ShipStats{}, err
 	}
@@ -130,14 +130,10 @@ func (r *Runner) Ship(ctx context.Context, h host.Host, ref string) (ShipStats, 
 		return ShipStats{}, err
 	}
 	st := ShipStats{Compression: compression(r.Cfg.Compression, srv)}
-	if id, _ := host.Run(ctx, h, "docker image inspect --format '{{.Id}}' "+host.Quote(ref)+" 2>/dev/null || true"); strings.TrimSpace(id) == img.ID {
+	if haveID == img.ID {
 		st.Skipped, st.Duration, st.ServerID = true, time.Since(start), img.ID
 		r.printf("%s already has %s (%s)\n", h, ref, shortID(img.ID))
 		return st, nil
-	}
-	chains, err := serverLayers(ctx, h)
-	if err != nil {
-		return st, err
 	}
 	skip := transfer.Present(img.Layers, chains)
 	if skip == 0 {

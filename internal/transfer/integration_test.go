@@ -26,8 +26,8 @@ import (
 // the whole image, then only the changed top layer, then the same partial
 // archive into a server that lacks the base, which must be refused.
 //
-// CAREBOT_TEST_SERVER_HOSTS may name more engines to load into (comma
-// separated DOCKER_HOSTs), e.g. a containerd-store engine.
+// It loads into both image stores; CAREBOT_TEST_SERVER_HOSTS may name more
+// engines (comma separated DOCKER_HOSTs).
 func TestLoadIntoServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: skipped with -short")
@@ -39,7 +39,9 @@ func TestLoadIntoServer(t *testing.T) {
 	}
 	defer local.Close()
 	testenv.ServerEngine(t)
-	servers := []string{testenv.ServerDockerHost}
+	// Both image stores: Debian's 20.10 (classic) and a current engine
+	// with the containerd store.
+	servers := []string{testenv.ServerDockerHost, testenv.CurrentEngine(t)}
 	for _, h := range strings.Split(os.Getenv("CAREBOT_TEST_SERVER_HOSTS"), ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			servers = append(servers, h)

@@ -1,0 +1,126 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A current Docker engine with the containerd image store, built from the
+// Go module proxy (no registry or download site is reachable here). It can
+// build, load, save and inspect images but not run containers with
+// Debian's runc, so the tests use it for image transfer only.
+const (
+	currentModule  = "github.com/moby/moby/v2/cmd/dockerd@v2.0.0-beta.24"
+	currentSocket  = "/run/carebot-current-docker.sock"
+	CurrentHost    = "unix://" + currentSocket
+	currentBuildTO = 20 * time.Minute
+)
+
+var currentOnce sync.Once
+var currentErr error
+
+// CurrentEngine makes sure the containerd-store engine answers at
+// CurrentHost, building it (once per machine, a few minutes) and starting it
+// when needed, and returns its DOCKER_HOST.
+func CurrentEngine(t testing.TB) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	currentOnce.Do(func() { currentErr = startCurrentEngine() })
+	if currentErr != nil {
+		Skip(t, "containerd-store engine: %v", currentErr)
+	}
+	return CurrentHost
+}
+
+func currentBinary() (string, error) {
+	if p := os.Getenv("CAREBOT_CURRENT_DOCKERD"); p != "" {
+		return p, nil
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cache, "carebot", "moby-v2.0.0-beta.24")
+	bin := filepath.Join(dir, "dockerd")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	fmt.Fprintf(os.Stderr, "building %s into %s (once per machine, a few minutes)\n", currentModule, dir)
+	cmd := exec.Command("go", "install", currentModule)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
+	done := make(chan error, 1)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return "", fmt.Errorf("go install %s: %v\n%s", currentModule, err, out.String())
+		}
+	case <-time.After(currentBuildTO):
+		cmd.Process.Kill()
+		return "", fmt.Errorf("go install %s took over %s", currentModule, currentBuildTO)
+	}
+	return bin, nil
+}
+
+func startCurrentEngine() error {
+	if dockerOK(CurrentHost) {
+		return nil
+	}
+	if os.Getuid() != 0 {
+		return fmt.Errorf("starting it needs root")
+	}
+	bin, err := currentBinary()
+	if err != nil {
+		return err
+	}
+	logf, err := os.Create("/tmp/carebot-current-dockerd.log")
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "--host", CurrentHost,
+		"--data-root", "/var/lib/carebot-current-docker", "--exec-root", "/run/carebot-current-docker",
+		"--pidfile", "/run/carebot-current-docker.pid", "--bridge=none", "--iptables=false")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = detached()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
+	}
+	go cmd.Wait()
+	for i := 0; i < 120; i++ {
+		if dockerOK(CurrentHost) {
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("it did not answer (see /tmp/carebot-current-dockerd.log)")
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
