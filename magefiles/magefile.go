@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"sync"
 
 	"github.com/magefile/mage/mg"
@@ -190,4 +191,14 @@ func Rollback(ctx context.Context, to *string) error {
 		version = *to
 	}
 	return r.Rollback(ctx, version)
+}
+
+// Bench measures a redeploy after a one-layer change of a ~250 MB image against docker save/scp/load, plain and at 50 Mbit/s.
+//
+// Needs root, dockerd, docker-compose and sshd (it starts a second engine
+// and sshd on 127.0.0.1, as the end-to-end tests do). Prints a table.
+func Bench() error {
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "Redeploy", "-benchtime", "1x", "-timeout", "60m", "./internal/tasks/")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd.Run()
 }

@@ -23,3 +23,11 @@ ensure_docker() {
 ensure_go() {
   command -v go >/dev/null || die "Go is missing: install it from https://go.dev/dl/ (1.26 or newer)"
 }
+
+# ensure_sshd checks that OpenSSH's server is installed: the end-to-end tests
+# start their own sshd on 127.0.0.1 (and a second dockerd as the server).
+ensure_sshd() {
+  command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] ||
+    die "sshd is missing (the end-to-end tests run one on 127.0.0.1): apt-get install openssh-server"
+  command -v ssh >/dev/null || die "the ssh client is missing: apt-get install openssh-client"
+}
