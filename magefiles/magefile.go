@@ -24,8 +24,11 @@ var (
 	runner     *tasks.Runner
 	runnerErr  error
 	runnerOnce sync.Once
-	buildOpts  tasks.BuildOptions // set by Build's flags before the build runs
-	keepTest   bool               // set by Test's flag
+	// Set by the targets' flags before the shared steps run.
+	buildOpts      tasks.BuildOptions
+	keepTest       bool
+	skipBackup     bool
+	downloadBackup bool
 )
 
 // run loads and validates the configuration once per mage process.
@@ -123,12 +126,24 @@ func test(ctx context.Context) error {
 	return r.Timed("test", func() error { return r.Test(ctx, keepTest) })
 }
 
-// Deploy puts the built IMAGE_NAME:IMAGE_TAG into service with Compose and rolls back if it is not healthy.
+// Deploy backs up the data, then puts the built IMAGE_NAME:IMAGE_TAG into service with Compose, rolling back if it is not healthy.
 //
 // Reads DEPLOY_HOST (empty: this machine), DEPLOY_PATH, COMPOSE_FILE,
-// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT. Does not build: any built tag can
-// be deployed with IMAGE_TAG=<tag> mage deploy.
-func Deploy(ctx context.Context) error {
+// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT, BACKUP_KEEP, and SSH_* for a
+// server. Does not build: any built tag can be deployed with
+// IMAGE_TAG=<tag> mage deploy. -noBackup skips the backup (not advised).
+func Deploy(ctx context.Context, noBackup *bool) error {
+	if noBackup != nil {
+		skipBackup = *noBackup
+	}
+	mg.CtxDeps(ctx, deploy)
+	return nil
+}
+
+func deploy(ctx context.Context) error {
+	if !skipBackup {
+		mg.CtxDeps(ctx, backup) // data is safe before anything changes
+	}
 	r, err := run()
 	if err != nil {
 		return err
@@ -136,14 +151,70 @@ func Deploy(ctx context.Context) error {
 	return r.Timed("deploy", func() error { return r.Deploy(ctx) })
 }
 
-// Full builds, inspects, tests and deploys, stopping at the first failure, then shows each step's time.
+// Backup archives DEPLOY_PATH/data on the deploy host with its sha256; -download also copies it to ./backups.
+//
+// Reads DEPLOY_HOST, DEPLOY_PATH, BACKUP_KEEP (older backups are removed).
+// The service is paused only while the folder is copied.
+func Backup(ctx context.Context, download *bool) error {
+	if download != nil {
+		downloadBackup = *download
+	}
+	mg.CtxDeps(ctx, backup)
+	return nil
+}
+
+func backup(ctx context.Context) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Timed("backup", func() error {
+		_, err := r.Backup(ctx, downloadBackup)
+		return err
+	})
+}
+
+// Restore puts a backup back as the data (-name, default the newest) after a safety backup; -list lists them.
+//
+// Reads DEPLOY_HOST, DEPLOY_PATH. A corrupt or truncated archive is refused
+// before anything is touched; the service is stopped, restored, started
+// and health-checked.
+func Restore(ctx context.Context, name *string, list *bool) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Restore(ctx, deref(name), deref(list))
+}
+
+// Cleanup removes image tags beyond IMAGE_KEEP, dangling images, test containers and old backups; -dryRun only lists them.
+//
+// Never removes the serving image or the rollback target. Reads IMAGE_NAME,
+// IMAGE_KEEP, BACKUP_KEEP, DEPLOY_HOST, DEPLOY_PATH.
+func Cleanup(ctx context.Context, dryRun *bool) error {
+	r, err := run()
+	if err != nil {
+		return err
+	}
+	return r.Cleanup(ctx, deref(dryRun))
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// Full builds, inspects, tests, backs up and deploys, stopping at the first failure, then shows each step's time.
 func Full(ctx context.Context) error {
 	r, err := run()
 	if err != nil {
 		return err
 	}
 	defer r.PrintTimings()
-	mg.SerialCtxDeps(ctx, build, Inspect, test, Deploy)
+	mg.SerialCtxDeps(ctx, build, Inspect, test, deploy)
 	return nil
 }
 
@@ -167,14 +238,11 @@ func Logs(ctx context.Context, n *int, follow *bool) error {
 	if err != nil {
 		return err
 	}
-	lines, f := 100, false
+	lines := 100
 	if n != nil {
 		lines = *n
 	}
-	if follow != nil {
-		f = *follow
-	}
-	return r.Logs(ctx, lines, f)
+	return r.Logs(ctx, lines, deref(follow))
 }
 
 // Rollback serves the previous release again, or the one named with -to.
@@ -186,11 +254,7 @@ func Rollback(ctx context.Context, to *string) error {
 	if err != nil {
 		return err
 	}
-	version := ""
-	if to != nil {
-		version = *to
-	}
-	return r.Rollback(ctx, version)
+	return r.Rollback(ctx, deref(to))
 }
 
 // Bench measures a redeploy after a one-layer change of a ~250 MB image against docker save/scp/load, plain and at 50 Mbit/s.

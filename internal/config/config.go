@@ -50,6 +50,7 @@ type Config struct {
 	DeployHost    string        // DEPLOY_HOST, [user@]host[:port]; "" deploys to this machine
 	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
 	ImageKeep     int           // IMAGE_KEEP, default 5
+	BackupKeep    int           // BACKUP_KEEP, default 10
 	TestData      string        // TEST_DATA, default "./test-data" (absolute; may not exist)
 	Migrations    string        // MIGRATIONS, default "./migrations" (absolute; may not exist)
 
@@ -82,6 +83,7 @@ const (
 	defaultLocalDeployPath = "./.deploy/production"
 	defaultRemoteDeploy    = "/home/ubuntu/carebot-production"
 	defaultImageKeep       = 5
+	defaultBackupKeep      = 10
 	defaultTestData        = "./test-data"
 	defaultMigrations      = "./migrations"
 
@@ -94,6 +96,7 @@ var settingKeys = []string{
 	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
 	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
 	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
+	"BACKUP_KEEP",
 	"SSH_KEY", "SSH_KEY_PASSPHRASE", "SSH_KNOWN_HOSTS", "SSH_ACCEPT_NEW", "TRANSFER_COMPRESSION",
 }
 
@@ -206,6 +209,7 @@ func (c *Config) Print(w io.Writer) {
 		"APP_PORT":       strconv.Itoa(c.AppPort),
 		"MIGRATIONS":     c.Migrations,
 
+		"BACKUP_KEEP":          strconv.Itoa(c.BackupKeep),
 		"SSH_KEY":              c.SSHKey,
 		"SSH_KEY_PASSPHRASE":   c.SSHKeyPassphrase,
 		"SSH_KNOWN_HOSTS":      c.SSHKnownHosts,
@@ -485,6 +489,13 @@ func (l *loader) loadDeploy() {
 				c.DeployPath = p
 			}
 		}
+	}
+
+	bk := l.get("BACKUP_KEEP", strconv.Itoa(defaultBackupKeep))
+	if n, err := strconv.Atoi(bk.val); err != nil || n < 1 {
+		l.fail(bk, "is not a whole number of 1 or more (how many data backups to keep)")
+	} else {
+		c.BackupKeep = n
 	}
 
 	c.ComposeFile = l.file(l.get("COMPOSE_FILE", defaultComposeFile), "set COMPOSE_FILE to your production compose file")

@@ -98,6 +98,7 @@ func TestLoadDefaults(t *testing.T) {
 		ImageKeep:     5,
 		TestData:      filepath.Join(dir, "test-data"),
 		Migrations:    filepath.Join(dir, "migrations"),
+		BackupKeep:    10,
 		SSHKnownHosts: filepath.Join(home(t), ".ssh", "known_hosts"),
 		Compression:   "auto",
 	}
@@ -336,6 +337,8 @@ func TestValidation(t *testing.T) {
 				eq(t, c.TestData, filepath.Join(c.Dir, "fixtures"))
 				eq(t, c.Migrations, filepath.Join(c.Dir, "migrations"))
 			}},
+		{name: "backup keep zero", env: []string{"BACKUP_KEEP=0"},
+			want: []string{`environment: BACKUP_KEEP="0" is not a whole number of 1 or more (how many data backups to keep)`}},
 		{name: "test data set but missing is fine: Test creates it", dotenv: "TEST_DATA=./nope\n"},
 		{name: "migrations set but missing", dotenv: "MIGRATIONS=./nope\n",
 			want: []string{`.env:1: MIGRATIONS="./nope" does not exist (looked for {dir}/nope; create it, fix MIGRATIONS or leave MIGRATIONS unset)`}},
@@ -850,6 +853,7 @@ DEPLOY_PATH=/home/ubuntu/carebot-production (source: default)
 COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)
+BACKUP_KEEP=10 (source: default)
 SSH_KEY= (source: default)
 SSH_KEY_PASSPHRASE= (source: default)
 SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)

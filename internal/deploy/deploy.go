@@ -51,6 +51,7 @@ type Release struct {
 	Version string // image tag
 	ImageID string // the ID the host must end up with
 	Commit  string
+	Backup  string // the backup taken before it, for the history
 }
 
 func (d *Deployer) now() time.Time {
@@ -171,7 +172,7 @@ func (d *Deployer) Deployed(ctx context.Context) error {
 // switchTo runs compose up with r and waits for health; if health never
 // comes, it brings fallback back (or stops r when there is none).
 func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
-	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback}
+	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup}
 	_, upErr := d.composeRun(ctx, r.Version, "up -d")
 	var st health.Status
 	err := upErr

@@ -21,6 +21,7 @@ type Entry struct {
 	Serving  string    `json:"serving,omitempty"` // the version serving once this entry ended
 	Previous string    `json:"previous,omitempty"`
 	Error    string    `json:"error,omitempty"`
+	Backup   string    `json:"backup,omitempty"` // the data backup taken before it
 }
 
 // Results of an entry.
@@ -34,6 +35,9 @@ func (e Entry) String() string {
 	s := fmt.Sprintf("%s  %-8s %-20s %-11s", e.Time.Local().Format("2006-01-02 15:04:05"), e.Action, e.Version, e.Result)
 	if e.Serving != "" && e.Serving != e.Version {
 		s += " serving " + e.Serving
+	}
+	if e.Backup != "" {
+		s += "  backup " + e.Backup
 	}
 	if e.Error != "" {
 		s += "  (" + e.Error + ")"

@@ -36,7 +36,7 @@ func (r *Runner) Deploy(ctx context.Context) error {
 			return st.ServerID, err
 		}
 	}
-	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit})
+	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit, Backup: r.lastBackup})
 }
 
 // Rollback serves version, or the release before the current one when

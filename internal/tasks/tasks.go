@@ -23,9 +23,10 @@ type Runner struct {
 	Out     io.Writer
 	Verbose bool // show build output even when not on a terminal
 
-	mu      sync.Mutex
-	eng     *engine.Engine
-	timings []Timing
+	mu         sync.Mutex
+	eng        *engine.Engine
+	timings    []Timing
+	lastBackup string // the backup this run took, named in the deploy history
 }
 
 // Timing is how long one step of a run took.

@@ -1,0 +1,179 @@
+package tasks
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+
+	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/host"
+)
+
+// Backup archives DEPLOY_PATH/data on the deploy host (consistently: the
+// service is paused for the copy), keeps BACKUP_KEEP backups, and with
+// download also copies it to ./backups here and checks its checksum. It
+// returns the backup ("" name when there was no data yet).
+func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
+	d, err := r.Deployer(ctx)
+	if err != nil {
+		return deploy.Backup{}, err
+	}
+	defer d.Host.Close()
+	b, err := d.Backup(ctx, r.Cfg.BackupKeep)
+	if err != nil || b.Name == "" || !download {
+		r.lastBackup = b.Name
+		return b, err
+	}
+	r.lastBackup = b.Name
+	dst, err := d.Download(ctx, b, filepath.Join(r.Cfg.Dir, "backups"))
+	if err != nil {
+		return b, err
+	}
+	r.printf("copied it to %s (sha256 checked)\n", dst)
+	return b, nil
+}
+
+// Restore puts a backup (the newest when name is empty) back as the data,
+// after a safety backup of the current data; with list it only lists them.
+func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
+	d, err := r.Deployer(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.Host.Close()
+	if list {
+		backups, err := d.Backups(ctx)
+		if err != nil {
+			return err
+		}
+		if len(backups) == 0 {
+			r.printf("no backups in %s/backups on %s\n", d.Path, d.Host)
+		}
+		for _, b := range backups {
+			r.printf("%s\n", b)
+		}
+		return nil
+	}
+	_, err = d.Restore(ctx, name)
+	return err
+}
+
+// Cleanup removes image tags beyond IMAGE_KEEP on the build engine and the
+// server (never the serving image or the rollback target), dangling
+// images, leftover test containers, and backups beyond BACKUP_KEEP. With
+// dryRun it only says what would go.
+func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
+	d, err := r.Deployer(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.Host.Close()
+	protect, err := d.Protected(ctx)
+	if err != nil {
+		return err
+	}
+	protect[r.Cfg.ImageTag] = true // what was just built is about to be tested or deployed
+
+	verb := "removed"
+	if dryRun {
+		verb = "would remove"
+	}
+	engines := []host.Host{host.Local{}}
+	if r.Cfg.Remote() {
+		engines = append(engines, d.Host)
+	}
+	var reclaimed int64
+	for _, h := range engines {
+		n, err := r.cleanEngine(ctx, h, protect, dryRun, verb)
+		if err != nil {
+			return err
+		}
+		reclaimed += n
+	}
+
+	// Test containers this tool left (only ever ours: they carry its label).
+	out, err := host.Run(ctx, host.Local{}, "docker ps -aq --filter label="+roleLabel+"=test")
+	if err != nil {
+		return err
+	}
+	if ids := strings.Fields(out); len(ids) > 0 {
+		r.printf("%s the leftover test container %s\n", verb, TestContainer)
+		if !dryRun {
+			if _, err := host.Run(ctx, host.Local{}, "docker rm -f "+strings.Join(ids, " ")); err != nil {
+				return err
+			}
+		}
+	}
+
+	old, err := d.PlanBackupCleanup(ctx, r.Cfg.BackupKeep)
+	if err != nil {
+		return err
+	}
+	for _, b := range old {
+		r.printf("%s backup %s (%s) beyond BACKUP_KEEP=%d\n", verb, b.Name, humanBytes(b.Size), r.Cfg.BackupKeep)
+		reclaimed += b.Size
+	}
+	if !dryRun && len(old) > 0 {
+		if err := d.PruneBackups(ctx, r.Cfg.BackupKeep); err != nil {
+			return err
+		}
+	}
+	if dryRun {
+		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", humanBytes(reclaimed))
+	} else {
+		r.printf("reclaimed %s\n", humanBytes(reclaimed))
+	}
+	return nil
+}
+
+// cleanEngine removes old tags and dangling images on one engine and
+// returns the bytes reclaimed (measured with docker system df; estimated
+// from image sizes in a dry run).
+func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+	name := r.Cfg.ImageName
+	tags, err := deploy.Tags(ctx, h, name)
+	if err != nil {
+		return 0, err
+	}
+	inUse, err := deploy.ImagesInUse(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	remove := deploy.PlanTagCleanup(tags, r.Cfg.ImageKeep, protect, inUse)
+	dangling, err := deploy.DanglingImages(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range remove {
+		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, h, humanBytes(t.Size))
+	}
+	if len(dangling) > 0 {
+		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), h)
+	}
+	if dryRun {
+		var est int64
+		for _, t := range remove {
+			est += t.Size
+		}
+		return est, nil
+	}
+	before, err := deploy.ImageDiskUsage(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	if err := deploy.RemoveTags(ctx, h, name, remove); err != nil {
+		return 0, err
+	}
+	if err := deploy.PruneDangling(ctx, h); err != nil {
+		return 0, err
+	}
+	after, err := deploy.ImageDiskUsage(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	if before > after {
+		return before - after, nil
+	}
+	return 0, nil
+}
+
