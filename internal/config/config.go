@@ -62,6 +62,11 @@ type Config struct {
 	SSHAcceptNew     bool   // SSH_ACCEPT_NEW: record an unknown host key (a changed one is always refused)
 	Compression      string // TRANSFER_COMPRESSION: auto (zstd where the server takes it, else gzip), zstd, gzip, none
 
+	// The Docker engine inside WSL, used from Windows.
+	WSLDistro    string // WSL_DISTRO, default "Ubuntu-22.04": the WSL distro whose engine Windows uses
+	DockerViaWSL string // DOCKER_VIA_WSL: "auto" (default: through WSL on Windows unless DOCKER_HOST is set), "1" (always, as tests on Linux do), "0" (never)
+	DockerSudo   bool   // DOCKER_SUDO: run docker as `sudo -n docker` inside WSL
+
 	EnvFile string            // path of the .env that was read ("" when there was none)
 	AppEnv  map[string]string // every key of .env with its value (the environment's when set there)
 
@@ -86,6 +91,7 @@ const (
 	defaultBackupKeep      = 10
 	defaultTestData        = "./test-data"
 	defaultMigrations      = "./migrations"
+	defaultWSLDistro       = "Ubuntu-22.04"
 
 	shortCommitLen   = 7
 	maxHealthTimeout = 24 * time.Hour
@@ -98,6 +104,7 @@ var settingKeys = []string{
 	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
 	"BACKUP_KEEP",
 	"SSH_KEY", "SSH_KEY_PASSPHRASE", "SSH_KNOWN_HOSTS", "SSH_ACCEPT_NEW", "TRANSFER_COMPRESSION",
+	"WSL_DISTRO", "DOCKER_VIA_WSL", "DOCKER_SUDO",
 }
 
 // SettingError reports one invalid setting. Its message is a single line.
@@ -133,6 +140,19 @@ func (e *SettingError) Error() string {
 // returns a *ParseError for an unparsable .env, or all invalid settings as
 // *SettingError values joined with errors.Join (one per line).
 func Load(dir string, environ []string) (*Config, error) {
+	c, err := LoadAll(dir, environ)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// LoadAll is Load for a caller that reports problems rather than stopping
+// at them (the doctor): when only settings are invalid, it returns the
+// Config as well as their errors; an invalid setting's field may be zero or
+// hold the raw value (SSH_KEY keeps its path, so the key can be checked).
+// For a missing project directory or an unparsable .env the Config is nil.
+func LoadAll(dir string, environ []string) (*Config, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("project directory %q: %v", dir, err)
@@ -171,10 +191,8 @@ func Load(dir string, environ []string) (*Config, error) {
 	l.loadTest()
 	l.loadDeploy()
 	l.loadSSH()
-	if len(l.errs) > 0 {
-		return nil, errors.Join(l.errs...)
-	}
-	return l.c, nil
+	l.loadWSL()
+	return l.c, errors.Join(l.errs...)
 }
 
 // Image returns the image reference ImageName:ImageTag.
@@ -215,6 +233,10 @@ func (c *Config) Print(w io.Writer) {
 		"SSH_KNOWN_HOSTS":      c.SSHKnownHosts,
 		"SSH_ACCEPT_NEW":       strconv.FormatBool(c.SSHAcceptNew),
 		"TRANSFER_COMPRESSION": c.Compression,
+
+		"WSL_DISTRO":     c.WSLDistro,
+		"DOCKER_VIA_WSL": c.DockerViaWSL,
+		"DOCKER_SUDO":    strconv.FormatBool(c.DockerSudo),
 	}
 	line := func(k, v string) {
 		src := c.Sources[k]
@@ -530,6 +552,35 @@ func (l *loader) loadSSH() {
 		}
 	}
 	c.SSHKnownHosts = l.homePath(l.get("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts"), home)
+}
+
+var validDistro = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+func (l *loader) loadWSL() {
+	c := l.c
+	s := l.get("WSL_DISTRO", defaultWSLDistro)
+	if validDistro.MatchString(s.val) {
+		c.WSLDistro = s.val
+	} else {
+		l.fail(s, "is not a WSL distro name (letters, digits, . _ -; `wsl -l -q` lists yours)")
+	}
+	s = l.get("DOCKER_VIA_WSL", "auto")
+	if s.val == "auto" {
+		c.DockerViaWSL = s.val
+	} else if v, err := strconv.ParseBool(s.val); err != nil {
+		l.fail(s, "is not auto, 1 or 0 (auto: through WSL on Windows unless DOCKER_HOST is set)")
+	} else if v {
+		c.DockerViaWSL = "1"
+	} else {
+		c.DockerViaWSL = "0"
+	}
+	if s := l.get("DOCKER_SUDO", "0"); s.set {
+		v, err := strconv.ParseBool(s.val)
+		if err != nil {
+			l.fail(s, "is not 1/0 or true/false")
+		}
+		c.DockerSudo = v
+	}
 }
 
 // homePath resolves a path on this machine where ~ means the home folder,

@@ -101,6 +101,8 @@ func TestLoadDefaults(t *testing.T) {
 		BackupKeep:    10,
 		SSHKnownHosts: filepath.Join(home(t), ".ssh", "known_hosts"),
 		Compression:   "auto",
+		WSLDistro:     "Ubuntu-22.04",
+		DockerViaWSL:  "auto",
 	}
 	got := *c
 	got.AppEnv, got.Sources = nil, nil
@@ -350,6 +352,22 @@ func TestValidation(t *testing.T) {
 			setup: func(t *testing.T, dir string) { write(t, filepath.Join(dir, "migrations"), "") },
 			want:  []string{`MIGRATIONS="./migrations" (default) is not a directory ({dir}/migrations; set MIGRATIONS to a directory)`}},
 
+		// WSL
+		{name: "wsl distro", env: []string{"WSL_DISTRO=Debian", "DOCKER_VIA_WSL=true", "DOCKER_SUDO=1"},
+			check: func(t *testing.T, c *Config) {
+				eq(t, c.WSLDistro, "Debian")
+				eq(t, c.DockerViaWSL, "1")
+				eq(t, c.DockerSudo, true)
+			}},
+		{name: "docker via wsl off", dotenv: "DOCKER_VIA_WSL=0\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.DockerViaWSL, "0") }},
+		{name: "wsl distro with space", dotenv: "WSL_DISTRO=\"Ubuntu 22\"\n",
+			want: []string{".env:1: WSL_DISTRO=\"Ubuntu 22\" is not a WSL distro name (letters, digits, . _ -; `wsl -l -q` lists yours)"}},
+		{name: "docker via wsl bad", env: []string{"DOCKER_VIA_WSL=maybe"},
+			want: []string{`environment: DOCKER_VIA_WSL="maybe" is not auto, 1 or 0 (auto: through WSL on Windows unless DOCKER_HOST is set)`}},
+		{name: "docker sudo bad", env: []string{"DOCKER_SUDO=yes please"},
+			want: []string{`environment: DOCKER_SUDO="yes please" is not 1/0 or true/false`}},
+
 		// Several problems at once: all reported, one line each.
 		{name: "several errors", dotenv: "APP_PORT=x\nIMAGE_KEEP=0\nHEALTH_PATH=h\n", env: []string{"DEPLOY_HOST=ssh://h", "IMAGE_TAG=-"},
 			want: []string{
@@ -394,6 +412,32 @@ func rm(t *testing.T, path string) {
 	t.Helper()
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoadAll gives the doctor the Config along with the errors, with
+// SSH_KEY's path kept so the key check can name it.
+func TestLoadAll(t *testing.T) {
+	stubGit(t, testCommit, false, nil)
+	dir := newProject(t, "APP_PORT=x\n")
+	env := []string{"DEPLOY_HOST=root@127.0.0.1:2222", "SSH_KEY=/nonexistent", "WSL_DISTRO=Debian"}
+	if _, err := Load(dir, env); err == nil {
+		t.Fatal("Load accepted invalid settings")
+	}
+	c, err := LoadAll(dir, env)
+	if c == nil {
+		t.Fatalf("LoadAll returned no Config: %v", err)
+	}
+	lines := errLines(t, err)
+	if len(lines) != 2 || !strings.Contains(lines[0], "APP_PORT") || !strings.Contains(lines[1], "SSH_KEY") {
+		t.Errorf("errors = %q, want APP_PORT then SSH_KEY", lines)
+	}
+	eq(t, c.SSHKey, "/nonexistent")
+	eq(t, c.DeployHost, "root@127.0.0.1:2222")
+	eq(t, c.WSLDistro, "Debian")
+	eq(t, c.AppPort, 0)
+	if _, err := LoadAll(filepath.Join(dir, "nope"), nil); err == nil {
+		t.Error("LoadAll of a missing directory: no error")
 	}
 }
 
@@ -859,6 +903,9 @@ SSH_KEY_PASSPHRASE= (source: default)
 SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)
 SSH_ACCEPT_NEW=false (source: default)
 TRANSFER_COMPRESSION=auto (source: default)
+WSL_DISTRO=Ubuntu-22.04 (source: default)
+DOCKER_VIA_WSL=auto (source: default)
+DOCKER_SUDO=false (source: default)
 BOT_TOKEN=**** (source: environment)
 GREETING="hello world" (source: .env:3)
 `, "{dir}", dir)

@@ -176,4 +176,3 @@ func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[strin
 	}
 	return 0, nil
 }
-

@@ -89,9 +89,12 @@ func startCurrentEngine() error {
 	if err != nil {
 		return err
 	}
+	if err := ownBridge(); err != nil {
+		return err
+	}
 	cmd := exec.Command(bin, "--host", CurrentHost,
 		"--data-root", "/var/lib/carebot-current-docker", "--exec-root", "/run/carebot-current-docker",
-		"--pidfile", "/run/carebot-current-docker.pid", "--bridge=none", "--iptables=false")
+		"--pidfile", "/run/carebot-current-docker.pid", "--bridge="+currentBridge, "--iptables=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
@@ -123,4 +126,25 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return string(l.b)
+}
+
+// currentBridge is the current engine's own bridge. With --bridge=none it
+// deletes a bridge called docker0 at start, which is the first engine's:
+// every container of the first engine would then fail to start.
+const currentBridge = "cbcur0"
+
+func ownBridge() error {
+	if exec.Command("ip", "link", "show", currentBridge).Run() == nil {
+		return nil
+	}
+	for _, args := range [][]string{
+		{"link", "add", "name", currentBridge, "type", "bridge"},
+		{"addr", "add", "172.31.254.1/24", "dev", currentBridge},
+		{"link", "set", currentBridge, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %v: %v %s", args, err, out)
+		}
+	}
+	return nil
 }
