@@ -257,12 +257,12 @@ func Rollback(ctx context.Context, to *string) error {
 	return r.Rollback(ctx, deref(to))
 }
 
-// Bench measures a redeploy after a one-layer change of a ~250 MB image against docker save/scp/load, plain and at 50 Mbit/s.
+// Bench measures a redeploy after a one-layer change of a ~250 MB image against docker save/scp/load, and backup/restore of 100 MB.
 //
 // Needs root, dockerd, docker-compose and sshd (it starts a second engine
 // and sshd on 127.0.0.1, as the end-to-end tests do). Prints a table.
 func Bench() error {
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "Redeploy", "-benchtime", "1x", "-timeout", "60m", "./internal/tasks/")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "Redeploy|BackupRestore", "-benchtime", "1x", "-timeout", "60m", "./internal/tasks/")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return cmd.Run()
 }

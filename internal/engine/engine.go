@@ -22,25 +22,15 @@ import (
 type Engine struct {
 	api  *client.Client
 	Host string // where it answers, for messages
+	via  Via    // how it was reached (see HostPath)
 }
 
 // Connect reaches the engine named by DOCKER_HOST (default: the local
 // socket), negotiates the API version, and pings it, so a stopped engine is
-// one clear error before any work starts.
+// one clear error before any work starts. ConnectVia (connect.go) also
+// reaches the engine inside WSL.
 func Connect(ctx context.Context, opts ...client.Opt) (*Engine, error) {
-	opts = append([]client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}, opts...)
-	api, err := client.NewClientWithOpts(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("docker engine: %w", err)
-	}
-	e := &Engine{api: api, Host: api.DaemonHost()}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := api.Ping(pctx); err != nil {
-		api.Close()
-		return nil, fmt.Errorf("no Docker engine answers at %s (%v): start it (sudo service docker start, or dockerd &) or set DOCKER_HOST", e.Host, firstLine(err))
-	}
-	return e, nil
+	return ConnectVia(ctx, Via{}, opts...)
 }
 
 // Close releases the connection.

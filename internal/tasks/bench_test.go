@@ -1,7 +1,9 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"io/fs"
@@ -290,4 +292,63 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkBackupRestore times Backup and Restore of a 100 MB data folder
+// on this machine and over SSH, with the service running (so the pause,
+// stop and health check are part of it). Run with `mage bench`.
+func BenchmarkBackupRestore(b *testing.B) {
+	type result struct {
+		host             string
+		backup, restore  time.Duration
+		archive, dataLen int64
+	}
+	var results []result
+	for _, kind := range []string{"this machine", "SSH"} {
+		var d deployment
+		if kind == "this machine" {
+			needEngine(b)
+			d = newProject(b, "bkbench")
+		} else {
+			rp := newRemoteProject(b, "bkbench")
+			rp.createServerEnv()
+			d = rp
+		}
+		d.buildTag("v1", nil)
+		ctx := context.Background()
+		if err := d.runner("v1").Deploy(ctx); err != nil {
+			b.Fatal(err)
+		}
+		// 100 MB: half incompressible, half text, in 20 files beside the database.
+		data := filepath.Join(d.deployPath(), "data")
+		chunk := make([]byte, 5<<20)
+		for i := 0; i < 20; i++ {
+			if i%2 == 0 {
+				rand.Read(chunk)
+			} else {
+				copy(chunk, bytes.Repeat([]byte("carebot record line\n"), len(chunk)/20))
+			}
+			if err := os.WriteFile(filepath.Join(data, fmt.Sprintf("file-%02d.bin", i)), chunk, 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+		r := d.runner("v1")
+		start := time.Now()
+		bk, err := r.Backup(ctx, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		backupTime := time.Since(start)
+		start = time.Now()
+		if err := d.runner("v1").Restore(ctx, bk.Name, false); err != nil {
+			b.Fatal(err)
+		}
+		results = append(results, result{kind, backupTime, time.Since(start), bk.Size, 100 << 20})
+	}
+	fmt.Printf("\nbackup and restore of a 100 MB data folder, service running\n\n")
+	fmt.Printf("| host | backup | restore (verify, safety backup, stop, swap, start, health) | archive |\n|---|---:|---:|---:|\n")
+	for _, r := range results {
+		fmt.Printf("| %s | %.1f s | %.1f s | %s |\n", r.host, r.backup.Seconds(), r.restore.Seconds(), humanBytes(r.archive))
+	}
+	fmt.Println()
 }
