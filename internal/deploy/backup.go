@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/units"
 )
 
 // Backup is one archive of the deployment's data folder, kept on the host
@@ -29,7 +30,7 @@ type Backup struct {
 }
 
 func (b Backup) String() string {
-	return fmt.Sprintf("%s  %-20s %10s  %s", b.Time.Local().Format("2006-01-02 15:04:05"), b.Version, humanSize(b.Size), b.Name)
+	return fmt.Sprintf("%s  %-20s %10s  %s", b.Time.Local().Format("2006-01-02 15:04:05"), b.Version, units.Bytes(b.Size), b.Name)
 }
 
 const backupTimeLayout = "20060102T150405.000Z" // sorts by time as text
@@ -121,7 +122,7 @@ echo "$(wc -c < "backups/$n") $sum"`, host.Quote(d.Path), host.Quote(name), host
 	}
 	size, _ := strconv.ParseInt(f[0], 10, 64)
 	b := Backup{Name: name, Version: tag, Size: size, SHA256: f[1], Time: d.now().UTC()}
-	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, name, humanSize(size), time.Since(start).Seconds())
+	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, name, units.Bytes(size), time.Since(start).Seconds())
 	return b, nil
 }
 
@@ -306,7 +307,7 @@ rm -rf data.replaced`, host.Quote(d.Path), host.Quote(b.Name))
 	if swapErr != nil {
 		return b, fmt.Errorf("restore %s on %s failed (%v); the data folder is as it was", b.Name, d.Host, swapErr)
 	}
-	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, humanSize(b.Size), d.Path, orNone(safety.Name))
+	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, units.Bytes(b.Size), d.Path, orNone(safety.Name))
 	return b, nil
 }
 
@@ -348,16 +349,4 @@ func safeName(s string) string {
 		}
 		return '_'
 	}, s)
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -77,6 +77,17 @@ func firstWord(cmd string) string {
 	return cmd
 }
 
+// Synced wraps writers so that they share one lock: a command's two output
+// streams are copied by two goroutines, often into one buffer.
+func Synced(ws ...io.Writer) []io.Writer {
+	mu := &sync.Mutex{}
+	out := make([]io.Writer, len(ws))
+	for i, w := range ws {
+		out[i] = &lockedWriter{mu, w}
+	}
+	return out
+}
+
 type lockedWriter struct {
 	mu *sync.Mutex
 	w  io.Writer
@@ -88,24 +99,12 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// SyncWriter is a writer that two output streams may share.
-type SyncWriter struct {
-	mu sync.Mutex
-	W  io.Writer
-}
-
-func (s *SyncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.W.Write(p)
-}
-
 // Run runs cmd and returns its standard output; on failure the error
 // carries the combined output.
 func Run(ctx context.Context, h Host, cmd string) (string, error) {
 	var out, both bytes.Buffer
-	var mu sync.Mutex // the two streams are copied by two goroutines into one buffer
-	err := h.Exec(ctx, cmd, nil, &lockedWriter{&mu, io.MultiWriter(&out, &both)}, &lockedWriter{&mu, &both})
+	w := Synced(io.MultiWriter(&out, &both), &both)
+	err := h.Exec(ctx, cmd, nil, w[0], w[1])
 	if err != nil {
 		return out.String(), &CommandError{Cmd: cmd, Output: both.String(), Err: err}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/units"
 )
 
 // BinaryPath is where the sample service is compiled, inside the build
@@ -105,17 +106,7 @@ func shortID(id string) string {
 	return id
 }
 
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+func humanBytes(n int64) string { return units.Bytes(n) }
 
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)

@@ -207,7 +207,7 @@ func (r *Runner) load(ctx context.Context, e *engine.Engine, h host.Host, img en
 
 func runWithStdin(ctx context.Context, h host.Host, cmd string, stdin io.Reader) (string, error) {
 	var out strings.Builder
-	var w = &host.SyncWriter{W: &out}
+	w := host.Synced(&out)[0]
 	if err := h.Exec(ctx, cmd, stdin, w, w); err != nil {
 		return out.String(), &host.CommandError{Cmd: cmd, Output: out.String(), Err: err}
 	}
