@@ -75,19 +75,22 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 // still unpauses the service (trap) and leaves no partial archive; the
 // archive and its checksum appear only when complete.
 func (d *Deployer) snapshot(ctx context.Context, label string) (Backup, error) {
-	version, err := d.Serving(ctx)
-	if err != nil {
-		return Backup{}, err
-	}
 	if empty, err := d.dataEmpty(ctx); err != nil || empty {
 		if err == nil {
 			d.printf("no data in %s/data yet: nothing to back up\n", d.Path)
 		}
 		return Backup{}, err
 	}
-	ids, err := d.runningIDs(ctx)
+	states, err := d.containers(ctx)
 	if err != nil {
 		return Backup{}, err
+	}
+	version := d.serving(states)
+	var ids []string // the containers to pause
+	for _, s := range states {
+		if s.Status == "running" {
+			ids = append(ids, s.ID)
+		}
 	}
 	tag := orNone(version)
 	if label != "" {
@@ -129,19 +132,6 @@ echo "$(wc -c < "backups/$n") $sum"`, host.Quote(d.Path), host.Quote(name), host
 func (d *Deployer) dataEmpty(ctx context.Context) (bool, error) {
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf("ls -A %s/data 2>/dev/null | head -n 1", host.Quote(d.Path)))
 	return strings.TrimSpace(out) == "", err
-}
-
-// runningIDs are the deployment's running containers, the ones to pause.
-func (d *Deployer) runningIDs(ctx context.Context) ([]string, error) {
-	ids, err := d.containerIDs(ctx)
-	if err != nil || strings.TrimSpace(ids) == "" {
-		return nil, err
-	}
-	out, err := host.Run(ctx, d.Host, "docker inspect --format '{{if .State.Running}}{{.Id}}{{end}}' "+strings.Join(strings.Fields(ids), " "))
-	if err != nil {
-		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
-	}
-	return strings.Fields(out), nil
 }
 
 // Backups lists the complete backups on the host, oldest first. An archive

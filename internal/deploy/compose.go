@@ -71,7 +71,7 @@ func (d *Deployer) ComposeStream(ctx context.Context, args string, out io.Writer
 
 // ContainerState is one of the deployment's containers.
 type ContainerState struct {
-	Name, Image, Status, Health, Started string
+	ID, Name, Image, Status, Health, Started string
 	ExitCode, Restarts                   int
 }
 
@@ -100,6 +100,7 @@ func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
 		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
 	}
 	var raw []struct {
+		ID           string `json:"Id"`
 		Name         string
 		RestartCount int
 		Config       struct{ Image string }
@@ -116,7 +117,7 @@ func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
 	states := make([]ContainerState, len(raw))
 	for i, r := range raw {
 		states[i] = ContainerState{
-			Name: strings.TrimPrefix(r.Name, "/"), Image: r.Config.Image, Status: r.State.Status,
+			ID: r.ID, Name: strings.TrimPrefix(r.Name, "/"), Image: r.Config.Image, Status: r.State.Status,
 			ExitCode: r.State.ExitCode, Restarts: r.RestartCount, Started: r.State.StartedAt,
 		}
 		if r.State.Health != nil {
@@ -144,17 +145,18 @@ func (d *Deployer) Containers(ctx context.Context) ([]ContainerState, error) {
 // Serving is the version the deployment's container runs, "" when none runs.
 func (d *Deployer) Serving(ctx context.Context) (string, error) {
 	states, err := d.containers(ctx)
-	if err != nil {
-		return "", err
-	}
+	return d.serving(states), err
+}
+
+func (d *Deployer) serving(states []ContainerState) string {
 	for _, s := range states {
 		if s.Status == "running" || s.Status == "restarting" {
 			if tag, ok := strings.CutPrefix(s.Image, d.ImageName+":"); ok {
-				return tag, nil
+				return tag
 			}
 		}
 	}
-	return "", nil
+	return ""
 }
 
 func sha256Hex(data []byte) string {
