@@ -266,3 +266,18 @@ func Bench() error {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return cmd.Run()
 }
+
+// Doctor checks Go, mage, WSL, the Docker engine, the server over SSH and the ports, each on one line with its fix.
+//
+// Reads every setting, and reports an invalid one instead of stopping:
+// WSL_DISTRO, DOCKER_VIA_WSL and DOCKER_SUDO (the engine in WSL, on
+// Windows), DOCKER_HOST, DEPLOY_HOST, SSH_KEY, SSH_KNOWN_HOSTS,
+// SSH_ACCEPT_NEW, DEPLOY_PATH, APP_PORT and TEST_PORT. Keeps going after a
+// failure and changes nothing; exits non-zero when a check failed.
+func Doctor(ctx context.Context) error {
+	dir, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	return tasks.Doctor(ctx, dir, os.Stdout)
+}

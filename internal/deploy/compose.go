@@ -72,7 +72,7 @@ func (d *Deployer) ComposeStream(ctx context.Context, args string, out io.Writer
 // ContainerState is one of the deployment's containers.
 type ContainerState struct {
 	ID, Name, Image, Status, Health, Started string
-	ExitCode, Restarts                   int
+	ExitCode, Restarts                       int
 }
 
 func (c ContainerState) String() string {

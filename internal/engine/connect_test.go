@@ -42,7 +42,7 @@ func TestUseWSL(t *testing.T) {
 	}
 }
 
-func TestDialCommand(t *testing.T) {
+func TestWSLDialCommand(t *testing.T) {
 	v := Via{WSL: true, Distro: "Ubuntu-22.04"}
 	if got, want := v.DialCommand(), []string{"wsl", "-d", "Ubuntu-22.04", "-e", "docker", "system", "dial-stdio"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("DialCommand = %q, want %q", got, want)
@@ -79,7 +79,7 @@ func TestHostPath(t *testing.T) {
 	}
 	e := &Engine{via: Via{WSL: true, Distro: "Ubuntu-22.04"}}
 	for in, want := range map[string]string{
-		`C:\Users\Ana María\test-data`:           "/mnt/c/Users/Ana María/test-data",
+		`C:\Users\Ana María\test-data`:            "/mnt/c/Users/Ana María/test-data",
 		`\\wsl$\Ubuntu-22.04\home\ana\migrations`: "/home/ana/migrations",
 		"/tmp/test-data":                          "/tmp/test-data",
 	} {
@@ -94,7 +94,7 @@ func TestHostPath(t *testing.T) {
 
 // TestStdioConn talks to cat through the connection, and checks that a
 // failing command's stderr becomes the error.
-func TestStdioConn(t *testing.T) {
+func TestWSLStdioConn(t *testing.T) {
 	c, err := startStdioConn([]string{"cat"}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -55,7 +55,7 @@ func (r *Runner) Engine(ctx context.Context) (*engine.Engine, error) {
 	if r.eng != nil {
 		return r.eng, nil
 	}
-	e, err := engine.Connect(ctx)
+	e, err := engine.ConnectVia(ctx, r.engineVia())
 	if err != nil {
 		return nil, err
 	}

@@ -38,9 +38,19 @@ func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
 	if err := os.MkdirAll(c.TestData, 0o755); err != nil {
 		return fmt.Errorf("TEST_DATA: %w", err)
 	}
-	binds := []string{c.TestData + ":/app/data"}
+	// The engine mounts paths of its own machine: for the engine in WSL,
+	// C:\...\test-data is /mnt/c/.../test-data there.
+	data, err := e.HostPath(c.TestData)
+	if err != nil {
+		return fmt.Errorf("TEST_DATA cannot be mounted by the engine in %s: %w", e.Host, err)
+	}
+	binds := []string{data + ":/app/data"}
 	if st, err := os.Stat(c.Migrations); err == nil && st.IsDir() {
-		binds = append(binds, c.Migrations+":/app/CareBot/migrations:ro")
+		m, err := e.HostPath(c.Migrations)
+		if err != nil {
+			return fmt.Errorf("MIGRATIONS cannot be mounted by the engine in %s: %w", e.Host, err)
+		}
+		binds = append(binds, m+":/app/CareBot/migrations:ro")
 	}
 	id, err := e.Run(ctx, engine.RunOptions{
 		Name: TestContainer, Image: c.Image(), Env: r.testEnv(),

@@ -12,7 +12,7 @@ import (
 // TestWindowsCommandLine checks, on Windows, that the command line os/exec
 // builds for wsl.exe splits back (with CommandLineToArgvW, which wsl.exe
 // uses after -e) into exactly the arguments given.
-func TestWindowsCommandLine(t *testing.T) {
+func TestWSLWindowsCommandLine(t *testing.T) {
 	for _, s := range []string{
 		`printf '%s\n' "it's" 'a "b"' '$HOME'`,
 		`cd "C:\Program Files\" && echo \\server\share "x\"y"`,

@@ -2,7 +2,7 @@ package wsl
 
 import "testing"
 
-func TestInside(t *testing.T) {
+func TestWSLInside(t *testing.T) {
 	tests := []struct {
 		name   string
 		env    map[string]string

@@ -25,7 +25,7 @@ var scripts = []string{
 
 // TestCommandLineQuoting checks CommandLine against a real bash: bash splits
 // it back into exactly wsl and BashArgs.
-func TestCommandLineQuoting(t *testing.T) {
+func TestWSLCommandLineQuoting(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
 		t.Skip("no bash")
@@ -50,7 +50,7 @@ func TestCommandLineQuoting(t *testing.T) {
 // TestPipeRunsScripts runs each script through the fake wsl, both with the
 // arguments as they are (Pipe) and through script.Exec's own splitting of
 // the command line (Exec), and compares with bash run directly.
-func TestPipeRunsScripts(t *testing.T) {
+func TestWSLPipeRunsScripts(t *testing.T) {
 	fake := wsltest.Install(t)
 	ctx := context.Background()
 	for _, s := range scripts {
@@ -79,7 +79,7 @@ func TestPipeRunsScripts(t *testing.T) {
 	}
 }
 
-func TestPipeFailure(t *testing.T) {
+func TestWSLPipeFailure(t *testing.T) {
 	wsltest.Install(t)
 	ctx := context.Background()
 	p := wsl.Pipe(ctx, "Ubuntu-22.04", "echo oops >&2; exit 3")
@@ -94,7 +94,7 @@ func TestPipeFailure(t *testing.T) {
 	}
 }
 
-func TestDistros(t *testing.T) {
+func TestWSLDistros(t *testing.T) {
 	wsltest.Install(t, "Ubuntu-22.04", "docker-desktop", "Debian")
 	ctx := context.Background()
 	ds, err := wsl.Distros(ctx)
@@ -112,14 +112,14 @@ func TestDistros(t *testing.T) {
 	}
 }
 
-func TestNoWSL(t *testing.T) {
+func TestWSLMissing(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	if _, err := wsl.Distros(context.Background()); err == nil || !strings.Contains(err.Error(), "not installed") {
 		t.Errorf("Distros without wsl: %v", err)
 	}
 }
 
-func TestDecode(t *testing.T) {
+func TestWSLDecode(t *testing.T) {
 	utf16le := func(s string) []byte {
 		var b []byte
 		for _, r := range s { // ASCII and BMP only
