@@ -20,12 +20,6 @@ import (
 	"github.com/carebot/carebot/internal/wsl"
 )
 
-// engineVia is where this run's engine is: DOCKER_VIA_WSL, WSL_DISTRO and
-// DOCKER_SUDO applied to this process (through WSL on Windows).
-func (r *Runner) engineVia() engine.Via {
-	return engine.Choose(r.Cfg.DockerViaWSL, r.Cfg.WSLDistro, r.Cfg.DockerSudo)
-}
-
 // Doctor checks, in order, what the build and deploy of the project in dir
 // need: the settings; Go and mage; on Windows, WSL and WSL_DISTRO; the
 // Docker engine; with DEPLOY_HOST, the SSH server, the key, the host key in

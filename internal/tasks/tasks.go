@@ -63,6 +63,12 @@ func (r *Runner) Engine(ctx context.Context) (*engine.Engine, error) {
 	return e, nil
 }
 
+// engineVia is where this run's engine is: DOCKER_VIA_WSL, WSL_DISTRO and
+// DOCKER_SUDO applied to this process (through WSL on Windows).
+func (r *Runner) engineVia() engine.Via {
+	return engine.Choose(r.Cfg.DockerViaWSL, r.Cfg.WSLDistro, r.Cfg.DockerSudo)
+}
+
 // Timed runs step and records how long it took.
 func (r *Runner) Timed(name string, step func() error) error {
 	start := time.Now()
