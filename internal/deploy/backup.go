@@ -275,27 +275,44 @@ func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
 		}
 	}
 	// Extract beside the data first: if that fails (a full disk), the data
-	// folder was never touched. The swap itself is two renames.
+	// folder was never touched. The swap itself is two renames, and the old
+	// folder stays until the service is healthy with the restored one.
+	p := host.Quote(d.Path)
 	swap := fmt.Sprintf(`set -e
 cd %[1]s
 rm -rf data.restoring data.replaced
 mkdir data.restoring
 if ! tar -xzf backups/%[2]s -C data.restoring; then rm -rf data.restoring; exit 1; fi
 mv data data.replaced
-mv data.restoring data
-rm -rf data.replaced`, host.Quote(d.Path), host.Quote(b.Name))
-	_, swapErr := host.Run(context.WithoutCancel(ctx), d.Host, swap)
+mv data.restoring data`, p, host.Quote(b.Name))
+	ctx = context.WithoutCancel(ctx) // from here the host must not be left half-way
+	if _, err := host.Run(ctx, d.Host, swap); err != nil {
+		if serving != "" {
+			_, _ = d.composeRun(ctx, serving, "up -d")
+		}
+		return b, fmt.Errorf("restore %s on %s failed (%v); the data folder is as it was", b.Name, d.Host, err)
+	}
 	if serving != "" {
-		ctx := context.WithoutCancel(ctx)
 		if _, err := d.composeRun(ctx, serving, "up -d"); err != nil {
 			return b, err
 		}
 		if _, err := d.waitHealthy(ctx, serving); err != nil {
-			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, oneLine(err), safety.Name)
+			cause := oneLine(err)
+			undo := fmt.Sprintf("cd %s && rm -rf data.failed && mv data data.failed && mv data.replaced data && rm -rf data.failed", p)
+			_, _ = d.composeRun(ctx, serving, "stop")
+			if _, uerr := host.Run(ctx, d.Host, undo); uerr == nil {
+				if _, uerr = d.composeRun(ctx, serving, "up -d"); uerr == nil {
+					if _, uerr = d.waitHealthy(ctx, serving); uerr == nil {
+						return b, fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, serving, cause)
+					}
+				}
+				cause += "; with the data put back it is not healthy either: " + oneLine(uerr)
+			}
+			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, cause, safety.Name)
 		}
 	}
-	if swapErr != nil {
-		return b, fmt.Errorf("restore %s on %s failed (%v); the data folder is as it was", b.Name, d.Host, swapErr)
+	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("rm -rf %s/data.replaced", p)); err != nil {
+		return b, fmt.Errorf("remove the replaced data folder on %s: %w", d.Host, err)
 	}
 	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, units.Bytes(b.Size), d.Path, orNone(safety.Name))
 	return b, nil

@@ -467,3 +467,61 @@ func TestCleanupKeepsServingAndRollbackTarget(t *testing.T) {
 		}
 	})
 }
+
+// A backup the service cannot start with is put in, found unhealthy, and
+// taken out again: the data that served before serves again.
+func TestRestoreOfBadDataPutsTheOldDataBack(t *testing.T) {
+	onBothHosts(t, "badrestore", func(t *testing.T, d deployment) {
+		ctx := context.Background()
+		postRecord(t, d, "kept")
+		d.setEnv("HEALTH_TIMEOUT", "20s")
+		data := filepath.Join(d.deployPath(), "data")
+
+		// Make a backup of a broken database while the service is stopped.
+		compose(t, d, "stop")
+		if err := os.Rename(data, data+".good"); err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(data, 0o755)
+		os.WriteFile(filepath.Join(data, "carebot.db"), []byte("this is not a database"), 0o644)
+		bad, err := d.runner("v1").Backup(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.RemoveAll(data)
+		if err := os.Rename(data+".good", data); err != nil {
+			t.Fatal(err)
+		}
+		compose(t, d, "start")
+		waitRecords(t, d, 1)
+
+		err = d.runner("v1").Restore(ctx, bad.Name, false)
+		if err == nil || !strings.Contains(err.Error(), "put back as it was and serves again") {
+			t.Fatalf("restore of a backup the service cannot start with: %v", err)
+		}
+		waitRecords(t, d, 1)
+		if _, err := os.Stat(data + ".replaced"); err == nil {
+			t.Error("data.replaced left behind")
+		}
+	})
+}
+
+func waitRecords(t testing.TB, d deployment, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(d.appURL("/api/records"))
+		if err == nil {
+			var rec struct{ Count int }
+			json.NewDecoder(resp.Body).Decode(&rec)
+			resp.Body.Close()
+			if rec.Count == want {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the service does not answer %d records", want)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}

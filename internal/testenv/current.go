@@ -89,7 +89,7 @@ func startCurrentEngine() error {
 	if err != nil {
 		return err
 	}
-	if err := ownBridge(); err != nil {
+	if err := ownBridge(currentBridge, "172.31.254.1/24"); err != nil {
 		return err
 	}
 	cmd := exec.Command(bin, "--host", CurrentHost,
@@ -128,19 +128,23 @@ func (l *lockedBuffer) String() string {
 	return string(l.b)
 }
 
-// currentBridge is the current engine's own bridge. With --bridge=none it
-// deletes a bridge called docker0 at start, which is the first engine's:
-// every container of the first engine would then fail to start.
-const currentBridge = "cbcur0"
+// Each engine here gets a bridge of its own. Started with --bridge=none,
+// both Docker 20.10 and the current engine delete a bridge called docker0
+// at start — the first engine's — and every container it starts after that
+// fails ("could not find bridge docker0").
+const (
+	currentBridge = "cbcur0"
+	serverBridge  = "cbsrv0"
+)
 
-func ownBridge() error {
-	if exec.Command("ip", "link", "show", currentBridge).Run() == nil {
+func ownBridge(name, cidr string) error {
+	if exec.Command("ip", "link", "show", name).Run() == nil {
 		return nil
 	}
 	for _, args := range [][]string{
-		{"link", "add", "name", currentBridge, "type", "bridge"},
-		{"addr", "add", "172.31.254.1/24", "dev", currentBridge},
-		{"link", "set", currentBridge, "up"},
+		{"link", "add", "name", name, "type", "bridge"},
+		{"addr", "add", cidr, "dev", name},
+		{"link", "set", name, "up"},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip %v: %v %s", args, err, out)

@@ -77,9 +77,12 @@ func startServerEngine() error {
 	if err != nil {
 		return err
 	}
+	if err := ownBridge(serverBridge, "172.31.253.1/24"); err != nil {
+		return err
+	}
 	cmd := exec.Command("dockerd", "--host", ServerDockerHost,
 		"--data-root", "/var/lib/carebot-server-docker", "--exec-root", "/run/carebot-server-docker",
-		"--pidfile", "/run/carebot-server-docker.pid", "--bridge=none", "--iptables=false")
+		"--pidfile", "/run/carebot-server-docker.pid", "--bridge="+serverBridge, "--iptables=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
