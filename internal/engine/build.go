@@ -12,7 +12,6 @@ import (
 	"strconv"
 
 	"github.com/docker/docker/api/types/build"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/pkg/jsonmessage"
 	"github.com/docker/go-connections/nat"
@@ -131,4 +130,3 @@ func portBinding(p Publish) (nat.PortSet, nat.PortMap) {
 
 func refFilter(name string) filters.Args { return filters.NewArgs(filters.Arg("reference", name)) }
 
-var _ = container.Config{}
