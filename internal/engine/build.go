@@ -129,4 +129,3 @@ func portBinding(p Publish) (nat.PortSet, nat.PortMap) {
 }
 
 func refFilter(name string) filters.Args { return filters.NewArgs(filters.Arg("reference", name)) }
-
