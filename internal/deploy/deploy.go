@@ -109,6 +109,9 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	if err := d.syncFiles(ctx); err != nil {
 		return err
 	}
+	if err := d.keepCompose(ctx, r.Version); err != nil {
+		return err
+	}
 	d.printf("deploying %s:%s to %s (serving now: %s)\n", d.ImageName, r.Version, d.Host, orNone(current))
 	fallback := current
 	if fallback == r.Version { // redeploying the same tag: fall back to the one before it
@@ -147,6 +150,9 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 		return err
 	}
 	if err := d.checkPort(ctx); err != nil {
+		return err
+	}
+	if err := d.useCompose(ctx, version); err != nil {
 		return err
 	}
 	d.printf("rolling back %s from %s to %s\n", d.Host, orNone(current), version)
@@ -197,17 +203,22 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		return fmt.Errorf("release %s failed: %s; there is no earlier release to roll back to, so it was stopped", r.Version, cause)
 	}
 	d.printf("release %s failed (%s); rolling back to %s\n", r.Version, cause, fallback)
-	if err := d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(history, fallback)}); err == nil {
-		if _, err = d.composeRun(ctx, fallback, "up -d"); err == nil {
-			_, err = d.waitHealthy(ctx, fallback)
-		}
-		if err == nil {
-			entry.Result, entry.Serving = ResultRolledBack, fallback
-			_ = d.record(ctx, entry)
-			return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
-		}
-		cause += "; rollback to " + fallback + " failed too: " + oneLine(err)
+	err = d.useCompose(ctx, fallback)
+	if err == nil {
+		err = d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(history, fallback)})
 	}
+	if err == nil {
+		_, err = d.composeRun(ctx, fallback, "up -d")
+	}
+	if err == nil {
+		_, err = d.waitHealthy(ctx, fallback)
+	}
+	if err == nil {
+		entry.Result, entry.Serving = ResultRolledBack, fallback
+		_ = d.record(ctx, entry)
+		return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
+	}
+	cause += "; rollback to " + fallback + " failed too: " + oneLine(err)
 	entry.Result = ResultFailed
 	_ = d.record(ctx, entry)
 	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
@@ -349,6 +360,33 @@ func (d *Deployer) imageID(ctx context.Context, version string) (string, error) 
 		return "", fmt.Errorf("inspect image on %s: %w", d.Host, err)
 	}
 	return strings.TrimSpace(out), nil
+}
+
+// releaseCompose is where the compose file a release was deployed with is
+// kept, so that going back to it runs it as it ran (a later release may
+// have changed the file in a way the old image does not survive).
+func (d *Deployer) releaseCompose(version string) string {
+	return d.Path + "/releases/" + safeName(version) + "/" + d.composeName()
+}
+
+func (d *Deployer) keepCompose(ctx context.Context, version string) error {
+	dst := d.releaseCompose(version)
+	cmd := fmt.Sprintf("mkdir -p %s && cp -p %s %s", host.Quote(path.Dir(dst)), host.Quote(d.Path+"/"+d.composeName()), host.Quote(dst))
+	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
+		return fmt.Errorf("keep the compose file of %s on %s: %w", version, d.Host, err)
+	}
+	return nil
+}
+
+// useCompose puts back the compose file version was deployed with, when it
+// was kept (releases deployed before this tool kept them use the current one).
+func (d *Deployer) useCompose(ctx context.Context, version string) error {
+	src, dst := host.Quote(d.releaseCompose(version)), host.Quote(d.Path+"/"+d.composeName())
+	cmd := fmt.Sprintf("if [ -f %s ]; then cp -p %s %s.tmp && mv -f %s.tmp %s; fi", src, src, dst, dst, dst)
+	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
+		return fmt.Errorf("use the compose file of %s on %s: %w", version, d.Host, err)
+	}
+	return nil
 }
 
 // retag points name:version back at the image that history recorded for

@@ -414,3 +414,41 @@ func TestDeployRefusesTakenPortAndMissingImage(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A release whose compose file changed in a way the old image does not
+// survive still rolls back: the old release runs with the compose file it
+// was deployed with, not the new one.
+func TestRollbackUsesTheReleasesOwnComposeFile(t *testing.T) {
+	needEngine(t)
+	p := newProject(t, "composeback")
+	p.env["HEALTH_TIMEOUT"] = "15s"
+	ctx := context.Background()
+	p.build("v1", nil)
+	if err := p.runner("v1").Deploy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	compose, err := os.ReadFile(p.env["COMPOSE_FILE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := bytes.Replace(compose, []byte(`      APP_PORT: "${APP_PORT:-5555}"`),
+		[]byte(`      APP_PORT: "${APP_PORT:-5555}"`+"\n"+`      CAREBOT_HEALTH_FAIL: "1"`), 1)
+	if bytes.Equal(broken, compose) {
+		t.Fatal("the compose file has no APP_PORT environment line to extend")
+	}
+	if err := os.WriteFile(p.env["COMPOSE_FILE"], broken, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.build("v2", nil)
+	err = p.runner("v2").Deploy(ctx)
+	if err == nil || !strings.Contains(err.Error(), "rolled back to v1, which is serving") {
+		t.Fatalf("deploying v2 with a compose file that breaks every release: %v", err)
+	}
+	if v, code := p.health(); v != "v1" || code != 200 {
+		t.Fatalf("after the rollback: version %q, HTTP %d", v, code)
+	}
+	served, _ := os.ReadFile(filepath.Join(p.env["DEPLOY_PATH"], "docker-compose.production.yml"))
+	if !bytes.Equal(served, compose) {
+		t.Error("the deploy folder does not hold v1's compose file after rolling back to v1")
+	}
+}
