@@ -23,6 +23,8 @@ import (
 	"unicode/utf16"
 
 	"github.com/bitfield/script"
+
+	"github.com/carebot/carebot/internal/host"
 )
 
 // Program is the WSL launcher. Tests put a fake of that name first on PATH.
@@ -44,7 +46,7 @@ func BashArgs(distro, script string) []string {
 // script.Exec splits it back into exactly BashArgs (the tests check that,
 // and that a real bash does the same).
 func CommandLine(distro, script string) string {
-	return Join(append([]string{Program}, BashArgs(distro, script)...)...)
+	return host.Join(append([]string{Program}, BashArgs(distro, script)...)...) // POSIX quoting, which script.Exec also reads
 }
 
 // Pipe runs script in the distro's bash as a bitfield/script pipeline:
@@ -65,34 +67,6 @@ func Exec(ctx context.Context, distro, script string) *script.Pipe {
 // (so wsl.exe's own messages are UTF-8, not UTF-16).
 func Script(ctx context.Context) *script.Pipe {
 	return script.NewPipe().WithContext(ctx).WithEnv(append(os.Environ(), "WSL_UTF8=1"))
-}
-
-// Join quotes each word for a POSIX shell (and for script.Exec) and joins
-// them with spaces.
-func Join(words ...string) string {
-	q := make([]string, len(words))
-	for i, w := range words {
-		q[i] = Quote(w)
-	}
-	return strings.Join(q, " ")
-}
-
-// Quote makes s one word for a POSIX shell whatever it holds: as is when it
-// is made of characters no shell treats specially, otherwise in single
-// quotes, with each ' written as '\”.
-func Quote(s string) string {
-	if s != "" && strings.IndexFunc(s, unsafe) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func unsafe(r rune) bool {
-	switch {
-	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-		return false
-	}
-	return !strings.ContainsRune("@%+=:,./_-", r)
 }
 
 // Inside reports whether this process runs inside WSL, and in which distro
