@@ -37,8 +37,8 @@ func TestDoctorBrokenSetup(t *testing.T) {
 	t.Setenv("SSH_KNOWN_HOSTS", knownHosts)
 	t.Setenv("SSH_AUTH_SOCK", "")
 	t.Setenv("IMAGE_TAG", "doctor")
-	t.Setenv("TEST_PORT", fmt.Sprint(freePort(t)))
-	t.Setenv("APP_PORT", fmt.Sprint(freePort(t)))
+	t.Setenv("TEST_PORT", fmt.Sprint(testenv.FreePort(t)))
+	t.Setenv("APP_PORT", fmt.Sprint(testenv.FreePort(t)))
 	t.Setenv("DOCKER_VIA_WSL", "")
 
 	var out bytes.Buffer
@@ -105,8 +105,8 @@ func TestDoctorWSLChecks(t *testing.T) {
 	t.Setenv("DEPLOY_HOST", "")
 	t.Setenv("IMAGE_TAG", "doctor")
 	t.Setenv("DEPLOY_PATH", t.TempDir())
-	t.Setenv("TEST_PORT", fmt.Sprint(freePort(t)))
-	t.Setenv("APP_PORT", fmt.Sprint(freePort(t)))
+	t.Setenv("TEST_PORT", fmt.Sprint(testenv.FreePort(t)))
+	t.Setenv("APP_PORT", fmt.Sprint(testenv.FreePort(t)))
 	var out bytes.Buffer
 	err := Doctor(context.Background(), repoRoot(t), &out)
 	t.Logf("mage doctor:\n%s", out.String())
@@ -136,8 +136,8 @@ func TestDoctorThroughWSL(t *testing.T) {
 	t.Setenv("DEPLOY_HOST", "")
 	t.Setenv("IMAGE_TAG", "doctor")
 	t.Setenv("DEPLOY_PATH", t.TempDir())
-	t.Setenv("TEST_PORT", fmt.Sprint(freePort(t)))
-	t.Setenv("APP_PORT", fmt.Sprint(freePort(t)))
+	t.Setenv("TEST_PORT", fmt.Sprint(testenv.FreePort(t)))
+	t.Setenv("APP_PORT", fmt.Sprint(testenv.FreePort(t)))
 	var out bytes.Buffer
 	_ = Doctor(context.Background(), repoRoot(t), &out)
 	t.Logf("mage doctor:\n%s", out.String())

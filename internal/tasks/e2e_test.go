@@ -96,11 +96,11 @@ func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(d
 	if customize != nil {
 		customize(dir)
 	}
-	p := &remoteProject{t: t, dir: dir, sshd: sshd, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(freePort(t))}
+	p := &remoteProject{t: t, dir: dir, sshd: sshd, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
 	p.env = map[string]string{
 		"IMAGE_NAME":      "carebot-e2e-" + name,
 		"APP_PORT":        p.appPort,
-		"TEST_PORT":       fmt.Sprint(freePort(t)),
+		"TEST_PORT":       fmt.Sprint(testenv.FreePort(t)),
 		"HEALTH_TIMEOUT":  "30s",
 		"DEPLOY_HOST":     "root@" + proxy.Addr,
 		"DEPLOY_PATH":     filepath.Join(t.TempDir(), "carebot "+name), // a space: quoting is tested on the way

@@ -16,6 +16,7 @@ import (
 
 	"github.com/carebot/carebot/internal/config"
 	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // These tests use the real Docker engine and Compose. They skip when no
@@ -48,17 +49,6 @@ func needEngine(t testing.TB) {
 	e.Close()
 }
 
-// freePort asks the kernel for a port nobody uses.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // project is one configured runner over the repository, with its own image
 // name, ports and deploy folder, so tests never touch a user's deployment.
 type project struct {
@@ -84,8 +74,8 @@ func newProject(t testing.TB, name string) *project {
 	p := &project{t: t, dir: repoRoot(t), out: &bytes.Buffer{}, env: map[string]string{
 		"COMPOSE_FILE":   composeFile,
 		"IMAGE_NAME":     "carebot-it-" + name,
-		"APP_PORT":       fmt.Sprint(freePort(t)),
-		"TEST_PORT":      fmt.Sprint(freePort(t)),
+		"APP_PORT":       fmt.Sprint(testenv.FreePort(t)),
+		"TEST_PORT":      fmt.Sprint(testenv.FreePort(t)),
 		"DEPLOY_PATH":    filepath.Join(t.TempDir(), "deploy "+name), // the folder names the Compose project
 		"TEST_DATA":      filepath.Join(t.TempDir(), "test-data"),
 		"HEALTH_TIMEOUT": "30s",

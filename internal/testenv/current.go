@@ -85,29 +85,7 @@ func startCurrentEngine() error {
 	if err != nil {
 		return err
 	}
-	logf, err := os.Create("/tmp/carebot-current-dockerd.log")
-	if err != nil {
-		return err
-	}
-	if err := ownBridge(currentBridge, "172.31.254.1/24"); err != nil {
-		return err
-	}
-	cmd := exec.Command(bin, "--host", CurrentHost,
-		"--data-root", "/var/lib/carebot-current-docker", "--exec-root", "/run/carebot-current-docker",
-		"--pidfile", "/run/carebot-current-docker.pid", "--bridge="+currentBridge, "--iptables=false")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = detached()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
-	}
-	go cmd.Wait()
-	for i := 0; i < 120; i++ {
-		if dockerOK(CurrentHost) {
-			return nil
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	return fmt.Errorf("it did not answer (see /tmp/carebot-current-dockerd.log)")
+	return startEngine(bin, "carebot-current", currentBridge, "172.31.254.1/24")
 }
 
 type lockedBuffer struct {

@@ -73,29 +73,38 @@ func startServerEngine() error {
 	if os.Getuid() != 0 {
 		return fmt.Errorf("starting the test server's engine needs root")
 	}
-	logf, err := os.Create("/tmp/carebot-server-dockerd.log")
+	return startEngine("dockerd", "carebot-server", serverBridge, "172.31.253.1/24")
+}
+
+// startEngine starts a dockerd beside the first one, with its own socket,
+// data, bridge and log (/tmp/<name>-dockerd.log, DOCKER_HOST
+// unix:///run/<name>-docker.sock), and waits until it answers.
+func startEngine(bin, name, bridge, cidr string) error {
+	host := "unix:///run/" + name + "-docker.sock"
+	logPath := "/tmp/" + name + "-dockerd.log"
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
-	if err := ownBridge(serverBridge, "172.31.253.1/24"); err != nil {
+	if err := ownBridge(bridge, cidr); err != nil {
 		return err
 	}
-	cmd := exec.Command("dockerd", "--host", ServerDockerHost,
-		"--data-root", "/var/lib/carebot-server-docker", "--exec-root", "/run/carebot-server-docker",
-		"--pidfile", "/run/carebot-server-docker.pid", "--bridge="+serverBridge, "--iptables=false")
+	cmd := exec.Command(bin, "--host", host,
+		"--data-root", "/var/lib/"+name+"-docker", "--exec-root", "/run/"+name+"-docker",
+		"--pidfile", "/run/"+name+"-docker.pid", "--bridge="+bridge, "--iptables=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start the test server's dockerd: %w", err)
+		return fmt.Errorf("start %s: %w", bin, err)
 	}
 	go cmd.Wait()
 	for i := 0; i < 120; i++ {
-		if dockerOK(ServerDockerHost) {
+		if dockerOK(host) {
 			return nil
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return fmt.Errorf("the test server's dockerd did not answer (see /tmp/carebot-server-dockerd.log)")
+	return fmt.Errorf("%s did not answer at %s (see %s)", bin, host, logPath)
 }
 
 // SSHD is a running OpenSSH server on 127.0.0.1 whose sessions use the
@@ -133,7 +142,7 @@ func StartSSHD(t testing.TB) *SSHD {
 	if err := os.WriteFile(auth, ssh.MarshalAuthorizedKey(userPub), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.Port = freePort(t)
+	s.Port = FreePort(t)
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", s.Port)
 	conf := filepath.Join(dir, "sshd_config")
 	cfg := fmt.Sprintf(`ListenAddress 127.0.0.1
@@ -241,7 +250,8 @@ func writeKey(t testing.TB, path string) ssh.PublicKey {
 	return k
 }
 
-func freePort(t testing.TB) int {
+// FreePort asks the kernel for a loopback port nobody uses.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
