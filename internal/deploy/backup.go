@@ -60,7 +60,8 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 	return b, d.prune(ctx, keep, "")
 }
 
-// snapshot takes a consistent copy of DEPLOY_PATH/data and archives it.
+// snapshot takes a consistent copy of DEPLOY_PATH/data (callers check it is
+// not empty) and archives it.
 //
 // Consistency: the service's containers are frozen with `docker pause`
 // while the folder is copied (cp -a, at page-cache speed), then resumed
@@ -75,12 +76,6 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 // still unpauses the service (trap) and leaves no partial archive; the
 // archive and its checksum appear only when complete.
 func (d *Deployer) snapshot(ctx context.Context, label string) (Backup, error) {
-	if empty, err := d.dataEmpty(ctx); err != nil || empty {
-		if err == nil {
-			d.printf("no data in %s/data yet: nothing to back up\n", d.Path)
-		}
-		return Backup{}, err
-	}
 	states, err := d.containers(ctx)
 	if err != nil {
 		return Backup{}, err
@@ -261,9 +256,13 @@ func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
 	if err := d.Verify(ctx, b); err != nil {
 		return b, err
 	}
-	safety, err := d.snapshot(ctx, "pre-restore")
-	if err != nil {
-		return b, fmt.Errorf("safety backup before restoring: %w", err)
+	var safety Backup
+	if empty, err := d.dataEmpty(ctx); err != nil {
+		return b, err
+	} else if !empty {
+		if safety, err = d.snapshot(ctx, "pre-restore"); err != nil {
+			return b, fmt.Errorf("safety backup before restoring: %w", err)
+		}
 	}
 	serving, err := d.Serving(ctx)
 	if err != nil {

@@ -97,11 +97,12 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	if err != nil {
 		return err
 	}
-	current, err := d.Serving(ctx)
+	states, err := d.containers(ctx)
 	if err != nil {
 		return err
 	}
-	if err := d.checkPort(ctx); err != nil {
+	current := d.serving(states)
+	if err := d.checkPort(ctx, states); err != nil {
 		return err
 	}
 	// Files change only now that every check passed: a refused deploy
@@ -135,10 +136,11 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 	if err != nil {
 		return err
 	}
-	current, err := d.Serving(ctx)
+	states, err := d.containers(ctx)
 	if err != nil {
 		return err
 	}
+	current := d.serving(states)
 	if version == "" {
 		version = Previous(history, current)
 		if version == "" {
@@ -149,7 +151,7 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 	if err := d.retag(ctx, r); err != nil {
 		return err
 	}
-	if err := d.checkPort(ctx); err != nil {
+	if err := d.checkPort(ctx, states); err != nil {
 		return err
 	}
 	if err := d.useCompose(ctx, version); err != nil {
@@ -407,24 +409,25 @@ func (d *Deployer) retag(ctx context.Context, r Release) error {
 }
 
 // checkPort refuses to start when APP_PORT is held by something that is
-// not this deployment's own container: compose up would stop the release
-// that serves and then fail to bind.
-func (d *Deployer) checkPort(ctx context.Context) error {
-	ours, err := d.containerIDs(ctx)
-	if err != nil {
-		return err
+// not this deployment's own container (ours: its containers, as
+// containers() found them): compose up would stop the release that serves
+// and then fail to bind.
+func (d *Deployer) checkPort(ctx context.Context, ours []ContainerState) error {
+	own := map[string]bool{}
+	for _, c := range ours {
+		own[c.ID] = true
 	}
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf("docker ps -q --no-trunc --filter publish=%d", d.AppPort))
 	if err != nil {
 		return fmt.Errorf("list containers on %s: %w", d.Host, err)
 	}
 	for _, id := range strings.Fields(out) {
-		if !strings.Contains(ours, id) {
+		if !own[id] {
 			name, _ := host.Run(ctx, d.Host, "docker inspect --format '{{.Name}}' "+id)
 			return fmt.Errorf("APP_PORT %d on %s is taken by container %s: stop it or set APP_PORT to a free port; nothing was changed", d.AppPort, d.Host, strings.TrimPrefix(strings.TrimSpace(name), "/"))
 		}
 	}
-	if strings.TrimSpace(ours) != "" {
+	if len(ours) > 0 {
 		return nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -827,24 +827,34 @@ func TestServingAndContainers(t *testing.T) {
 	}
 }
 
+// checkPortNow runs checkPort with the containers the host has now, as
+// Deploy and Rollback do.
+func checkPortNow(t *testing.T, d *Deployer) error {
+	t.Helper()
+	states, err := d.containers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.checkPort(context.Background(), states)
+}
+
 func TestCheckPort(t *testing.T) {
-	ctx := context.Background()
 	t.Run("free", func(t *testing.T) {
 		d, _, _, _ := deployedWorld(t, "")
-		if err := d.checkPort(ctx); err != nil {
+		if err := checkPortNow(t, d); err != nil {
 			t.Errorf("checkPort on a free port: %v", err)
 		}
 	})
 	t.Run("held by our own container", func(t *testing.T) {
 		d, _, _, _ := deployedWorld(t, "v1")
-		if err := d.checkPort(ctx); err != nil {
+		if err := checkPortNow(t, d); err != nil {
 			t.Errorf("checkPort with our container on the port: %v", err)
 		}
 	})
 	t.Run("held by another container", func(t *testing.T) {
 		d, _, w, _ := deployedWorld(t, "v1")
 		w.foreign = true
-		err := d.checkPort(ctx)
+		err := checkPortNow(t, d)
 		if err == nil || !strings.Contains(err.Error(), "taken by container other-app") || !strings.Contains(err.Error(), fmt.Sprint(d.AppPort)) {
 			t.Errorf("checkPort = %v, want it taken by other-app", err)
 		}
@@ -854,7 +864,7 @@ func TestCheckPort(t *testing.T) {
 		w.mu.Lock()
 		w.publish() // listening, but no container of ours
 		w.mu.Unlock()
-		err := d.checkPort(ctx)
+		err := checkPortNow(t, d)
 		if err == nil || !strings.Contains(err.Error(), "taken by another program") {
 			t.Errorf("checkPort = %v, want it taken by another program", err)
 		}

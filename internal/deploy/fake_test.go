@@ -244,7 +244,7 @@ func (w *world) handle(cmd string) (string, int, bool) {
 		if w.broken[w.running] {
 			restarts = 2
 		}
-		return fmt.Sprintf(`[{"Name":"/carebot-app-1","RestartCount":%d,"Config":{"Image":"carebot:%s"},"State":{"Status":"running","ExitCode":0,"StartedAt":"2024-05-01T10:00:00Z"}}]`, restarts, w.running), 0, true
+		return fmt.Sprintf(`[{"Id":"%s","Name":"/carebot-app-1","RestartCount":%d,"Config":{"Image":"carebot:%s"},"State":{"Status":"running","ExitCode":0,"StartedAt":"2024-05-01T10:00:00Z"}}]`, containerID, restarts, w.running), 0, true
 	}
 	w.t.Errorf("unexpected docker command: %s", cmd)
 	return "unexpected", 127, true
