@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/carebot/carebot/internal/text"
 )
 
 // Sources of a setting's value, as stored in Config.Sources. A value read
@@ -47,7 +50,8 @@ type Config struct {
 	TestPort      int           // TEST_PORT, default 5556
 	HealthPath    string        // HEALTH_PATH, default "/health"
 	HealthTimeout time.Duration // HEALTH_TIMEOUT, default 60s
-	DeployHost    string        // DEPLOY_HOST, [user@]host[:port]; "" deploys to this machine
+	DeployHost    string        // DEPLOY_HOST as written; "" deploys to this machine
+	Targets       []Target      // DEPLOY_HOST parsed: the servers deployed to (none: this machine)
 	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
 	ImageKeep     int           // IMAGE_KEEP, default 5
 	BackupKeep    int           // BACKUP_KEEP, default 10
@@ -198,15 +202,22 @@ func LoadAll(dir string, environ []string) (*Config, error) {
 // Image returns the image reference ImageName:ImageTag.
 func (c *Config) Image() string { return c.ImageName + ":" + c.ImageTag }
 
-// Remote reports whether deploys go over SSH to DeployHost.
-func (c *Config) Remote() bool { return c.DeployHost != "" }
+// Remote reports whether deploys go over SSH to servers.
+func (c *Config) Remote() bool { return len(c.Targets) > 0 }
 
-// DeployTarget splits DeployHost into its parts; user is "" and port 0 when
-// DEPLOY_HOST does not give them (leave them to ssh's defaults/config).
-func (c *Config) DeployTarget() (user, host string, port int) {
-	user, host, port, _ = parseDeployHost(c.DeployHost)
-	return user, host, port
+// Target is one server reached over SSH, every part resolved: DEPLOY_HOST
+// is parsed here and nowhere else.
+type Target struct {
+	User string // the login: from DEPLOY_HOST, else $USER, else root
+	Host string // a name or an address (IPv6 without brackets)
+	Port int    // 22 unless DEPLOY_HOST names another
 }
+
+// Addr is host:port, with an IPv6 address in brackets.
+func (t Target) Addr() string { return net.JoinHostPort(t.Host, strconv.Itoa(t.Port)) }
+
+// String is user@host:port, as messages name a server.
+func (t Target) String() string { return t.User + "@" + t.Addr() }
 
 // Print writes one line per setting, "KEY=value (source: SOURCE)": first
 // the tool's settings, then the other keys of .env in name order. Secret
@@ -418,7 +429,7 @@ func (l *loader) loadImage() {
 		}
 		c.ImageTag = s.val
 	case gitErr != nil:
-		l.fail(s, fmt.Sprintf("is not set and the git commit of %s is unknown (%s); set IMAGE_TAG", l.dir, oneLine(gitErr.Error())))
+		l.fail(s, fmt.Sprintf("is not set and the git commit of %s is unknown (%s); set IMAGE_TAG", l.dir, text.FirstLine(gitErr.Error())))
 	case len(commit) < shortCommitLen || !validTag.MatchString(commit):
 		l.fail(s, fmt.Sprintf("is not set and git gave an unusable commit %q for %s; set IMAGE_TAG", commit, l.dir))
 	default:
@@ -480,10 +491,23 @@ func (l *loader) loadDeploy() {
 
 	host := l.get("DEPLOY_HOST", "")
 	if host.set {
-		if _, _, _, msg := parseDeployHost(host.val); msg != "" {
-			l.fail(host, msg+" (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)")
-		}
 		c.DeployHost = host.val
+		user := l.env["USER"]
+		if user == "" {
+			user = "root" // what an unnamed login most often is on a server of one's own
+		}
+		for _, part := range strings.Split(host.val, ",") {
+			t, msg := parseDeployHost(strings.TrimSpace(part), user)
+			if msg != "" {
+				l.fail(host, msg+" (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)")
+				break
+			}
+			c.Targets = append(c.Targets, t)
+		}
+		if len(c.Targets) > 1 {
+			l.fail(host, fmt.Sprintf("names %d servers; deploying to several servers is not supported yet: name one", len(c.Targets)))
+			c.Targets = c.Targets[:1]
+		}
 	}
 
 	if host.set {
@@ -547,7 +571,7 @@ func (l *loader) loadSSH() {
 		c.SSHKey = l.homePath(k, home)
 		if c.SSHKey != "" && c.Remote() {
 			if _, err := os.Stat(c.SSHKey); err != nil {
-				l.fail(k, fmt.Sprintf("cannot be read (%s); set SSH_KEY to your private key file, or leave it empty to use ssh-agent", oneLine(err.Error())))
+				l.fail(k, fmt.Sprintf("cannot be read (%s); set SSH_KEY to your private key file, or leave it empty to use ssh-agent", text.FirstLine(err.Error())))
 			}
 		}
 	}
@@ -626,7 +650,7 @@ func (l *loader) file(s setting, fix string) string {
 	case errors.Is(err, fs.ErrNotExist):
 		l.fail(s, fmt.Sprintf("does not exist (looked for %s; %s)", p, fix))
 	case err != nil:
-		l.fail(s, fmt.Sprintf("cannot be read (%s; %s)", oneLine(err.Error()), fix))
+		l.fail(s, fmt.Sprintf("cannot be read (%s; %s)", text.FirstLine(err.Error()), fix))
 	case fi.IsDir():
 		l.fail(s, fmt.Sprintf("is a directory, not a file (%s; %s)", p, fix))
 	default:
@@ -650,7 +674,7 @@ func (l *loader) directory(s setting, create bool) string {
 			return ""
 		}
 	case err != nil:
-		l.fail(s, fmt.Sprintf("cannot be read (%s)", oneLine(err.Error())))
+		l.fail(s, fmt.Sprintf("cannot be read (%s)", text.FirstLine(err.Error())))
 		return ""
 	case !fi.IsDir():
 		l.fail(s, fmt.Sprintf("is not a directory (%s; set %s to a directory)", p, s.key))
@@ -723,85 +747,83 @@ var (
 	validIPv6     = regexp.MustCompile(`^[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?$`)
 )
 
-// parseDeployHost splits [user@]host[:port]. An IPv6 host is written in
-// brackets ("[::1]:22") and returned without them. msg says what is wrong.
-func parseDeployHost(v string) (user, host string, port int, msg string) {
+// parseDeployHost parses one server of DEPLOY_HOST: [ssh://][user@]host[:port],
+// an IPv6 address in brackets. A missing user is defaultUser, a missing port
+// 22. msg says what is wrong.
+func parseDeployHost(v, defaultUser string) (t Target, msg string) {
+	v = strings.TrimPrefix(v, "ssh://")
 	switch {
+	case v == "":
+		return t, "names no server (an empty entry)"
 	case strings.Contains(v, "://"):
-		return "", "", 0, "must not contain a scheme such as ssh://"
+		return t, "has a scheme other than ssh://"
 	case strings.IndexFunc(v, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0:
-		return "", "", 0, "must not contain spaces"
+		return t, "must not contain spaces"
 	case strings.Contains(v, "/"):
-		return "", "", 0, "must not contain a path (put that in DEPLOY_PATH)"
+		return t, "must not contain a path (put that in DEPLOY_PATH)"
 	case strings.Count(v, "@") > 1:
-		return "", "", 0, `contains more than one "@"`
+		return t, `contains more than one "@"`
 	}
+	t.User, t.Port = defaultUser, 22
 	rest := v
 	if u, h, ok := strings.Cut(v, "@"); ok {
 		if !validUser.MatchString(u) {
-			return "", "", 0, "has an empty or invalid user name before @"
+			return Target{}, "has an empty or invalid user name before @"
 		}
-		user, rest = u, h
+		t.User, rest = u, h
 	}
 	portStr := ""
 	if strings.HasPrefix(rest, "[") {
 		end := strings.Index(rest, "]")
 		if end < 0 {
-			return "", "", 0, `has "[" without "]"`
+			return Target{}, `has "[" without "]"`
 		}
-		host = rest[1:end]
-		if !validIPv6.MatchString(host) || !strings.Contains(host, ":") {
-			return "", "", 0, "has an invalid IPv6 address in brackets"
+		t.Host = rest[1:end]
+		if !validIPv6.MatchString(t.Host) || !strings.Contains(t.Host, ":") {
+			return Target{}, "has an invalid IPv6 address in brackets"
 		}
 		switch after := rest[end+1:]; {
 		case after == "":
 		case strings.HasPrefix(after, ":"):
 			portStr = after[1:]
 			if portStr == "" {
-				return "", "", 0, `has ":" but no port number`
+				return Target{}, `has ":" but no port number`
 			}
 		default:
-			return "", "", 0, `has text after "]" (expected [ipv6]:port)`
+			return Target{}, `has text after "]" (expected [ipv6]:port)`
 		}
 	} else {
 		switch strings.Count(rest, ":") {
 		case 0:
-			host = rest
+			t.Host = rest
 		case 1:
-			host, portStr, _ = strings.Cut(rest, ":")
+			t.Host, portStr, _ = strings.Cut(rest, ":")
 			if portStr == "" {
-				return "", "", 0, `has ":" but no port number`
+				return Target{}, `has ":" but no port number`
 			}
 		default:
-			return "", "", 0, "has too many colons (write an IPv6 address in brackets, e.g. [2001:db8::1]:22)"
+			if ip := net.ParseIP(strings.Split(rest, "%")[0]); ip != nil {
+				return Target{}, fmt.Sprintf("is a bare IPv6 address: write it in brackets, e.g. [%s]:22", rest)
+			}
+			return Target{}, "has too many colons (write an IPv6 address in brackets, e.g. [2001:db8::1]:22)"
 		}
-		if host == "" {
-			return "", "", 0, "has no host name"
+		if t.Host == "" {
+			return Target{}, "has no host name"
 		}
-		if !validHostname.MatchString(host) {
-			return "", "", 0, "has an invalid host name (letters, digits, - and .)"
+		if !validHostname.MatchString(t.Host) {
+			return Target{}, "has an invalid host name (letters, digits, - and .)"
 		}
 	}
 	if portStr != "" {
 		n, err := strconv.Atoi(portStr)
 		if err != nil || n < 1 || n > 65535 {
-			return "", "", 0, "has an invalid port (1-65535)"
+			return Target{}, "has an invalid port (1-65535)"
 		}
-		port = n
+		t.Port = n
 	}
-	return user, host, port, ""
+	return t, ""
 }
 
 func hasControl(s string) bool {
 	return strings.IndexFunc(s, unicode.IsControl) >= 0
-}
-
-// oneLine keeps the first non-empty line of s.
-func oneLine(s string) string {
-	for _, line := range strings.Split(s, "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			return line
-		}
-	}
-	return s
 }

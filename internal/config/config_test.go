@@ -278,8 +278,8 @@ func TestValidation(t *testing.T) {
 			check: func(t *testing.T, c *Config) { eq(t, c.DeployHost, "root@[2001:db8::1]:22") }},
 		{name: "ssh config alias", env: []string{"DEPLOY_HOST=prod"},
 			check: func(t *testing.T, c *Config) { eq(t, c.DeployHost, "prod") }},
-		{name: "deploy host with scheme", dotenv: "DEPLOY_HOST=ssh://ubuntu@host\n",
-			want: []string{`.env:1: DEPLOY_HOST="ssh://ubuntu@host" must not contain a scheme such as ssh:// (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
+		{name: "deploy host with another scheme", dotenv: "DEPLOY_HOST=http://ubuntu@host\n",
+			want: []string{`.env:1: DEPLOY_HOST="http://ubuntu@host" has a scheme other than ssh:// (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host with space", dotenv: `DEPLOY_HOST="ubuntu@my host"` + "\n",
 			want: []string{`.env:1: DEPLOY_HOST="ubuntu@my host" must not contain spaces (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host port zero", env: []string{"DEPLOY_HOST=host:0"},
@@ -297,7 +297,11 @@ func TestValidation(t *testing.T) {
 		{name: "deploy host with path", env: []string{"DEPLOY_HOST=host/srv"},
 			want: []string{`environment: DEPLOY_HOST="host/srv" must not contain a path (put that in DEPLOY_PATH) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host bare ipv6", env: []string{"DEPLOY_HOST=2001:db8::1"},
-			want: []string{`environment: DEPLOY_HOST="2001:db8::1" has too many colons (write an IPv6 address in brackets, e.g. [2001:db8::1]:22) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
+			want: []string{`environment: DEPLOY_HOST="2001:db8::1" is a bare IPv6 address: write it in brackets, e.g. [2001:db8::1]:22 (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
+		{name: "deploy host several", env: []string{"DEPLOY_HOST=a,b"},
+			want: []string{`environment: DEPLOY_HOST="a,b" names 2 servers; deploying to several servers is not supported yet: name one`}},
+		{name: "deploy host empty entry", env: []string{"DEPLOY_HOST=a,"},
+			want: []string{`environment: DEPLOY_HOST="a," names no server (an empty entry) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host bad name", env: []string{"DEPLOY_HOST=my_host!"},
 			want: []string{`environment: DEPLOY_HOST="my_host!" has an invalid host name (letters, digits, - and .) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host unclosed bracket", env: []string{"DEPLOY_HOST=[::1"},
@@ -369,13 +373,13 @@ func TestValidation(t *testing.T) {
 			want: []string{`environment: DOCKER_SUDO="yes please" is not 1/0 or true/false`}},
 
 		// Several problems at once: all reported, one line each.
-		{name: "several errors", dotenv: "APP_PORT=x\nIMAGE_KEEP=0\nHEALTH_PATH=h\n", env: []string{"DEPLOY_HOST=ssh://h", "IMAGE_TAG=-"},
+		{name: "several errors", dotenv: "APP_PORT=x\nIMAGE_KEEP=0\nHEALTH_PATH=h\n", env: []string{"DEPLOY_HOST=ftp://h", "IMAGE_TAG=-"},
 			want: []string{
 				`environment: IMAGE_TAG="-" is not a valid Docker tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)`,
 				`.env:2: IMAGE_KEEP="0" is not a whole number of images to keep (1 or more)`,
 				`.env:1: APP_PORT="x" is not a port number (1-65535)`,
 				`.env:3: HEALTH_PATH="h" does not start with "/" (set HEALTH_PATH to a URL path such as /health)`,
-				`environment: DEPLOY_HOST="ssh://h" must not contain a scheme such as ssh:// (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`,
+				`environment: DEPLOY_HOST="ftp://h" has a scheme other than ssh:// (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`,
 			}},
 	}
 	for _, tt := range tests {
@@ -915,24 +919,40 @@ GREETING="hello world" (source: .env:3)
 	}
 }
 
-func TestDeployTarget(t *testing.T) {
+func TestDeployTargets(t *testing.T) {
 	tests := []struct {
-		host, user, hostname string
-		port                 int
+		env  string
+		want Target
 	}{
-		{"", "", "", 0},
-		{"prod", "", "prod", 0},
-		{"ubuntu@203.0.113.10", "ubuntu", "203.0.113.10", 0},
-		{"deploy.example.com:2222", "", "deploy.example.com", 2222},
-		{"root@[2001:db8::1]:22", "root", "2001:db8::1", 22},
-		{"[::1]", "", "::1", 0},
+		{"prod", Target{"me", "prod", 22}},
+		{"ubuntu@203.0.113.10", Target{"ubuntu", "203.0.113.10", 22}},
+		{"deploy.example.com:2222", Target{"me", "deploy.example.com", 2222}},
+		{"ssh://deploy@10.0.0.1", Target{"deploy", "10.0.0.1", 22}},
+		{"ssh://deploy@10.0.0.1:2200", Target{"deploy", "10.0.0.1", 2200}},
+		{"root@[2001:db8::1]:22", Target{"root", "2001:db8::1", 22}},
+		{"[::1]", Target{"me", "::1", 22}},
+		{" ubuntu@host ", Target{"ubuntu", "host", 22}},
 	}
 	for _, tt := range tests {
-		c := &Config{DeployHost: tt.host}
-		u, h, p := c.DeployTarget()
-		if u != tt.user || h != tt.hostname || p != tt.port {
-			t.Errorf("DeployTarget(%q) = %q, %q, %d; want %q, %q, %d", tt.host, u, h, p, tt.user, tt.hostname, tt.port)
+		c, err := Load(newProject(t, ""), []string{"IMAGE_TAG=v1", "USER=me", "DEPLOY_HOST=" + tt.env})
+		if err != nil {
+			t.Errorf("DEPLOY_HOST=%q: %v", tt.env, err)
+			continue
 		}
+		if len(c.Targets) != 1 || c.Targets[0] != tt.want {
+			t.Errorf("DEPLOY_HOST=%q: targets %+v, want %+v", tt.env, c.Targets, tt.want)
+		}
+	}
+	c, err := Load(newProject(t, ""), []string{"IMAGE_TAG=v1", "USER=", "DEPLOY_HOST=h"})
+	if err != nil || c.Targets[0].User != "root" {
+		t.Errorf("no USER: %+v %v", c, err)
+	}
+	if got := (Target{"u", "2001:db8::1", 2222}).String(); got != "u@[2001:db8::1]:2222" {
+		t.Errorf("String() = %q", got)
+	}
+	c, err = Load(newProject(t, ""), []string{"IMAGE_TAG=v1"})
+	if err != nil || c.Remote() || len(c.Targets) != 0 {
+		t.Errorf("no DEPLOY_HOST: %+v %v", c.Targets, err)
 	}
 }
 

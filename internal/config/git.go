@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+
+	"github.com/carebot/carebot/internal/text"
 )
 
 // runGit runs git in dir and returns its trimmed output. Its error is one
@@ -18,9 +20,9 @@ func runGit(dir string, args ...string) (string, error) {
 	if err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) && strings.TrimSpace(stderr.String()) != "" {
-			return "", fmt.Errorf("git %s: %s", args[0], oneLine(stderr.String()))
+			return "", fmt.Errorf("git %s: %s", args[0], text.FirstLine(stderr.String()))
 		}
-		return "", fmt.Errorf("git %s: %s", args[0], oneLine(err.Error()))
+		return "", fmt.Errorf("git %s: %s", args[0], text.FirstLine(err.Error()))
 	}
 	return strings.TrimSpace(string(out)), nil
 }

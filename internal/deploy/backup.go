@@ -15,8 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/host"
-	"github.com/carebot/carebot/internal/units"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Backup is one archive of the deployment's data folder, kept on the host
@@ -30,7 +32,7 @@ type Backup struct {
 }
 
 func (b Backup) String() string {
-	return fmt.Sprintf("%s  %-20s %10s  %s", b.Time.Local().Format("2006-01-02 15:04:05"), b.Version, units.Bytes(b.Size), b.Name)
+	return fmt.Sprintf("%s  %-20s %10s  %s", b.Time.Local().Format("2006-01-02 15:04:05"), b.Version, text.Bytes(b.Size), b.Name)
 }
 
 const backupTimeLayout = "20060102T150405.000Z" // sorts by time as text
@@ -108,7 +110,7 @@ sum=$(sha256sum "backups/$n.tmp" | cut -d' ' -f1)
 printf '%%s  %%s\n' "$sum" "$n" > "backups/$n.sha256.tmp"
 mv "backups/$n.tmp" "backups/$n"
 mv "backups/$n.sha256.tmp" "backups/$n.sha256"
-echo "$(wc -c < "backups/$n") $sum"`, host.Quote(d.Path), host.Quote(name), host.Quote(strings.Join(ids, " ")))
+echo "$(wc -c < "backups/$n") $sum"`, shell.Quote(d.Path), shell.Quote(name), shell.Quote(strings.Join(ids, " ")))
 	start := time.Now()
 	out, err := host.Run(ctx, d.Host, script)
 	if err != nil {
@@ -120,12 +122,12 @@ echo "$(wc -c < "backups/$n") $sum"`, host.Quote(d.Path), host.Quote(name), host
 	}
 	size, _ := strconv.ParseInt(f[0], 10, 64)
 	b := Backup{Name: name, Version: tag, Size: size, SHA256: f[1], Time: d.now().UTC()}
-	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, name, units.Bytes(size), time.Since(start).Seconds())
+	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, name, text.Bytes(size), time.Since(start).Seconds())
 	return b, nil
 }
 
 func (d *Deployer) dataEmpty(ctx context.Context) (bool, error) {
-	out, err := host.Run(ctx, d.Host, fmt.Sprintf("ls -A %s/data 2>/dev/null | head -n 1", host.Quote(d.Path)))
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("ls -A %s/data 2>/dev/null | head -n 1", shell.Quote(d.Path)))
 	return strings.TrimSpace(out) == "", err
 }
 
@@ -134,7 +136,7 @@ func (d *Deployer) dataEmpty(ctx context.Context) (bool, error) {
 func (d *Deployer) Backups(ctx context.Context) ([]Backup, error) {
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf(
 		`cd %s 2>/dev/null || exit 0; for f in *.tar.gz; do [ -f "$f" ] && [ -f "$f.sha256" ] && echo "$(wc -c < "$f") $(cut -d' ' -f1 "$f.sha256") $f"; done; true`,
-		host.Quote(d.backupDir())))
+		shell.Quote(d.backupDir())))
 	if err != nil {
 		return nil, fmt.Errorf("list backups on %s: %w", d.Host, err)
 	}
@@ -171,9 +173,9 @@ func (d *Deployer) prune(ctx context.Context, keep int, spare string) error {
 	}
 	var args []string
 	for _, b := range victims {
-		args = append(args, host.Quote(b.Name), host.Quote(b.Name+".sha256"))
+		args = append(args, shell.Quote(b.Name), shell.Quote(b.Name+".sha256"))
 	}
-	if _, err := host.Run(ctx, d.Host, "cd "+host.Quote(d.backupDir())+" && rm -f "+strings.Join(args, " ")); err != nil {
+	if _, err := host.Run(ctx, d.Host, "cd "+shell.Quote(d.backupDir())+" && rm -f "+strings.Join(args, " ")); err != nil {
 		return fmt.Errorf("remove old backups on %s: %w", d.Host, err)
 	}
 	d.printf("removed %d old backup(s) beyond BACKUP_KEEP=%d\n", len(victims), keep)
@@ -226,7 +228,7 @@ func Find(list []Backup, name string) (Backup, error) {
 // so a corrupt or truncated one is refused before anything is touched.
 func (d *Deployer) Verify(ctx context.Context, b Backup) error {
 	cmd := fmt.Sprintf("cd %s && sha256sum -c --status %s && tar -tzf %s >/dev/null",
-		host.Quote(d.backupDir()), host.Quote(b.Name+".sha256"), host.Quote(b.Name))
+		shell.Quote(d.backupDir()), shell.Quote(b.Name+".sha256"), shell.Quote(b.Name))
 	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
 		return fmt.Errorf("backup %s on %s is corrupt or truncated (%v); nothing was changed", b.Name, d.Host, err)
 	}
@@ -276,14 +278,14 @@ func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
 	// Extract beside the data first: if that fails (a full disk), the data
 	// folder was never touched. The swap itself is two renames, and the old
 	// folder stays until the service is healthy with the restored one.
-	p := host.Quote(d.Path)
+	p := shell.Quote(d.Path)
 	swap := fmt.Sprintf(`set -e
 cd %[1]s
 rm -rf data.restoring data.replaced
 mkdir data.restoring
 if ! tar -xzf backups/%[2]s -C data.restoring; then rm -rf data.restoring; exit 1; fi
 mv data data.replaced
-mv data.restoring data`, p, host.Quote(b.Name))
+mv data.restoring data`, p, shell.Quote(b.Name))
 	ctx = context.WithoutCancel(ctx) // from here the host must not be left half-way
 	if _, err := host.Run(ctx, d.Host, swap); err != nil {
 		if serving != "" {
@@ -296,7 +298,7 @@ mv data.restoring data`, p, host.Quote(b.Name))
 			return b, err
 		}
 		if _, err := d.waitHealthy(ctx, serving); err != nil {
-			cause := oneLine(err)
+			cause := text.ErrLine(err)
 			undo := fmt.Sprintf("cd %s && rm -rf data.failed && mv data data.failed && mv data.replaced data && rm -rf data.failed", p)
 			_, _ = d.composeRun(ctx, serving, "stop")
 			if _, uerr := host.Run(ctx, d.Host, undo); uerr == nil {
@@ -305,7 +307,7 @@ mv data.restoring data`, p, host.Quote(b.Name))
 						return b, fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, serving, cause)
 					}
 				}
-				cause += "; with the data put back it is not healthy either: " + oneLine(uerr)
+				cause += "; with the data put back it is not healthy either: " + text.ErrLine(uerr)
 			}
 			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, cause, safety.Name)
 		}
@@ -313,7 +315,7 @@ mv data.restoring data`, p, host.Quote(b.Name))
 	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("rm -rf %s/data.replaced", p)); err != nil {
 		return b, fmt.Errorf("remove the replaced data folder on %s: %w", d.Host, err)
 	}
-	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, units.Bytes(b.Size), d.Path, orNone(safety.Name))
+	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, text.Bytes(b.Size), d.Path, orNone(safety.Name))
 	return b, nil
 }
 
@@ -331,7 +333,7 @@ func (d *Deployer) Download(ctx context.Context, b Backup, dir string) (string, 
 	defer f.Close()
 	h := sha256.New()
 	var stderr strings.Builder
-	err = d.Host.Exec(ctx, "cat "+host.Quote(d.backupDir()+"/"+b.Name), nil, io.MultiWriter(f, h), &stderr)
+	err = d.Host.Exec(ctx, "cat "+shell.Quote(d.backupDir()+"/"+b.Name), nil, io.MultiWriter(f, h), &stderr)
 	if err != nil {
 		return "", fmt.Errorf("download %s from %s: %v %s", b.Name, d.Host, err, strings.TrimSpace(stderr.String()))
 	}

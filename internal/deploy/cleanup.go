@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // ImageTag is one tag of the app's repository on an engine.
@@ -22,7 +23,7 @@ type ImageTag struct {
 
 // Tags lists the tags of repository name on the engine h reaches.
 func Tags(ctx context.Context, h host.Host, name string) ([]ImageTag, error) {
-	out, err := host.Run(ctx, h, "docker image ls --no-trunc --format '{{.Tag}} {{.ID}}' "+host.Quote(name))
+	out, err := host.Run(ctx, h, "docker image ls --no-trunc --format '{{.Tag}} {{.ID}}' "+shell.Quote(name))
 	if err != nil {
 		return nil, fmt.Errorf("list images on %s: %w", h, err)
 	}
@@ -40,7 +41,7 @@ func Tags(ctx context.Context, h host.Host, name string) ([]ImageTag, error) {
 	}
 	var list []string
 	for id := range ids {
-		list = append(list, host.Quote(id))
+		list = append(list, shell.Quote(id))
 	}
 	out, err = host.Run(ctx, h, "docker image inspect --format '{{.Id}} {{.Size}} {{.Created}}' "+strings.Join(list, " "))
 	if err != nil {
@@ -122,7 +123,7 @@ func RemoveTags(ctx context.Context, h host.Host, name string, tags []ImageTag) 
 	}
 	var refs []string
 	for _, t := range tags {
-		refs = append(refs, host.Quote(name+":"+t.Tag))
+		refs = append(refs, shell.Quote(name+":"+t.Tag))
 	}
 	if _, err := host.Run(ctx, h, "docker image rm "+strings.Join(refs, " ")); err != nil {
 		return fmt.Errorf("remove images on %s: %w", h, err)

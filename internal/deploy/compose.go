@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // detectCompose finds the host's Compose: the v2 plugin (docker compose)
@@ -32,12 +33,12 @@ func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
 // ComposeCommand is the command line that runs compose args in the deploy
 // folder with the settings the compose file reads.
 func (d *Deployer) ComposeCommand(version, args string) string {
-	env := []string{"IMAGE_NAME=" + host.Quote(d.ImageName), fmt.Sprintf("APP_PORT=%d", d.AppPort)}
+	env := []string{"IMAGE_NAME=" + shell.Quote(d.ImageName), fmt.Sprintf("APP_PORT=%d", d.AppPort)}
 	if version != "" {
-		env = append(env, "IMAGE_TAG="+host.Quote(version))
+		env = append(env, "IMAGE_TAG="+shell.Quote(version))
 	}
 	return fmt.Sprintf("cd %s && %s %s -f %s %s",
-		host.Quote(d.Path), strings.Join(env, " "), d.compose, host.Quote(d.composeName()), args)
+		shell.Quote(d.Path), strings.Join(env, " "), d.compose, shell.Quote(d.composeName()), args)
 }
 
 func (d *Deployer) composeRun(ctx context.Context, version, args string) (string, error) {

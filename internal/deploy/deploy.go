@@ -17,8 +17,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/health"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Deployer deploys to one host.
@@ -192,7 +195,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		d.printf("%s is serving %s (commit %s) on port %d\n", d.Host, st.Version, orNone(st.Commit), d.AppPort)
 		return d.record(ctx, entry)
 	}
-	cause := oneLine(err)
+	cause := text.ErrLine(err)
 	entry.Error = cause
 	d.showLogs(ctx, r.Version)
 
@@ -220,7 +223,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		_ = d.record(ctx, entry)
 		return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
 	}
-	cause += "; rollback to " + fallback + " failed too: " + oneLine(err)
+	cause += "; rollback to " + fallback + " failed too: " + text.ErrLine(err)
 	entry.Result = ResultFailed
 	_ = d.record(ctx, entry)
 	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
@@ -267,7 +270,7 @@ func (d *Deployer) prepare(ctx context.Context) error {
 	if !hasEnv && d.SeedEnv == "" {
 		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
 	}
-	p := host.Quote(d.Path)
+	p := shell.Quote(d.Path)
 	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations", p, p, p)); err != nil {
 		return fmt.Errorf("create %s on %s: %w", d.Path, d.Host, err)
 	}
@@ -324,7 +327,7 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 }
 
 func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
-	p := host.Quote(d.Path)
+	p := shell.Quote(d.Path)
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s && find . ./migrations -maxdepth 1 -type f -exec sha256sum -- {} + 2>/dev/null; true", p))
 	if err != nil {
 		return nil, fmt.Errorf("list files in %s: %w", d.Path, err)
@@ -350,13 +353,13 @@ func (d *Deployer) verifyImage(ctx context.Context, r Release) error {
 		return fmt.Errorf("image %s:%s is not on %s", d.ImageName, r.Version, d.Host)
 	}
 	if r.ImageID != "" && id != r.ImageID {
-		return fmt.Errorf("image %s:%s on %s is %s, not the %s that was built", d.ImageName, r.Version, d.Host, short(id), short(r.ImageID))
+		return fmt.Errorf("image %s:%s on %s is %s, not the %s that was built", d.ImageName, r.Version, d.Host, text.ShortID(id), text.ShortID(r.ImageID))
 	}
 	return nil
 }
 
 func (d *Deployer) imageID(ctx context.Context, version string) (string, error) {
-	ref := host.Quote(d.ImageName + ":" + version)
+	ref := shell.Quote(d.ImageName + ":" + version)
 	out, err := host.Run(ctx, d.Host, "docker image inspect --format '{{.Id}}' "+ref+" 2>/dev/null || true")
 	if err != nil {
 		return "", fmt.Errorf("inspect image on %s: %w", d.Host, err)
@@ -373,7 +376,7 @@ func (d *Deployer) releaseCompose(version string) string {
 
 func (d *Deployer) keepCompose(ctx context.Context, version string) error {
 	dst := d.releaseCompose(version)
-	cmd := fmt.Sprintf("mkdir -p %s && cp -p %s %s", host.Quote(path.Dir(dst)), host.Quote(d.Path+"/"+d.composeName()), host.Quote(dst))
+	cmd := fmt.Sprintf("mkdir -p %s && cp -p %s %s", shell.Quote(path.Dir(dst)), shell.Quote(d.Path+"/"+d.composeName()), shell.Quote(dst))
 	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
 		return fmt.Errorf("keep the compose file of %s on %s: %w", version, d.Host, err)
 	}
@@ -383,7 +386,7 @@ func (d *Deployer) keepCompose(ctx context.Context, version string) error {
 // useCompose puts back the compose file version was deployed with, when it
 // was kept (releases deployed before this tool kept them use the current one).
 func (d *Deployer) useCompose(ctx context.Context, version string) error {
-	src, dst := host.Quote(d.releaseCompose(version)), host.Quote(d.Path+"/"+d.composeName())
+	src, dst := shell.Quote(d.releaseCompose(version)), shell.Quote(d.Path+"/"+d.composeName())
 	cmd := fmt.Sprintf("if [ -f %s ]; then cp -p %s %s.tmp && mv -f %s.tmp %s; fi", src, src, dst, dst, dst)
 	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
 		return fmt.Errorf("use the compose file of %s on %s: %w", version, d.Host, err)
@@ -395,8 +398,8 @@ func (d *Deployer) useCompose(ctx context.Context, version string) error {
 // it, in case a later build reused the tag; then checks it exists.
 func (d *Deployer) retag(ctx context.Context, r Release) error {
 	if r.ImageID != "" {
-		ref := host.Quote(d.ImageName + ":" + r.Version)
-		_, _ = host.Run(ctx, d.Host, fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", host.Quote(r.ImageID), host.Quote(r.ImageID), ref))
+		ref := shell.Quote(d.ImageName + ":" + r.Version)
+		_, _ = host.Run(ctx, d.Host, fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", shell.Quote(r.ImageID), shell.Quote(r.ImageID), ref))
 	}
 	id, err := d.imageID(ctx, r.Version)
 	if err != nil {
@@ -451,25 +454,9 @@ func (d *Deployer) showLogs(ctx context.Context, version string) {
 
 func sum(data []byte) string { return sha256Hex(data) }
 
-func short(id string) string {
-	id = strings.TrimPrefix(id, "sha256:")
-	if len(id) > 12 {
-		id = id[:12]
-	}
-	return id
-}
-
 func orNone(s string) string {
 	if s == "" {
 		return "none"
-	}
-	return s
-}
-
-func oneLine(err error) string {
-	s := strings.TrimSpace(err.Error())
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
 	}
 	return s
 }

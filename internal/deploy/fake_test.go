@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/carebot/carebot/internal/shell"
+
 	"github.com/carebot/carebot/internal/host"
 )
 
@@ -43,7 +45,7 @@ func (f *fakeHost) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout
 		if out, exit, ok := f.handle(cmd); ok {
 			if exit != 0 {
 				// Fail for real, so the error is what a shell gives.
-				return f.Local.Exec(ctx, fmt.Sprintf("printf '%%s\\n' %s >&2; exit %d", host.Quote(out), exit), nil, stdout, stderr)
+				return f.Local.Exec(ctx, fmt.Sprintf("printf '%%s\\n' %s >&2; exit %d", shell.Quote(out), exit), nil, stdout, stderr)
 			}
 			if stdout != nil {
 				io.WriteString(stdout, out)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/shell"
+
 	"github.com/carebot/carebot/internal/host"
 )
 
@@ -25,9 +27,9 @@ func (d *Deployer) lockPath() string { return d.Path + "/.deploy.lock" }
 // filesystem, so of two deploys racing exactly one wins. The holder and time
 // are written inside, for the message the loser prints.
 func (d *Deployer) Lock(ctx context.Context) (unlock func(), err error) {
-	p := host.Quote(d.lockPath())
+	p := shell.Quote(d.lockPath())
 	owner := fmt.Sprintf("%s pid %d at %s", whoami(), os.Getpid(), d.now().UTC().Format(time.RFC3339))
-	cmd := fmt.Sprintf("mkdir %s 2>/dev/null && printf '%%s\\n' %s > %s/owner", p, host.Quote(owner), p)
+	cmd := fmt.Sprintf("mkdir %s 2>/dev/null && printf '%%s\\n' %s > %s/owner", p, shell.Quote(owner), p)
 	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
 		if held, _ := host.Exists(ctx, d.Host, d.lockPath()); !held {
 			return nil, fmt.Errorf("take the deploy lock %s on %s: %w", d.lockPath(), d.Host, err)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/engine"
 )
 
@@ -112,7 +114,7 @@ func Mage(ctx context.Context, run Cmd, look func(string) (string, error)) Resul
 		return Result{Status: Warn, Detail: path + " -version failed: " + lastLine(out, err),
 			Fix: "reinstall it: go install github.com/magefile/mage@" + MageVersion + ", or use go run mage.go <target>"}
 	}
-	v := firstLine(out)
+	v := text.FirstLine(out)
 	for _, f := range strings.Fields(out) {
 		if strings.HasPrefix(f, "v") && strings.Count(f, ".") == 2 {
 			v = f
@@ -127,7 +129,7 @@ func Mage(ctx context.Context, run Cmd, look func(string) (string, error)) Resul
 func WSL(ctx context.Context, status func(context.Context) (string, error)) Result {
 	out, err := status(ctx)
 	if err != nil {
-		return Result{Status: Fail, Detail: oneLine(err.Error()),
+		return Result{Status: Fail, Detail: text.FirstLine(err.Error()),
 			Fix: "install or update WSL2 in an administrator PowerShell: wsl --install (or wsl --update), then restart Windows"}
 	}
 	for _, l := range strings.Split(out, "\n") {
@@ -143,7 +145,7 @@ func WSL(ctx context.Context, status func(context.Context) (string, error)) Resu
 func Distro(ctx context.Context, list func(context.Context) ([]string, error), distro string, has func([]string, string) bool) Result {
 	ds, err := list(ctx)
 	if err != nil {
-		return Result{Status: Fail, Detail: oneLine(err.Error()), Fix: "install WSL2: wsl --install in an administrator PowerShell"}
+		return Result{Status: Fail, Detail: text.FirstLine(err.Error()), Fix: "install WSL2: wsl --install in an administrator PowerShell"}
 	}
 	if has(ds, distro) {
 		return Result{Status: OK, Detail: "WSL_DISTRO=" + distro + " is installed"}
@@ -210,7 +212,7 @@ func Engine(ctx context.Context, connect func(context.Context) (version, where s
 		if errors.As(err, &ce) {
 			return Result{Status: Fail, Detail: fmt.Sprintf("no Docker engine answers at %s (%s)", ce.Where, ce.Reason), Fix: ce.Fix}
 		}
-		return Result{Status: Fail, Detail: oneLine(err.Error()), Fix: "check DOCKER_HOST, or unset it for the default socket"}
+		return Result{Status: Fail, Detail: text.FirstLine(err.Error()), Fix: "check DOCKER_HOST, or unset it for the default socket"}
 	}
 	return Result{Status: OK, Detail: fmt.Sprintf("Docker %s at %s", v, where)}
 }
@@ -243,7 +245,7 @@ func Port(ctx context.Context, setting string, port int, free func(int) error,
 	}
 	us, err := users(ctx, port)
 	if err != nil {
-		return Result{Status: Fail, Detail: fmt.Sprintf("%s %d is in use on this machine (%s)", setting, port, oneLine(err.Error())), Fix: fix}
+		return Result{Status: Fail, Detail: fmt.Sprintf("%s %d is in use on this machine (%s)", setting, port, text.FirstLine(err.Error())), Fix: fix}
 	}
 	var names []string
 	for _, u := range us {
@@ -257,14 +259,6 @@ func Port(ctx context.Context, setting string, port int, free func(int) error,
 	}
 	return Result{Status: Fail, Detail: fmt.Sprintf("%s %d is in use by %s", setting, port, strings.Join(names, ", ")),
 		Fix: fmt.Sprintf("stop it (docker stop %s), or set %s to a free port", us[0].Name, setting)}
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return strings.TrimSpace(s)
 }
 
 // lastLine is the last line a failed command printed, or its error.

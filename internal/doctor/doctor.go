@@ -14,8 +14,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 	"time"
+
+	"github.com/carebot/carebot/internal/text"
 )
 
 // Status is how a check came out.
@@ -51,9 +52,9 @@ type Result struct {
 
 // Line is r as Run prints it: status, name, detail, and the fix.
 func (r Result) Line() string {
-	s := fmt.Sprintf("%-4s  %-13s %s", r.Status, r.Name, oneLine(r.Detail))
+	s := fmt.Sprintf("%-4s  %-13s %s", r.Status, r.Name, text.FirstLine(r.Detail))
 	if r.Fix != "" {
-		s += " — fix: " + oneLine(r.Fix)
+		s += " — fix: " + text.FirstLine(r.Fix)
 	}
 	return s
 }
@@ -110,15 +111,4 @@ func Failed(results []Result) int {
 		}
 	}
 	return n
-}
-
-// oneLine joins the lines of s with "; ".
-func oneLine(s string) string {
-	var parts []string
-	for _, l := range strings.Split(strings.ReplaceAll(s, "\r", ""), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			parts = append(parts, l)
-		}
-	}
-	return strings.Join(parts, "; ")
 }

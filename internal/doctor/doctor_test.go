@@ -52,7 +52,7 @@ func TestDoctorRunSkipsDependents(t *testing.T) {
 	if len(lines) != 7 {
 		t.Fatalf("%d lines for 7 checks:\n%s", len(lines), out.String())
 	}
-	if want := "FAIL  b             b detail; second line — fix: do this"; lines[1] != want {
+	if want := "FAIL  b             b detail — fix: do this"; lines[1] != want {
 		t.Errorf("line 2 = %q, want %q", lines[1], want)
 	}
 	if want := "skip  c             needs b"; lines[2] != want {
@@ -480,7 +480,7 @@ func TestDoctorServerChecks(t *testing.T) {
 			t.Errorf("disk %d kB: %+v", kb, r)
 		}
 	}
-	if r := Disk(ctx, df(20<<20), "/x"); r.Detail != "20.00 GB free on / at /x (ubuntu@server:22)" {
+	if r := Disk(ctx, df(20<<20), "/x"); r.Detail != "21.5 GB free on / at /x (ubuntu@server:22)" {
 		t.Errorf("disk detail %q", r.Detail)
 	}
 

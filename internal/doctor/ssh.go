@@ -16,12 +16,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/carebot/carebot/internal/host"
-	"github.com/carebot/carebot/internal/units"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Reach opens a TCP connection to addr (host:port) and reads the server's
@@ -160,7 +162,7 @@ func KnownHosts(ctx context.Context, addr, file string, acceptNew bool, timeout 
 	case errors.As(err, &ke) && len(ke.Want) > 0:
 		w := ke.Want[0]
 		return Result{Status: Fail, Detail: fmt.Sprintf("host key of %s has CHANGED (now %s; %s:%d has another): possibly a man-in-the-middle", name, fp, w.Filename, w.Line),
-			Fix: fmt.Sprintf("if the server was reinstalled, check the new key with its admin, then: ssh-keygen -R %s -f %s", host.Quote(name), host.Quote(file))}, false
+			Fix: fmt.Sprintf("if the server was reinstalled, check the new key with its admin, then: ssh-keygen -R %s -f %s", shell.Quote(name), shell.Quote(file))}, false
 	case errors.As(err, &ke) && acceptNew:
 		return Result{Status: Warn, Detail: fmt.Sprintf("host key of %s is not in %s yet (%s)", name, file, fp),
 			Fix: "SSH_ACCEPT_NEW=1: the next deploy records it; check the fingerprint first (on the server: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"}, false
@@ -284,7 +286,7 @@ const (
 // Disk reports the free space of the file system that holds path on h (the
 // nearest existing parent when path does not exist yet).
 func Disk(ctx context.Context, h host.Host, path string) Result {
-	cmd := fmt.Sprintf(`p=%s; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; df -Pk "$p" | tail -n 1`, host.Quote(path))
+	cmd := fmt.Sprintf(`p=%s; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; df -Pk "$p" | tail -n 1`, shell.Quote(path))
 	out, err := host.Run(ctx, h, cmd)
 	if err != nil {
 		return Result{Status: Fail, Detail: fmt.Sprintf("df on %s: %s", h, commandOutput(out, err)), Fix: "check that df works on the server"}
@@ -298,7 +300,7 @@ func Disk(ctx context.Context, h host.Host, path string) Result {
 		return Result{Status: Warn, Detail: fmt.Sprintf("cannot read df's output on %s: %q", h, strings.TrimSpace(out))}
 	}
 	free := kb << 10
-	detail := fmt.Sprintf("%s free on %s at %s (%s)", units.Bytes(free), f[5], path, h)
+	detail := fmt.Sprintf("%s free on %s at %s (%s)", text.Bytes(free), f[5], path, h)
 	switch {
 	case free < diskFail:
 		return Result{Status: Fail, Detail: detail, Fix: "free space there: docker image prune, mage cleanup, or remove old backups"}
@@ -314,11 +316,11 @@ func ServerEnv(ctx context.Context, h host.Host, deployPath string) Result {
 	p := deployPath + "/.env"
 	ok, err := host.Exists(ctx, h, p)
 	if err != nil {
-		return Result{Status: Fail, Detail: fmt.Sprintf("cannot look for %s on %s: %s", p, h, oneLine(err.Error())), Fix: "check DEPLOY_PATH and the login"}
+		return Result{Status: Fail, Detail: fmt.Sprintf("cannot look for %s on %s: %s", p, h, text.FirstLine(err.Error())), Fix: "check DEPLOY_PATH and the login"}
 	}
 	if !ok {
 		return Result{Status: Fail, Detail: fmt.Sprintf("%s does not exist on %s (a deploy stops without it)", p, h),
-			Fix: fmt.Sprintf("create it with the app's secrets: ssh to the server, then mkdir -p %s && nano %s", host.Quote(deployPath), host.Quote(p))}
+			Fix: fmt.Sprintf("create it with the app's secrets: ssh to the server, then mkdir -p %s && nano %s", shell.Quote(deployPath), shell.Quote(p))}
 	}
 	return Result{Status: OK, Detail: fmt.Sprintf("%s exists on %s (contents not shown)", p, h)}
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/docker/docker/client"
 
 	"github.com/carebot/carebot/internal/wsl"
@@ -126,7 +128,7 @@ func ConnectVia(ctx context.Context, via Via, opts ...client.Opt) (*Engine, erro
 	defer cancel()
 	if _, err := api.Ping(pctx); err != nil {
 		api.Close()
-		ce := &ConnectError{Where: e.Host, Reason: firstLine(err)}
+		ce := &ConnectError{Where: e.Host, Reason: text.ErrLine(err)}
 		if strings.HasPrefix(ce.Reason, "Cannot connect to the Docker daemon") {
 			// The client's words for a missing socket, a refused
 			// connection or a timeout; it names the socket again.

@@ -223,14 +223,6 @@ func (e *Engine) Logs(ctx context.Context, id string, n int) (string, error) {
 	return b.String(), nil
 }
 
-func firstLine(err error) string {
-	s := err.Error()
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
-}
-
 // isTerminal reports whether f is a terminal, without a dependency.
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()

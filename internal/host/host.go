@@ -12,6 +12,8 @@ import (
 	"net"
 	"strings"
 	"sync"
+
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Host runs commands and dials ports on the machine that serves the app.
@@ -129,7 +131,7 @@ func WriteFile(ctx context.Context, h Host, path string, data []byte, mode uint3
 
 // AppendFile appends data to path on the host.
 func AppendFile(ctx context.Context, h Host, path string, data []byte) error {
-	cmd := "cat >> " + Quote(path)
+	cmd := "cat >> " + shell.Quote(path)
 	var both bytes.Buffer
 	if err := h.Exec(ctx, cmd, bytes.NewReader(data), &both, &both); err != nil {
 		return &CommandError{Cmd: cmd, Output: both.String(), Err: err}
@@ -139,7 +141,7 @@ func AppendFile(ctx context.Context, h Host, path string, data []byte) error {
 
 // ReadFile returns the contents of path, and ok=false when it does not exist.
 func ReadFile(ctx context.Context, h Host, path string) (data []byte, ok bool, err error) {
-	p := Quote(path)
+	p := shell.Quote(path)
 	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; cat %s; else echo n; fi", p, p))
 	if err != nil {
 		return nil, false, err
@@ -152,31 +154,6 @@ func ReadFile(ctx context.Context, h Host, path string) (data []byte, ok bool, e
 
 // Exists reports whether path exists on the host.
 func Exists(ctx context.Context, h Host, path string) (bool, error) {
-	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; else echo n; fi", Quote(path)))
+	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; else echo n; fi", shell.Quote(path)))
 	return strings.TrimSpace(out) == "y", err
-}
-
-// Quote makes s one word for a POSIX shell, whatever it holds.
-func Quote(s string) string {
-	if s != "" && strings.IndexFunc(s, unsafeRune) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func unsafeRune(r rune) bool {
-	switch {
-	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-		return false
-	}
-	return !strings.ContainsRune("@%+=:,./_-", r)
-}
-
-// Join quotes each argument and joins them into one command line.
-func Join(args ...string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = Quote(a)
-	}
-	return strings.Join(q, " ")
 }

@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // hostKeyCheck checks a server's host key against one known_hosts file the
@@ -177,9 +179,9 @@ func (h *hostKeyCheck) refusal() error {
 }
 
 func (h *hostKeyCheck) keygenRemove(name string) string {
-	cmd := "ssh-keygen -R " + Quote(name)
+	cmd := "ssh-keygen -R " + shell.Quote(name)
 	if home, err := os.UserHomeDir(); err != nil || filepath.Clean(h.file) != filepath.Join(home, ".ssh", "known_hosts") {
-		cmd += " -f " + Quote(h.file)
+		cmd += " -f " + shell.Quote(h.file)
 	}
 	return cmd
 }

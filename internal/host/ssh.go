@@ -21,12 +21,16 @@ import (
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // SSHConfig says how to reach a server over SSH. The names in the comments
 // are the settings each field comes from.
 type SSHConfig struct {
-	Target         string        // DEPLOY_HOST: [user@]host[:port]; user defaults to $USER (or "root"), port 22
+	User           string        // the login, resolved by config from DEPLOY_HOST
+	Host           string        // name or address (IPv6 without brackets)
+	Port           int           // default 22
 	KeyFile        string        // SSH_KEY: private key path ("" = use the agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa if present)
 	Passphrase     string        // SSH_KEY_PASSPHRASE (secret: never print it)
 	AgentSocket    string        // SSH_AUTH_SOCK ("" = no agent)
@@ -62,9 +66,9 @@ var _ Host = (*SSH)(nil)
 
 // DialSSH connects and authenticates, or returns one line saying what to fix.
 func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
-	user, hostname, port, err := parseTarget(c.Target)
-	if err != nil {
-		return nil, err
+	user, hostname, port := c.User, c.Host, c.Port
+	if port == 0 {
+		port = 22
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = defaultConnectTimeout
@@ -531,9 +535,9 @@ func (s *SSH) writeFileShell(ctx context.Context, path string, data []byte, mode
 // check matters: if our side fails mid-stream, sshd gives cat an EOF, and a
 // short file must not be renamed into place.
 func shellWriteCmd(path string, size int, mode uint32) string {
-	tmp := Quote(path + ".tmp")
+	tmp := shell.Quote(path + ".tmp")
 	return fmt.Sprintf("cat > %[1]s && if [ $(($(wc -c < %[1]s))) -ne %[3]d ]; then rm -f %[1]s; echo %[4]s >&2; exit 1; fi && chmod %[5]o %[1]s && mv -f %[1]s %[2]s",
-		tmp, Quote(path), size, Quote(path+": incomplete upload"), mode)
+		tmp, shell.Quote(path), size, shell.Quote(path+": incomplete upload"), mode)
 }
 
 // String is "user@host:port".
@@ -553,44 +557,6 @@ func (s *SSH) Close() error {
 		}
 	})
 	return s.closeErr
-}
-
-// parseTarget splits DEPLOY_HOST: [user@]host[:port], host may be [v6].
-func parseTarget(t string) (user, host string, port int, err error) {
-	orig := t
-	bad := func(why string) error {
-		return fmt.Errorf("DEPLOY_HOST %q is not [user@]host[:port] (%s)", orig, why)
-	}
-	t = strings.TrimPrefix(strings.TrimSpace(t), "ssh://")
-	if t == "" {
-		return "", "", 0, errors.New("DEPLOY_HOST is empty: set it to [user@]host[:port]")
-	}
-	if i := strings.LastIndexByte(t, '@'); i >= 0 {
-		user, t = t[:i], t[i+1:]
-	}
-	ps := "22"
-	switch {
-	case strings.HasPrefix(t, "[") && strings.HasSuffix(t, "]"):
-		host = t[1 : len(t)-1]
-	case strings.HasPrefix(t, "[") || strings.Count(t, ":") == 1:
-		if host, ps, err = net.SplitHostPort(t); err != nil {
-			return "", "", 0, bad("cannot split host and port")
-		}
-	default: // a name, or a bare IPv6 address
-		host = t
-	}
-	if host == "" || strings.ContainsAny(host, " /\t") {
-		return "", "", 0, bad("no host")
-	}
-	if port, err = strconv.Atoi(ps); err != nil || port < 1 || port > 65535 {
-		return "", "", 0, bad("port must be 1-65535")
-	}
-	if user == "" {
-		if user = os.Getenv("USER"); user == "" {
-			user = "root"
-		}
-	}
-	return user, host, port, nil
 }
 
 func expandHome(p, home string) string {

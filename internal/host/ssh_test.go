@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carebot/carebot/internal/shell"
+
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -327,7 +329,7 @@ func newFixture(t *testing.T, opts ...serverOpt) fixture {
 	pub, priv := newEd25519(t)
 	srv := startServer(t, pub, opts...)
 	return fixture{srv: srv, cfg: SSHConfig{
-		Target:         "tester@" + srv.addr,
+		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
 		KeyFile:        writeKey(t, priv, ""),
 		KnownHosts:     writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
 		ConnectTimeout: 5 * time.Second,
@@ -391,7 +393,7 @@ func TestSSHExec(t *testing.T) {
 	}
 
 	// The command line reaches the shell verbatim; Quote makes one word.
-	got, err = Run(ctx, s, "printf '%s|' "+Join("it's", "a b", "$HOME"))
+	got, err = Run(ctx, s, "printf '%s|' "+shell.Join("it's", "a b", "$HOME"))
 	if err != nil || got != "it's|a b|$HOME|" {
 		t.Errorf("Run = %q, %v", got, err)
 	}
@@ -434,7 +436,7 @@ func TestSSHStdinReadError(t *testing.T) {
 	dir := t.TempDir()
 	target := filepath.Join(dir, "out")
 	in := io.MultiReader(strings.NewReader("partial"), &failingReader{})
-	err := s.Exec(context.Background(), "cat > "+Quote(target)+" && echo done > "+Quote(target+".done"), in, nil, nil)
+	err := s.Exec(context.Background(), "cat > "+shell.Quote(target)+" && echo done > "+shell.Quote(target+".done"), in, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "reading input") {
 		t.Fatalf("Exec = %v, want a reading input error", err)
 	}
@@ -575,7 +577,7 @@ func TestSSHEncryptedKey(t *testing.T) {
 	pub, priv := newEd25519(t)
 	srv := startServer(t, pub)
 	cfg := SSHConfig{
-		Target:     "tester@" + srv.addr,
+		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
 		KeyFile:    writeKey(t, priv, pass),
 		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
 	}
@@ -639,7 +641,7 @@ func TestSSHAgentAndDefaultKeys(t *testing.T) {
 	pub, priv := newEd25519(t)
 	srv := startServer(t, pub)
 	cfg := SSHConfig{
-		Target:     "tester@" + srv.addr,
+		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
 		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
 	}
 
@@ -757,7 +759,7 @@ func TestSSHUnreachable(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	_, priv := newEd25519(t)
-	cfg := SSHConfig{Target: "tester@" + addr, KeyFile: writeKey(t, priv, ""), KnownHosts: writeKnownHosts(t)}
+	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, addr), KeyFile: writeKey(t, priv, ""), KnownHosts: writeKnownHosts(t)}
 	start := time.Now()
 	msg := dialErr(t, cfg)
 	if took := time.Since(start); took > time.Second {
@@ -782,7 +784,7 @@ func TestSSHHandshakeTimeout(t *testing.T) {
 		}
 	}()
 	_, priv := newEd25519(t)
-	cfg := SSHConfig{Target: "tester@" + ln.Addr().String(), KeyFile: writeKey(t, priv, ""),
+	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, ln.Addr().String()), KeyFile: writeKey(t, priv, ""),
 		KnownHosts: writeKnownHosts(t), ConnectTimeout: 300 * time.Millisecond}
 	start := time.Now()
 	msg := dialErr(t, cfg)
@@ -820,36 +822,6 @@ func TestSSHWriteFile(t *testing.T) {
 	t.Log(err)
 	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "no such dir") {
 		t.Errorf("write into a missing dir: %v", err)
-	}
-}
-
-func TestParseTarget(t *testing.T) {
-	t.Setenv("USER", "me")
-	for _, tc := range []struct {
-		in, user, host string
-		port           int
-		err            bool
-	}{
-		{"server", "me", "server", 22, false},
-		{"ubuntu@server:2222", "ubuntu", "server", 2222, false},
-		{"ssh://deploy@10.0.0.1", "deploy", "10.0.0.1", 22, false},
-		{"[::1]:2200", "me", "::1", 2200, false},
-		{"root@[fe80::1]", "root", "fe80::1", 22, false},
-		{"fe80::1", "me", "fe80::1", 22, false},
-		{"a@b@host", "a@b", "host", 22, false},
-		{"", "", "", 0, true},
-		{"host:0", "", "", 0, true},
-		{"host:ssh", "", "", 0, true},
-		{"user@", "", "", 0, true},
-	} {
-		u, h, p, err := parseTarget(tc.in)
-		if (err != nil) != tc.err || u != tc.user || h != tc.host || p != tc.port {
-			t.Errorf("parseTarget(%q) = %q %q %d %v", tc.in, u, h, p, err)
-		}
-	}
-	t.Setenv("USER", "")
-	if u, _, _, _ := parseTarget("h"); u != "root" {
-		t.Errorf("default user %q", u)
 	}
 }
 
@@ -943,7 +915,7 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 	keyFile := writeKey(t, priv, "")
 	kh := filepath.Join(dir, "client", "known_hosts")
 	var log bytes.Buffer
-	cfg := SSHConfig{Target: "root@" + addr, KeyFile: keyFile, KnownHosts: kh, AcceptNew: true,
+	cfg := SSHConfig{User: "root", Host: "127.0.0.1", Port: portOf(t, addr), KeyFile: keyFile, KnownHosts: kh, AcceptNew: true,
 		Keepalive: 50 * time.Millisecond, Log: &log}
 	s := dialOK(t, cfg)
 	wantContains(t, log.String(), "recorded host key of ["+strings.Replace(addr, ":", "]:", 1)+" (ED25519 SHA256:")
@@ -958,7 +930,7 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	got, err := Run(ctx, s, "printf '%s|' "+Join("it's", "a b")+"; echo err >&2")
+	got, err := Run(ctx, s, "printf '%s|' "+shell.Join("it's", "a b")+"; echo err >&2")
 	if err != nil || got != "it's|a b|" {
 		t.Errorf("Run = %q, %v", got, err)
 	}
@@ -981,7 +953,7 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	pidFile := filepath.Join(dir, "sleep.pid")
-	err = s.Exec(cctx, "echo $$ > "+Quote(pidFile)+"; exec sleep 30", nil, nil, nil)
+	err = s.Exec(cctx, "echo $$ > "+shell.Quote(pidFile)+"; exec sleep 30", nil, nil, nil)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
 		t.Errorf("cancelled Exec: %v after %v", err, time.Since(start))
 	}
@@ -1040,4 +1012,18 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 	if log.Len() != 0 {
 		t.Errorf("second connect logged %q", log.String())
 	}
+}
+
+// portOf is the port of a 127.0.0.1:port address.
+func portOf(t testing.TB, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/host"
 )
@@ -110,7 +112,7 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 		return err
 	}
 	for _, b := range old {
-		r.printf("%s backup %s (%s) beyond BACKUP_KEEP=%d\n", verb, b.Name, humanBytes(b.Size), r.Cfg.BackupKeep)
+		r.printf("%s backup %s (%s) beyond BACKUP_KEEP=%d\n", verb, b.Name, text.Bytes(b.Size), r.Cfg.BackupKeep)
 		reclaimed += b.Size
 	}
 	if !dryRun && len(old) > 0 {
@@ -119,9 +121,9 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 		}
 	}
 	if dryRun {
-		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", humanBytes(reclaimed))
+		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", text.Bytes(reclaimed))
 	} else {
-		r.printf("reclaimed %s\n", humanBytes(reclaimed))
+		r.printf("reclaimed %s\n", text.Bytes(reclaimed))
 	}
 	return nil
 }
@@ -145,7 +147,7 @@ func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[strin
 		return 0, err
 	}
 	for _, t := range remove {
-		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, h, humanBytes(t.Size))
+		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, h, text.Bytes(t.Size))
 	}
 	if len(dangling) > 0 {
 		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), h)

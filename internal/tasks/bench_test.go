@@ -19,6 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/text"
+
+	"github.com/carebot/carebot/internal/shell"
+
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/testenv"
 )
@@ -94,12 +99,12 @@ func benchLink(b *testing.B, linkName string, bps int64) {
 }
 
 func printBench(link string, image int64, rows []benchRow) {
-	fmt.Printf("\nredeploy after a one-layer change, %s, image %s\n\n", link, humanBytes(image))
+	fmt.Printf("\nredeploy after a one-layer change, %s, image %s\n\n", link, text.Bytes(image))
 	fmt.Printf("| method | bytes on the wire | %% of image | wall time | peak memory | temp disk on server |\n")
 	fmt.Printf("|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
-		fmt.Printf("| %s | %s | %.2f%% | %.1f s | %.0f MB | %s |\n", r.method, humanBytes(r.wire),
-			100*float64(r.wire)/float64(image), r.wall.Seconds(), float64(r.peakKB)/1024, humanBytes(r.tempDisk))
+		fmt.Printf("| %s | %s | %.2f%% | %.1f s | %.0f MB | %s |\n", r.method, text.Bytes(r.wire),
+			100*float64(r.wire)/float64(image), r.wall.Seconds(), float64(r.peakKB)/1024, text.Bytes(r.tempDisk))
 	}
 	fmt.Println()
 }
@@ -164,7 +169,7 @@ func collectFiles(b *testing.B, dir string, limit int64) {
 		total += x.size
 	}
 	if total < limit/2 {
-		b.Fatalf("found only %s of large files under /usr", humanBytes(total))
+		b.Fatalf("found only %s of large files under /usr", text.Bytes(total))
 	}
 }
 
@@ -183,9 +188,11 @@ func (p *benchProject) imageSize(b *testing.B, ref string) int64 {
 }
 
 func (p *benchProject) dial(b *testing.B) *host.SSH {
-	s, err := host.DialSSH(context.Background(), host.SSHConfig{
-		Target: p.env["DEPLOY_HOST"], KeyFile: p.env["SSH_KEY"], KnownHosts: p.env["SSH_KNOWN_HOSTS"],
-	})
+	c, err := config.Load(p.dir, append(os.Environ(), envList(p.env)...))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := host.DialSSH(context.Background(), sshConfig(c, c.Targets[0], nil))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -255,11 +262,11 @@ func (p *benchProject) seed(b *testing.B, ref string) benchRow {
 
 // pipe is docker save | [gzip |] ssh docker load.
 func (p *benchProject) pipe(b *testing.B, ref string, gz bool) benchRow {
-	script := "docker save " + host.Quote(ref)
+	script := "docker save " + shell.Quote(ref)
 	if gz {
 		script += " | gzip"
 	}
-	script += " | ssh " + host.Join(p.sshArgs()...) + " root@127.0.0.1 'docker load'"
+	script += " | ssh " + shell.Join(p.sshArgs()...) + " root@127.0.0.1 'docker load'"
 	start := time.Now()
 	cmd := exec.Command("bash", "-o", "pipefail", "-c", script)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -350,7 +357,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 	fmt.Printf("\nbackup and restore of a 100 MB data folder, service running\n\n")
 	fmt.Printf("| host | backup | restore (verify, safety backup, stop, swap, start, health) | archive |\n|---|---:|---:|---:|\n")
 	for _, r := range results {
-		fmt.Printf("| %s | %.1f s | %.1f s | %s |\n", r.host, r.backup.Seconds(), r.restore.Seconds(), humanBytes(r.archive))
+		fmt.Printf("| %s | %.1f s | %.1f s | %s |\n", r.host, r.backup.Seconds(), r.restore.Seconds(), text.Bytes(r.archive))
 	}
 	fmt.Println()
 }

@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/engine"
-	"github.com/carebot/carebot/internal/units"
 )
 
 // BinaryPath is where the sample service is compiled, inside the build
@@ -74,7 +75,7 @@ func (r *Runner) Build(ctx context.Context, o BuildOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	r.printf("built %s (%s, %s) in %.1fs\n", c.Image(), shortID(id), humanBytes(img.Size), time.Since(start).Seconds())
+	r.printf("built %s (%s, %s) in %.1fs\n", c.Image(), text.ShortID(id), text.Bytes(img.Size), time.Since(start).Seconds())
 	return id, nil
 }
 
@@ -97,16 +98,6 @@ func rel(dir, p string) string {
 	}
 	return p
 }
-
-func shortID(id string) string {
-	id = strings.TrimPrefix(id, "sha256:")
-	if len(id) > 12 {
-		id = id[:12]
-	}
-	return id
-}
-
-func humanBytes(n int64) string { return units.Bytes(n) }
 
 func isTerminal(w any) bool {
 	f, ok := w.(*os.File)

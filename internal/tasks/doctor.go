@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -170,11 +168,8 @@ func (d *doctorRun) settings(cfgErr error) []doctor.Check {
 // serverChecks reach DEPLOY_HOST over SSH and look at the server.
 func (d *doctorRun) serverChecks() []doctor.Check {
 	c := d.c
-	user, hostname, port := c.DeployTarget()
-	if port == 0 {
-		port = 22
-	}
-	addr := net.JoinHostPort(hostname, strconv.Itoa(port))
+	target := c.Targets[0]
+	addr := target.Addr()
 	home, _ := os.UserHomeDir()
 	const timeout = 10 * time.Second
 	login := []string{"ssh login"}
@@ -192,18 +187,13 @@ func (d *doctorRun) serverChecks() []doctor.Check {
 			if !d.hostKeyKnown { // unknown with SSH_ACCEPT_NEW=1: the doctor records nothing
 				return doctor.Result{Status: doctor.Skip, Detail: "the host key is not recorded yet (the next deploy does it)"}
 			}
-			s, err := host.DialSSH(ctx, host.SSHConfig{
-				Target: c.DeployHost, KeyFile: c.SSHKey, Passphrase: c.SSHKeyPassphrase, AgentSocket: c.SSHAuthSock,
-				KnownHosts: c.SSHKnownHosts, ConnectTimeout: timeout, Keepalive: -1,
-			})
+			sc := sshConfig(c, target, nil)
+			sc.AcceptNew, sc.ConnectTimeout, sc.Keepalive = false, timeout, -1
+			s, err := host.DialSSH(ctx, sc)
 			if err != nil {
 				fix := ""
 				if strings.Contains(err.Error(), "refused our key") {
-					who := user
-					if who == "" {
-						who = "the deploy user"
-					}
-					fix = fmt.Sprintf("add your public key to ~%s/.ssh/authorized_keys on the server (ssh-copy-id %s)", who, c.DeployHost)
+					fix = fmt.Sprintf("add your public key to ~%s/.ssh/authorized_keys on the server (ssh-copy-id -p %d %s@%s)", target.User, target.Port, target.User, target.Host)
 				}
 				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: fix}
 			}

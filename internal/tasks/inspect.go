@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/imagefs"
 )
@@ -78,7 +80,7 @@ func (r *Runner) printReport(ref string, rep Report) {
 	r.printf("image    %s\n", ref)
 	r.printf("id       %s\n", img.ID)
 	r.printf("tags     %s\n", strings.Join(img.Tags, ", "))
-	r.printf("size     %s\n", humanBytes(img.Size))
+	r.printf("size     %s\n", text.Bytes(img.Size))
 	r.printf("created  %s (%s ago)\n", img.Created.Local().Format(time.DateTime), time.Since(img.Created).Round(time.Second))
 	r.printf("platform %s/%s\n", img.OS, img.Arch)
 	keys := make([]string, 0, len(img.Labels))
@@ -95,11 +97,11 @@ func (r *Runner) printReport(ref string, rep Report) {
 	}
 	r.printf("\nlayers (oldest first)\n")
 	for _, s := range rep.Steps {
-		r.printf("  %10s  %s\n", humanBytes(s.Size), instruction(s.CreatedBy))
+		r.printf("  %10s  %s\n", text.Bytes(s.Size), instruction(s.CreatedBy))
 	}
 	r.printf("\nfiles under /app\n")
 	for _, f := range rep.Files {
-		r.printf("  %10s  %s\n", humanBytes(f.Size), f.Path)
+		r.printf("  %10s  %s\n", text.Bytes(f.Size), f.Path)
 	}
 	if len(rep.Findings) == 0 {
 		r.printf("\npolicy   ok: no .env, .git, data/, test-data/, backups/ or private keys in any layer\n")

@@ -10,6 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/text"
+
+	"github.com/carebot/carebot/internal/shell"
+
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/transfer"
@@ -28,7 +32,7 @@ const zstdAPI = "1.44"
 // survey asks the server, in one round trip, for its engine's version and
 // platform, the ID it has for ref, and the layer chains of all its images.
 func survey(ctx context.Context, h host.Host, ref string) (srv serverEngine, haveID string, chains [][]string, err error) {
-	q := host.Quote(ref)
+	q := shell.Quote(ref)
 	out, err := host.Run(ctx, h, "docker version --format '{{.Server.APIVersion}} {{.Server.Os}} {{.Server.Arch}}' && "+
 		"{ docker image inspect --format '{{.Id}}' "+q+" 2>/dev/null || echo none; } && "+
 		"docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'")
@@ -132,7 +136,7 @@ func (r *Runner) Ship(ctx context.Context, h host.Host, ref string) (ShipStats, 
 	st := ShipStats{Compression: compression(r.Cfg.Compression, srv)}
 	if haveID == img.ID {
 		st.Skipped, st.Duration, st.ServerID = true, time.Since(start), img.ID
-		r.printf("%s already has %s (%s)\n", h, ref, shortID(img.ID))
+		r.printf("%s already has %s (%s)\n", h, ref, text.ShortID(img.ID))
 		return st, nil
 	}
 	skip := transfer.Present(img.Layers, chains)
@@ -143,7 +147,7 @@ func (r *Runner) Ship(ctx context.Context, h host.Host, ref string) (ShipStats, 
 	}
 	st.Stats, err = r.load(ctx, e, h, img, ref, skip, st.Compression)
 	if err != nil && skip > 0 && ctx.Err() == nil {
-		r.printf("the server refused the partial image (%s); sending the whole image once\n", oneLine(err))
+		r.printf("the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
 		st.Stats, err = r.load(ctx, e, h, img, ref, 0, st.Compression)
 	}
@@ -151,17 +155,17 @@ func (r *Runner) Ship(ctx context.Context, h host.Host, ref string) (ShipStats, 
 	if err != nil {
 		return st, err
 	}
-	r.printf("sent %s in %.1fs (%s on the wire)\n", ref, st.Duration.Seconds(), humanBytes(st.WireBytes))
+	r.printf("sent %s in %.1fs (%s on the wire)\n", ref, st.Duration.Seconds(), text.Bytes(st.WireBytes))
 	// The classic store names an image by its config digest (the local ID);
 	// the containerd store by the manifest we wrote. Either proves the
 	// server holds exactly the image that was built.
-	got, err := host.Run(ctx, h, "docker image inspect --format '{{.Id}}' "+host.Quote(ref))
+	got, err := host.Run(ctx, h, "docker image inspect --format '{{.Id}}' "+shell.Quote(ref))
 	if err != nil {
 		return st, fmt.Errorf("inspect %s on %s after loading: %w", ref, h, err)
 	}
 	st.ServerID = strings.TrimSpace(got)
 	if st.ServerID != img.ID && st.ServerID != st.Config && st.ServerID != st.Manifest {
-		return st, fmt.Errorf("%s on %s is %s after loading, not the %s that was built", ref, h, shortID(st.ServerID), shortID(img.ID))
+		return st, fmt.Errorf("%s on %s is %s after loading, not the %s that was built", ref, h, text.ShortID(st.ServerID), text.ShortID(img.ID))
 	}
 	return st, nil
 }
@@ -212,12 +216,4 @@ func runWithStdin(ctx context.Context, h host.Host, cmd string, stdin io.Reader)
 		return out.String(), &host.CommandError{Cmd: cmd, Output: out.String(), Err: err}
 	}
 	return out.String(), nil
-}
-
-func oneLine(err error) string {
-	s := err.Error()
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }

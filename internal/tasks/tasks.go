@@ -101,17 +101,14 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 	c := r.Cfg
 	var h host.Host
 	seed := ""
-	if c.DeployHost == "" {
+	if !c.Remote() {
 		h = host.Local{}
 		seed = c.EnvFile
 		if seed == "" {
 			seed = c.Dir + "/.env" // absent: the deploy gets an empty .env
 		}
 	} else {
-		s, err := host.DialSSH(ctx, host.SSHConfig{
-			Target: c.DeployHost, KeyFile: c.SSHKey, Passphrase: c.SSHKeyPassphrase, AgentSocket: c.SSHAuthSock,
-			KnownHosts: c.SSHKnownHosts, AcceptNew: c.SSHAcceptNew, Log: r.Out,
-		})
+		s, err := host.DialSSH(ctx, sshConfig(c, c.Targets[0], r.Out))
 		if err != nil {
 			return nil, err
 		}
@@ -122,6 +119,16 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		LogLines: 20, Out: r.Out,
 	}, nil
+}
+
+// sshConfig is how the settings reach target: the one place that turns
+// them into an SSH login, for deploys and for the doctor alike.
+func sshConfig(c *config.Config, t config.Target, log io.Writer) host.SSHConfig {
+	return host.SSHConfig{
+		User: t.User, Host: t.Host, Port: t.Port,
+		KeyFile: c.SSHKey, Passphrase: c.SSHKeyPassphrase, AgentSocket: c.SSHAuthSock,
+		KnownHosts: c.SSHKnownHosts, AcceptNew: c.SSHAcceptNew, Log: log,
+	}
 }
 
 // Close releases the engine connection.

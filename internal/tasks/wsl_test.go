@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/carebot/carebot/internal/text"
+
 	"github.com/carebot/carebot/internal/wsl/wsltest"
 )
 
@@ -54,5 +56,5 @@ func TestBuildAndTestThroughWSL(t *testing.T) {
 			t.Errorf("wsl called with %q, want %q", c, want)
 		}
 	}
-	t.Logf("built %s and tested it through %d `wsl ... docker system dial-stdio` connection(s)", shortID(id), dials)
+	t.Logf("built %s and tested it through %d `wsl ... docker system dial-stdio` connection(s)", text.ShortID(id), dials)
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/carebot/carebot/internal/text"
 )
 
 // Counter passes writes through to W and counts the bytes that went.
@@ -72,9 +74,9 @@ func (p *Progress) Done() {
 		p.start = now
 	}
 	d := now.Sub(p.start)
-	line := fmt.Sprintf("sent %s in %s", megabytes(p.n), clock(d))
+	line := fmt.Sprintf("sent %s in %s", text.Bytes(p.n), clock(d))
 	if d >= time.Second {
-		line += fmt.Sprintf("  %s/s", megabytes(int64(float64(p.n)/d.Seconds())))
+		line += fmt.Sprintf("  %s/s", text.Bytes(int64(float64(p.n)/d.Seconds())))
 	}
 	p.draw(line)
 	if p.TTY {
@@ -97,16 +99,16 @@ func (p *Progress) end(ok bool) {
 func (p *Progress) N() int64 { return p.n }
 
 func (p *Progress) line(now time.Time) string {
-	s := "sent " + megabytes(p.n)
+	s := "sent " + text.Bytes(p.n)
 	if p.Total > p.n {
-		s += " of ~" + megabytes(p.Total)
+		s += " of ~" + text.Bytes(p.Total)
 	}
 	secs := now.Sub(p.start).Seconds()
 	if secs <= 0 || p.n == 0 {
 		return s
 	}
 	rate := float64(p.n) / secs
-	s += "  " + megabytes(int64(rate)) + "/s"
+	s += "  " + text.Bytes(int64(rate)) + "/s"
 	if p.Total > p.n {
 		left := time.Duration(float64(p.Total-p.n) / rate * float64(time.Second))
 		s += "  " + clock(left) + " left"
@@ -130,9 +132,6 @@ func (p *Progress) clock() time.Time {
 	}
 	return time.Now()
 }
-
-// megabytes shows n in decimal MB with one decimal, as network speeds are.
-func megabytes(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
 // clock shows d as m:ss (or h:mm:ss).
 func clock(d time.Duration) string {

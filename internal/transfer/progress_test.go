@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/carebot/carebot/internal/text"
 )
 
 type fakeClock struct{ t time.Time }
@@ -69,7 +71,7 @@ func TestWriteReportsProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "sent " + megabytes(st.WireBytes) + " in 0:00\n"; prog.String() != want {
+	if want := "sent " + text.Bytes(st.WireBytes) + " in 0:00\n"; prog.String() != want {
 		t.Errorf("progress = %q, want %q", prog.String(), want)
 	}
 }

@@ -24,7 +24,7 @@ import (
 
 	"github.com/bitfield/script"
 
-	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Program is the WSL launcher. Tests put a fake of that name first on PATH.
@@ -46,7 +46,7 @@ func BashArgs(distro, script string) []string {
 // script.Exec splits it back into exactly BashArgs (the tests check that,
 // and that a real bash does the same).
 func CommandLine(distro, script string) string {
-	return host.Join(append([]string{Program}, BashArgs(distro, script)...)...) // POSIX quoting, which script.Exec also reads
+	return shell.Join(append([]string{Program}, BashArgs(distro, script)...)...) // POSIX quoting, which script.Exec also reads
 }
 
 // Pipe runs script in the distro's bash as a bitfield/script pipeline:

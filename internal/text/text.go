@@ -1,0 +1,52 @@
+// Package text writes things for people the one way this tool writes them
+// everywhere: sizes as the docker CLI prints them, image IDs shortened as
+// docker shortens them, and an error cut to its first line for a message.
+package text
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Bytes is n in B, kB, MB or GB, in units of 1000 with one decimal, as the
+// docker CLI prints sizes (and as network speeds are counted).
+func Bytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.1f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// ShortID is an image or container ID as docker prints it: without the
+// algorithm, 12 hex digits.
+func ShortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return id
+}
+
+// FirstLine is the first non-empty line of s, trimmed: a multi-line error
+// (a command's output, a wrapped chain) fits in a one-line message.
+func FirstLine(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return strings.TrimSpace(s)
+}
+
+// ErrLine is FirstLine of err's message.
+func ErrLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	return FirstLine(err.Error())
+}
