@@ -241,7 +241,7 @@ func TestDoctorPort(t *testing.T) {
 
 func TestDoctorLocalEnv(t *testing.T) {
 	dir := t.TempDir()
-	if r := LocalEnv(dir, "/p/.env"); r.Status != OK || !strings.Contains(r.Detail, "first deploy copies /p/.env") {
+	if r := LocalEnv(dir, "/p/.env"); r.Status != OK || !strings.Contains(r.Detail, "first deploy writes the app's settings in /p/.env") {
 		t.Errorf("before the first deploy: %+v", r)
 	}
 	if r := LocalEnv(dir, ""); r.Status != Warn {
