@@ -1,10 +1,10 @@
 // Package config loads the settings of the CareBot build/deploy tool.
 //
 // Settings come from the .env file in the project root (which also holds the
-// app's own settings, such as BOT_TOKEN) and from the process environment,
-// which wins over .env. A variable that is set but empty counts as unset, so
-// the default applies (an empty variable in the environment therefore also
-// hides the .env value). Every setting is validated by Load, and every
+// app's own settings, such as BOT_TOKEN: Classify tells whose a key is) and
+// from the process environment, which wins over .env. A variable that is
+// set but empty counts as unset, so the default applies (an empty variable
+// in the environment therefore also hides the .env value). Every setting is validated by Load, and every
 // problem is reported as a one-line error that names the setting, says where
 // its value came from (".env:LINE", "environment" or the default) and what
 // to fix. Secret values never appear in errors or in Print; see Redact.
@@ -15,12 +15,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,12 +72,20 @@ type Config struct {
 	DockerViaWSL string // DOCKER_VIA_WSL: "auto" (default: through WSL on Windows unless DOCKER_HOST is set), "1" (always, as tests on Linux do), "0" (never)
 	DockerSudo   bool   // DOCKER_SUDO: run docker as `sudo -n docker` inside WSL
 
-	EnvFile string            // path of the .env that was read ("" when there was none)
-	AppEnv  map[string]string // every key of .env with its value (the environment's when set there)
+	EnvFile string // path of the .env that was read ("" when there was none)
 
-	// Sources maps each setting above, by variable name, and each AppEnv key
-	// to where its value came from: SourceDefault, SourceGit,
-	// SourceEnvironment or ".env:LINE".
+	// The keys of .env that are not the tool's settings (see Classify),
+	// each with its value (the environment's when set there).
+	AppEnv   map[string]string // the app's: its test container's environment
+	BuildEnv map[string]string // the build's: BUILD_ARG_*, BUILD_SECRETS (reserved)
+	// AppDotenv is .env's lines that set the app's keys, as written: what
+	// a first deploy to this machine writes as the deploy folder's .env, so
+	// the tool's settings and secrets stay here. Empty without a .env.
+	AppDotenv []byte
+
+	// Sources maps each setting above, by variable name, and each AppEnv
+	// and BuildEnv key to where its value came from: SourceDefault,
+	// SourceGit, SourceEnvironment or ".env:LINE".
 	Sources map[string]string
 }
 
@@ -100,16 +109,6 @@ const (
 	shortCommitLen   = 7
 	maxHealthTimeout = 24 * time.Hour
 )
-
-// settingKeys lists the tool's settings in the order Print shows them.
-var settingKeys = []string{
-	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
-	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
-	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
-	"BACKUP_KEEP",
-	"SSH_KEY", "SSH_KEY_PASSPHRASE", "SSH_KNOWN_HOSTS", "SSH_ACCEPT_NEW", "TRANSFER_COMPRESSION",
-	"WSL_DISTRO", "DOCKER_VIA_WSL", "DOCKER_SUDO",
-}
 
 // SettingError reports one invalid setting. Its message is a single line.
 type SettingError struct {
@@ -168,12 +167,13 @@ func LoadAll(dir string, environ []string) (*Config, error) {
 	l := &loader{
 		dir: abs,
 		env: parseEnviron(environ),
-		c:   &Config{Dir: abs, AppEnv: map[string]string{}, Sources: map[string]string{}},
+		c:   &Config{Dir: abs, AppEnv: map[string]string{}, BuildEnv: map[string]string{}, Sources: map[string]string{}},
 	}
 	envFile := filepath.Join(abs, ".env")
-	switch values, lines, err := readDotenv(envFile); {
+	switch d, err := readDotenv(envFile); {
 	case err == nil:
-		l.c.EnvFile, l.dotenv, l.lines = envFile, values, lines
+		l.c.EnvFile, l.dotenv, l.lines = envFile, d.values, d.lineOf
+		l.c.AppDotenv = d.only(App)
 	case errors.Is(err, fs.ErrNotExist):
 		// No .env (as in CI): defaults and environment only.
 	default:
@@ -187,7 +187,14 @@ func LoadAll(dir string, environ []string) (*Config, error) {
 		if ev, ok := l.env[k]; ok {
 			v = ev
 		}
-		l.c.AppEnv[k] = v
+		switch Classify(k).Owner {
+		case App:
+			l.c.AppEnv[k] = v
+		case Build:
+			l.c.BuildEnv[k] = v
+		case Tool:
+			continue // read below, validated, into its field
+		}
 		l.c.Sources[k] = l.sourceOf(k)
 	}
 
@@ -220,8 +227,8 @@ func (t Target) Addr() string { return net.JoinHostPort(t.Host, strconv.Itoa(t.P
 func (t Target) String() string { return t.User + "@" + t.Addr() }
 
 // Print writes one line per setting, "KEY=value (source: SOURCE)": first
-// the tool's settings, then the other keys of .env in name order. Secret
-// values are redacted (see Redact).
+// the tool's settings, then the build's and the app's keys of .env, each
+// in name order. Secret values are redacted (see Redact).
 func (c *Config) Print(w io.Writer) {
 	values := map[string]string{
 		"IMAGE_NAME":     c.ImageName,
@@ -259,15 +266,10 @@ func (c *Config) Print(w io.Writer) {
 	for _, k := range settingKeys {
 		line(k, values[k])
 	}
-	app := make([]string, 0, len(c.AppEnv))
-	for k := range c.AppEnv {
-		if _, ok := values[k]; !ok {
-			app = append(app, k)
+	for _, env := range []map[string]string{c.BuildEnv, c.AppEnv} {
+		for _, k := range slices.Sorted(maps.Keys(env)) {
+			line(k, env[k])
 		}
-	}
-	sort.Strings(app)
-	for _, k := range app {
-		line(k, c.AppEnv[k])
 	}
 }
 
@@ -279,63 +281,6 @@ func printable(v string) string {
 		return strconv.Quote(v)
 	}
 	return v
-}
-
-const redacted = "****"
-
-// secretWords mark a variable name as holding a secret.
-var secretWords = []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"}
-
-func isSecret(key string) bool {
-	key = strings.ToUpper(key)
-	for _, w := range secretWords {
-		if strings.Contains(key, w) {
-			return true
-		}
-	}
-	return false
-}
-
-// Redact returns value as it may be shown for variable key: "****" (or ""
-// when value is empty) when key, in any case, contains TOKEN, SECRET,
-// PASSWORD, PASSWD, KEY or CREDENTIAL; otherwise value, with the password
-// of a URL such as "postgres://user:pass@host/db" replaced by "****".
-func Redact(key, value string) string {
-	if value == "" {
-		return ""
-	}
-	if isSecret(key) {
-		return redacted
-	}
-	return redactURLPassword(value)
-}
-
-// redactURLPassword hides the password in scheme://user:password@host/...
-func redactURLPassword(v string) string {
-	i := strings.Index(v, "://")
-	if i <= 0 {
-		return v
-	}
-	for _, r := range v[:i] { // must look like a scheme
-		if !(r == '+' || r == '-' || r == '.' || r >= '0' && r <= '9' || unicode.IsLetter(r)) {
-			return v
-		}
-	}
-	authStart := i + 3
-	authEnd := len(v)
-	if j := strings.IndexAny(v[authStart:], "/?#"); j >= 0 {
-		authEnd = authStart + j
-	}
-	at := strings.LastIndex(v[authStart:authEnd], "@")
-	if at < 0 {
-		return v
-	}
-	userinfo := v[authStart : authStart+at]
-	colon := strings.Index(userinfo, ":")
-	if colon < 0 || colon == len(userinfo)-1 {
-		return v
-	}
-	return v[:authStart+colon+1] + redacted + v[authStart+at:]
 }
 
 // gitInfo returns the commit checked out in dir and whether the work tree

@@ -105,7 +105,7 @@ func TestLoadDefaults(t *testing.T) {
 		DockerViaWSL:  "auto",
 	}
 	got := *c
-	got.AppEnv, got.Sources = nil, nil
+	got.AppEnv, got.BuildEnv, got.Sources = nil, nil, nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load defaults:\n got %+v\nwant %+v", got, want)
 	}
@@ -475,7 +475,7 @@ func TestPrecedence(t *testing.T) {
 			name:     "dotenv only",
 			wantName: "from-dotenv", wantNameSrc: ".env:2",
 			wantPort: 6000, wantPortSrc: ".env:3",
-			wantApp:    map[string]string{"IMAGE_NAME": "from-dotenv", "APP_PORT": "6000", "TEST_PORT": "6001", "BOT_TOKEN": "dotenv-token", "LOG_LEVEL": "debug", "GREETING": "hi debug"},
+			wantApp:    map[string]string{"BOT_TOKEN": "dotenv-token", "LOG_LEVEL": "debug", "GREETING": "hi debug"}, // the tool's settings are not the app's
 			wantAppSrc: map[string]string{"BOT_TOKEN": ".env:7", "LOG_LEVEL": ".env:8", "GREETING": ".env:9"},
 		},
 		{
@@ -483,7 +483,7 @@ func TestPrecedence(t *testing.T) {
 			env:      []string{"IMAGE_NAME=from-env", "APP_PORT=7000", "BOT_TOKEN=env-token", "UNRELATED=x"},
 			wantName: "from-env", wantNameSrc: SourceEnvironment,
 			wantPort: 7000, wantPortSrc: SourceEnvironment,
-			wantApp:    map[string]string{"IMAGE_NAME": "from-env", "APP_PORT": "7000", "TEST_PORT": "6001", "BOT_TOKEN": "env-token", "LOG_LEVEL": "debug", "GREETING": "hi debug"},
+			wantApp:    map[string]string{"BOT_TOKEN": "env-token", "LOG_LEVEL": "debug", "GREETING": "hi debug"},
 			wantAppSrc: map[string]string{"BOT_TOKEN": SourceEnvironment, "LOG_LEVEL": ".env:8"},
 		},
 		{
@@ -648,7 +648,8 @@ func TestParseDotenv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, lines, err := parseDotenv(".env", []byte(tt.in))
+			d, err := parseDotenv(".env", []byte(tt.in))
+			got, lines := d.values, d.lineOf
 			if tt.wantErr != "" {
 				if err == nil {
 					t.Fatalf("got %v, want error %q", got, tt.wantErr)

@@ -27,13 +27,25 @@ func (e *ParseError) Error() string {
 // cannot be passed on as environment variables.
 var validKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
 
-// readDotenv reads path with godotenv. It returns the values and, for every
-// key, the 1-based line of the statement that (last) set it. A missing file
-// gives an error matching fs.ErrNotExist.
-func readDotenv(path string) (map[string]string, map[string]int, error) {
+// dotenv is a parsed .env file.
+type dotenv struct {
+	values     map[string]string // with godotenv's ${VAR} expansion
+	lineOf     map[string]int    // the 1-based line of the statement that (last) set each key
+	statements []statement       // every line is in one; a comment or blank line sets nothing
+}
+
+// statement is a run of lines that godotenv parses on its own.
+type statement struct {
+	text string   // the lines as written, each ending in a newline
+	keys []string // the keys it sets
+}
+
+// readDotenv reads path with godotenv. A missing file gives an error
+// matching fs.ErrNotExist.
+func readDotenv(path string) (dotenv, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, err
+		return dotenv{}, err
 	}
 	return parseDotenv(filepath.Base(path), data)
 }
@@ -50,7 +62,7 @@ func readDotenv(path string) (map[string]string, map[string]int, error) {
 // from one statement to the next (for ${VAR} expansion), which does not
 // affect where statements end. If no run starting at a line parses, that
 // line is the error.
-func parseDotenv(name string, data []byte) (map[string]string, map[string]int, error) {
+func parseDotenv(name string, data []byte) (dotenv, error) {
 	text := strings.TrimPrefix(string(data), "\ufeff")
 	text = strings.ReplaceAll(text, "\r\n", "\n")
 	lines := strings.Split(text, "\n")
@@ -58,15 +70,16 @@ func parseDotenv(name string, data []byte) (map[string]string, map[string]int, e
 		lines = lines[:len(lines)-1] // the file ended with a newline
 	}
 
-	lineOf := map[string]int{}
+	d := dotenv{lineOf: map[string]int{}}
 	for start := 0; start < len(lines); {
 		end, keys, msg := parseStatement(lines, start)
 		if msg != "" {
-			return nil, nil, &ParseError{File: name, Line: start + 1, Text: redactLine(lines[start]), Msg: msg}
+			return dotenv{}, &ParseError{File: name, Line: start + 1, Text: redactLine(lines[start]), Msg: msg}
 		}
 		for _, k := range keys {
-			lineOf[k] = start + 1
+			d.lineOf[k] = start + 1
 		}
+		d.statements = append(d.statements, statement{text: joinLines(lines[start:end]), keys: keys})
 		start = end
 	}
 
@@ -74,9 +87,29 @@ func parseDotenv(name string, data []byte) (map[string]string, map[string]int, e
 	// to get the values with godotenv's ${VAR} expansion across lines.
 	values, err := godotenv.Unmarshal(joinLines(lines))
 	if err != nil { // unreachable, see above; never show err (it may hold secrets)
-		return nil, nil, fmt.Errorf("%s: cannot parse the file (godotenv disagrees with the line-by-line parse)", name)
+		return dotenv{}, fmt.Errorf("%s: cannot parse the file (godotenv disagrees with the line-by-line parse)", name)
 	}
-	return values, lineOf, nil
+	d.values = values
+	return d, nil
+}
+
+// only is the statements that set keys of owner alone, as written, without
+// comments: a line that sets a key of another owner, or none, is left out.
+func (d dotenv) only(owner Owner) []byte {
+	var b strings.Builder
+	for _, st := range d.statements {
+		if len(st.keys) == 0 {
+			continue
+		}
+		ours := true
+		for _, k := range st.keys {
+			ours = ours && Classify(k).Owner == owner
+		}
+		if ours {
+			b.WriteString(st.text)
+		}
+	}
+	return []byte(b.String())
 }
 
 // parseStatement finds the statement starting at lines[start] and returns
@@ -120,7 +153,7 @@ func joinLines(lines []string) string {
 // and, when it mentions a secret-looking name, cut after that name.
 func redactLine(line string) string {
 	line = strings.TrimSpace(line)
-	if isSecret(line) {
+	if secretName(line) {
 		rest := strings.TrimPrefix(line, "export ")
 		i := strings.IndexFunc(rest, func(r rune) bool {
 			return !(r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z')

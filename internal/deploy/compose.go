@@ -13,20 +13,57 @@ import (
 	"github.com/carebot/carebot/internal/shell"
 )
 
-// detectCompose finds the host's Compose: the v2 plugin (docker compose)
-// or the v1 program (docker-compose, which Debian ships).
+// Compose is the Docker Compose a host has.
+type Compose struct {
+	Command string // "docker compose" (the v2 plugin) or "docker-compose" (v1, which Debian ships)
+	Version string // as it reports itself, e.g. "2.24.5" or "1.29.2"; "" when it does not say
+}
+
+func (c Compose) String() string { return strings.TrimSpace(c.Command + " " + c.Version) }
+
+// DetectCompose finds the Compose a deploy to h uses: the v2 plugin if it
+// works, else v1. The doctor asks the same.
+func DetectCompose(ctx context.Context, h host.Host) (Compose, error) {
+	// One round trip: what `version` prints, then which one printed it.
+	out, err := host.Run(ctx, h, "if docker compose version 2>/dev/null; then echo 'docker compose'; "+
+		"elif docker-compose version 2>/dev/null; then echo docker-compose; fi")
+	if err != nil {
+		return Compose{}, fmt.Errorf("find Docker Compose on %s: %w", h, err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	c := Compose{Command: strings.TrimSpace(lines[len(lines)-1])}
+	if c.Command != "docker compose" && c.Command != "docker-compose" {
+		return Compose{}, &host.Problem{What: fmt.Sprintf("neither 'docker compose' nor 'docker-compose' works on %s", h),
+			Fix: "install one there: sudo apt-get install docker-compose-plugin (Docker's repository) or docker-compose"}
+	}
+	if len(lines) > 1 {
+		c.Version = composeVersion(lines[0])
+	}
+	return c, nil
+}
+
+// composeVersion reads "Docker Compose version v2.24.5" (v2) or
+// "docker-compose version 1.29.2, build unknown" (v1).
+func composeVersion(line string) string {
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "version" {
+			return strings.TrimPrefix(strings.TrimSuffix(f[i+1], ","), "v")
+		}
+	}
+	return ""
+}
+
+// detectCompose is DetectCompose on d's host, asked once per Deployer.
 func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
 	if d.compose != "" {
 		return d.compose, nil
 	}
-	out, err := host.Run(ctx, d.Host, "if docker compose version >/dev/null 2>&1; then echo 'docker compose'; elif docker-compose version >/dev/null 2>&1; then echo docker-compose; fi")
+	c, err := DetectCompose(ctx, d.Host)
 	if err != nil {
-		return "", fmt.Errorf("find Docker Compose on %s: %w", d.Host, err)
+		return "", err
 	}
-	d.compose = strings.TrimSpace(out)
-	if d.compose == "" {
-		return "", fmt.Errorf("neither 'docker compose' nor 'docker-compose' works on %s: install one (apt-get install docker-compose)", d.Host)
-	}
+	d.compose = c.Command
 	return d.compose, nil
 }
 

@@ -31,7 +31,8 @@ type Deployer struct {
 
 	ComposeFile string // local compose file, copied to Path under its own name
 	Migrations  string // local migrations folder, copied to Path/migrations
-	SeedEnv     string // local .env copied to Path/.env when the host has none; "" = refuse to deploy without one
+	SeedEnv     string // the local .env that seeds Path/.env when the host has none, for messages; "" = refuse to deploy without one
+	SeedEnvData []byte // what is written then: SeedEnv's lines that set the app's keys (config's AppDotenv), never the tool's settings
 
 	ImageName     string
 	AppPort       int
@@ -277,15 +278,9 @@ func (d *Deployer) prepare(ctx context.Context) error {
 	if hasEnv {
 		return nil
 	}
-	data, err := os.ReadFile(d.SeedEnv)
-	if errors.Is(err, os.ErrNotExist) {
-		data, err = nil, nil // an empty .env: Compose's env_file needs the file, not content
-	}
-	if err != nil {
-		return fmt.Errorf("read %s: %w", d.SeedEnv, err)
-	}
-	d.printf("created %s from %s (it is the host's from now on)\n", envPath, d.SeedEnv)
-	return host.WriteFile(ctx, d.Host, envPath, data, 0o600)
+	// Empty when there is no local .env: Compose's env_file needs the file, not content.
+	d.printf("created %s from the app's settings in %s (it is the host's from now on)\n", envPath, d.SeedEnv)
+	return host.WriteFile(ctx, d.Host, envPath, d.SeedEnvData, 0o600)
 }
 
 // syncFiles copies the compose file and migrations, writing only files

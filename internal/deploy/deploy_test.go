@@ -541,10 +541,9 @@ func TestPrepare(t *testing.T) {
 			switch tc.seed {
 			case "":
 			case "missing":
-				d.SeedEnv = filepath.Join(t.TempDir(), "no", ".env")
+				d.SeedEnv = filepath.Join(t.TempDir(), "no", ".env") // and no data
 			default:
-				d.SeedEnv = filepath.Join(t.TempDir(), "seed .env")
-				writeFile(t, d.SeedEnv, tc.seed, 0o644)
+				d.SeedEnv, d.SeedEnvData = filepath.Join(t.TempDir(), "seed .env"), []byte(tc.seed)
 			}
 
 			err := d.prepare(context.Background())

@@ -218,14 +218,15 @@ func Engine(ctx context.Context, connect func(context.Context) (version, where s
 }
 
 // LocalEnv checks the .env of a deploy to this machine: the first deploy
-// copies the project's (projectEnv, "" when there is none). Never read.
+// writes the app's settings of the project's (projectEnv, "" when there is
+// none), not the tool's. Never read.
 func LocalEnv(deployPath, projectEnv string) Result {
 	p := filepath.Join(deployPath, ".env")
 	if _, err := os.Stat(p); err == nil {
 		return Result{Status: OK, Detail: p + " exists (contents not shown)"}
 	}
 	if projectEnv != "" {
-		return Result{Status: OK, Detail: p + " not there yet: the first deploy copies " + projectEnv + " (mode 0600)"}
+		return Result{Status: OK, Detail: p + " not there yet: the first deploy writes the app's settings in " + projectEnv + " (mode 0600)"}
 	}
 	return Result{Status: Warn, Detail: "no .env in the project nor in " + deployPath + ": the app starts without its settings (BOT_TOKEN)",
 		Fix: "cp .env.example .env, and fill in BOT_TOKEN"}

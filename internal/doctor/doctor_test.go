@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/carebot/carebot/internal/engine"
@@ -239,7 +241,7 @@ func TestDoctorPort(t *testing.T) {
 
 func TestDoctorLocalEnv(t *testing.T) {
 	dir := t.TempDir()
-	if r := LocalEnv(dir, "/p/.env"); r.Status != OK || !strings.Contains(r.Detail, "first deploy copies /p/.env") {
+	if r := LocalEnv(dir, "/p/.env"); r.Status != OK || !strings.Contains(r.Detail, "first deploy writes the app's settings in /p/.env") {
 		t.Errorf("before the first deploy: %+v", r)
 	}
 	if r := LocalEnv(dir, ""); r.Status != Warn {
@@ -255,7 +257,7 @@ func TestDoctorLocalEnv(t *testing.T) {
 
 // writeKey writes an ed25519 private key in OpenSSH format, encrypted with
 // passphrase unless it is empty.
-func writeKey(t *testing.T, path, passphrase string) ssh.PublicKey {
+func writeKey(t *testing.T, path, passphrase string) (ssh.PublicKey, ed25519.PrivateKey) {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -277,54 +279,90 @@ func writeKey(t *testing.T, path, passphrase string) ssh.PublicKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sp
+	return sp, priv
 }
 
+// startAgent serves an in-memory ssh-agent holding keys on a unix socket.
+func startAgent(t *testing.T, keys ...any) string {
+	t.Helper()
+	kr := agent.NewKeyring()
+	for _, k := range keys {
+		if err := kr.Add(agent.AddedKey{PrivateKey: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "agent") // short: a socket path has a length limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); os.RemoveAll(dir) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = agent.ServeAgent(kr, c); c.Close() }()
+		}
+	}()
+	return sock
+}
+
+// TestDoctorKey: the key check says what host.DialSSH will offer, or stops
+// where it stops, in its words.
 func TestDoctorKey(t *testing.T) {
+	t.Setenv("HOME", t.TempDir()) // no default keys
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain")
-	pub := writeKey(t, plain, "")
+	pub, _ := writeKey(t, plain, "")
 	locked := filepath.Join(dir, "locked")
-	writeKey(t, locked, "open sesame")
+	_, lockedPriv := writeKey(t, locked, "open sesame")
 	if err := os.WriteFile(filepath.Join(dir, "pub"), ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	emptyHome := t.TempDir()
 	tests := []struct {
-		name                         string
-		key, passphrase, agent, home string
-		status                       Status
-		detail, fix                  string
+		name        string
+		sc          host.SSHConfig
+		status      Status
+		detail, fix string
 	}{
-		{name: "missing", key: "/nonexistent", status: Fail, detail: "SSH_KEY /nonexistent does not exist", fix: "set SSH_KEY to your private key file"},
-		{name: "plain", key: plain, status: OK, detail: "SSH_KEY " + plain + " (ED25519 " + ssh.FingerprintSHA256(pub) + ")"},
-		{name: "encrypted, no passphrase", key: locked, status: Fail, detail: "is encrypted and there is no passphrase or agent", fix: "set SSH_KEY_PASSPHRASE"},
-		{name: "encrypted, agent", key: locked, agent: "/run/agent.sock", status: Warn, detail: "relies on ssh-agent"},
-		{name: "encrypted, passphrase", key: locked, passphrase: "open sesame", status: OK},
-		{name: "wrong passphrase", key: locked, passphrase: "nope", status: Fail, detail: "SSH_KEY_PASSPHRASE does not decrypt"},
-		{name: "public key", key: filepath.Join(dir, "pub"), status: Fail, fix: "not the .pub"},
-		{name: "nothing", home: emptyHome, status: Fail, detail: "no SSH key", fix: "set SSH_KEY"},
+		{name: "missing", sc: host.SSHConfig{KeyFile: "/nonexistent"}, status: Fail, detail: "SSH_KEY /nonexistent does not exist", fix: "set SSH_KEY to your private key file"},
+		{name: "plain", sc: host.SSHConfig{KeyFile: plain}, status: OK, detail: "the login offers SSH_KEY " + plain + " (ED25519 " + ssh.FingerprintSHA256(pub) + ")"},
+		{name: "encrypted, no passphrase", sc: host.SSHConfig{KeyFile: locked}, status: Fail, detail: "SSH_KEY " + locked + " is encrypted", fix: "set SSH_KEY_PASSPHRASE"},
+		{name: "encrypted, the agent holds it", sc: host.SSHConfig{KeyFile: locked, AgentSocket: startAgent(t, lockedPriv)}, status: OK, detail: "the login offers SSH_KEY " + locked},
+		// The deploy would stop there: so does the doctor (it used to warn).
+		{name: "encrypted, the agent does not hold it", sc: host.SSHConfig{KeyFile: locked, AgentSocket: startAgent(t)}, status: Fail, detail: "is encrypted", fix: "load it into ssh-agent"},
+		{name: "encrypted, passphrase", sc: host.SSHConfig{KeyFile: locked, Passphrase: "open sesame"}, status: OK},
+		{name: "wrong passphrase", sc: host.SSHConfig{KeyFile: locked, Passphrase: "nope"}, status: Fail, detail: "SSH_KEY_PASSPHRASE does not decrypt"},
+		{name: "public key", sc: host.SSHConfig{KeyFile: filepath.Join(dir, "pub")}, status: Fail, fix: "not the .pub"},
+		{name: "nothing", status: Fail, detail: "no SSH key", fix: "set SSH_KEY"},
 	}
 	for _, tt := range tests {
-		r := Key(tt.key, tt.passphrase, tt.agent, tt.home)
+		r := Key(tt.sc)
 		if r.Status != tt.status || !strings.Contains(r.Detail, tt.detail) || !strings.Contains(r.Fix, tt.fix) {
 			t.Errorf("%s: %s %q fix %q", tt.name, r.Status, r.Detail, r.Fix)
 		}
 	}
 	// With no SSH_KEY, the default files are looked at.
 	home := t.TempDir()
+	t.Setenv("HOME", home)
 	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	writeKey(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
-	if r := Key("", "", "", home); r.Status != OK || !strings.Contains(r.Detail, "id_ed25519") {
+	if r := Key(host.SSHConfig{}); r.Status != OK || !strings.Contains(r.Detail, "id_ed25519") {
 		t.Errorf("default key: %+v", r)
 	}
 }
 
-// sshServer is an in-process SSH server on 127.0.0.1 that only shows its
-// host key (nobody can log in).
-func sshServer(t *testing.T) (addr string, hostKey ssh.PublicKey) {
+// sshServer is an in-process SSH server on 127.0.0.1 that shows its host
+// key and lets in the user key authorized (nil: nobody), to no shell.
+func sshServer(t *testing.T, authorized ssh.PublicKey) (addr string, hostKey ssh.PublicKey) {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -334,7 +372,10 @@ func sshServer(t *testing.T) (addr string, hostKey ssh.PublicKey) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := &ssh.ServerConfig{PublicKeyCallback: func(ssh.ConnMetadata, ssh.PublicKey) (*ssh.Permissions, error) {
+	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
+		if authorized != nil && bytes.Equal(k.Marshal(), authorized.Marshal()) {
+			return nil, nil
+		}
 		return nil, errors.New("no")
 	}}
 	cfg.AddHostKey(signer)
@@ -351,16 +392,34 @@ func sshServer(t *testing.T) (addr string, hostKey ssh.PublicKey) {
 			}
 			go func() {
 				defer c.Close()
-				_, _, _, _ = ssh.NewServerConn(c, cfg)
+				_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+				if err != nil {
+					return
+				}
+				go ssh.DiscardRequests(reqs)
+				for ch := range chans {
+					ch.Reject(ssh.Prohibited, "no")
+				}
 			}()
 		}
 	}()
 	return l.Addr().String(), signer.PublicKey()
 }
 
+// sshConfig reaches addr as the deploy would, with known_hosts file.
+func sshConfig(t *testing.T, addr, file string) host.SSHConfig {
+	t.Helper()
+	h, p, _ := net.SplitHostPort(addr)
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return host.SSHConfig{User: "doctor", Host: h, Port: port, KnownHosts: file, ConnectTimeout: 5 * time.Second}
+}
+
 func TestDoctorReach(t *testing.T) {
 	ctx := context.Background()
-	addr, _ := sshServer(t)
+	addr, _ := sshServer(t, nil)
 	if r := Reach(ctx, addr, 5*time.Second); r.Status != OK || !strings.Contains(r.Detail, "SSH-2.0-Go") {
 		t.Errorf("ssh server: %+v", r)
 	}
@@ -374,17 +433,19 @@ func TestDoctorReach(t *testing.T) {
 
 func TestDoctorKnownHosts(t *testing.T) {
 	ctx := context.Background()
-	addr, key := sshServer(t)
+	addr, key := sshServer(t, nil)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "known_hosts")
 	fp := "ED25519 " + ssh.FingerprintSHA256(key)
+	sc := sshConfig(t, addr, file)
 
-	r, known := KnownHosts(ctx, addr, file, false, 5*time.Second)
+	r, known := KnownHosts(ctx, sc)
 	if r.Status != Fail || known || !strings.Contains(r.Detail, "is not known ("+fp+")") || !strings.Contains(r.Fix, "SSH_ACCEPT_NEW=1") {
 		t.Errorf("unknown (no file): %+v", r)
 	}
-	r, _ = KnownHosts(ctx, addr, file, true, 5*time.Second)
-	if r.Status != Warn || !strings.Contains(r.Fix, "the next deploy records it") {
+	sc.AcceptNew = true
+	r, _ = KnownHosts(ctx, sc)
+	if r.Status != Warn || !strings.Contains(r.Fix, "the next deploy records it") || !strings.Contains(r.Detail, fp) {
 		t.Errorf("unknown with SSH_ACCEPT_NEW=1: %+v", r)
 	}
 	if _, err := os.Stat(file); err == nil {
@@ -397,14 +458,111 @@ func TestDoctorKnownHosts(t *testing.T) {
 		}
 	}
 	write(key)
-	if r, known := KnownHosts(ctx, addr, file, false, 5*time.Second); r.Status != OK || !known {
+	sc.AcceptNew = false
+	if r, known := KnownHosts(ctx, sc); r.Status != OK || !known {
 		t.Errorf("known: %+v", r)
 	}
-	other := writeKey(t, filepath.Join(dir, "other"), "")
+	other, _ := writeKey(t, filepath.Join(dir, "other"), "")
 	write(other)
-	r, known = KnownHosts(ctx, addr, file, true, 5*time.Second)
+	sc.AcceptNew = true
+	r, known = KnownHosts(ctx, sc)
 	if r.Status != Fail || known || !strings.Contains(r.Detail, "has CHANGED") || !strings.Contains(r.Fix, "ssh-keygen -R") {
 		t.Errorf("changed (even with SSH_ACCEPT_NEW=1): %+v", r)
+	}
+}
+
+// TestDoctorAgreesWithDeploy runs the doctor's SSH checks and the deploy's
+// login (host.DialSSH) on the same servers, keys and known_hosts: where the
+// login fails, the doctor's failing check says the very same thing.
+func TestDoctorAgreesWithDeploy(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	t.Setenv("HOME", dir) // no default keys
+	userKey := filepath.Join(dir, "id")
+	userPub, _ := writeKey(t, userKey, "")
+	locked := filepath.Join(dir, "locked")
+	writeKey(t, locked, "open sesame")
+	addr, hostKey := sshServer(t, userPub)
+	other, _ := writeKey(t, filepath.Join(dir, "other"), "")
+	knownHosts := func(addr string, k ssh.PublicKey) string {
+		f := filepath.Join(t.TempDir(), "known_hosts")
+		if k != nil {
+			if err := os.WriteFile(f, []byte(knownhosts.Line([]string{addr}, k)+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return f
+	}
+	refusing, refusingKey := sshServer(t, nil)
+	closed := func() string {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().String()
+	}()
+
+	tests := []struct {
+		name  string
+		sc    host.SSHConfig
+		check func(host.SSHConfig) Result // the doctor's check that must fail as the login does
+		want  string
+	}{
+		{"unknown host", withKey(sshConfig(t, addr, knownHosts(addr, nil)), userKey), hostKeyCheck(ctx), "is not known"},
+		{"changed key", withKey(sshConfig(t, addr, knownHosts(addr, other)), userKey), hostKeyCheck(ctx), "has CHANGED"},
+		{"unreachable", withKey(sshConfig(t, closed, knownHosts(closed, nil)), userKey), hostKeyCheck(ctx), "cannot reach"},
+		{"encrypted key", withKey(sshConfig(t, addr, knownHosts(addr, hostKey)), locked), Key, "is encrypted"},
+		{"refused key", withKey(sshConfig(t, refusing, knownHosts(refusing, refusingKey)), userKey), func(sc host.SSHConfig) Result {
+			r, s := Login(ctx, sc)
+			if s != nil {
+				s.Close()
+			}
+			return r
+		}, "refused our key(s) (tried SSH_KEY " + userKey},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := host.DialSSH(ctx, tc.sc)
+			if err == nil {
+				s.Close()
+				t.Fatal("the login succeeded")
+			}
+			r := tc.check(tc.sc)
+			if r.Status != Fail || r.Detail+": "+r.Fix != err.Error() || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("doctor: %s\ndeploy: %v\nwant both to say %q", r.Line(), err, tc.want)
+			}
+		})
+	}
+
+	// The key check named the very keys the refused login tried.
+	refused := tests[len(tests)-1].sc
+	if _, err := host.DialSSH(ctx, refused); err == nil || !strings.Contains(err.Error(), "(tried "+strings.TrimPrefix(Key(refused).Detail, "the login offers ")+")") {
+		t.Errorf("key check: %q; login: %v", Key(refused).Detail, err)
+	}
+
+	// Where the login works, so does every check, and the key the doctor
+	// names is the one the login used.
+	sc := withKey(sshConfig(t, addr, knownHosts(addr, hostKey)), userKey)
+	if r := Key(sc); r.Status != OK || !strings.Contains(r.Detail, "SSH_KEY "+userKey+" (ED25519 "+ssh.FingerprintSHA256(userPub)+")") {
+		t.Errorf("key: %+v", r)
+	}
+	if r, known := KnownHosts(ctx, sc); r.Status != OK || !known {
+		t.Errorf("known_hosts: %+v", r)
+	}
+	r, s := Login(ctx, sc)
+	if r.Status != OK || s == nil {
+		t.Fatalf("login: %+v", r)
+	}
+	s.Close()
+}
+
+func withKey(sc host.SSHConfig, keyFile string) host.SSHConfig {
+	sc.KeyFile = keyFile
+	return sc
+}
+
+func hostKeyCheck(ctx context.Context) func(host.SSHConfig) Result {
+	return func(sc host.SSHConfig) Result {
+		r, _ := KnownHosts(ctx, sc)
+		return r
 	}
 }
 
@@ -462,12 +620,16 @@ func TestDoctorServerChecks(t *testing.T) {
 		t.Errorf("engine, not installed: %+v", r)
 	}
 
-	for out, want := range map[string]string{"docker compose 2.24.5\n": "docker compose 2.24.5 on ubuntu@server:22", "docker-compose 1.29.2\n": "docker-compose 1.29.2 on ubuntu@server:22"} {
+	// What deploy.DetectCompose's one command prints: Compose's version, then which one answered.
+	for out, want := range map[string]string{
+		"Docker Compose version v2.24.5\ndocker compose\n":               "docker compose 2.24.5 on ubuntu@server:22",
+		"docker-compose version 1.29.2, build unknown\ndocker-compose\n": "docker-compose 1.29.2 on ubuntu@server:22",
+	} {
 		if r := Compose(ctx, &fakeHost{rules: []rule{{contains: "compose", out: out}}}); r.Status != OK || r.Detail != want {
 			t.Errorf("compose: %+v", r)
 		}
 	}
-	if r := Compose(ctx, &fakeHost{rules: []rule{{contains: "compose", fail: true}}}); r.Status != Fail || !strings.Contains(r.Fix, "docker-compose-plugin") {
+	if r := Compose(ctx, &fakeHost{rules: []rule{{contains: "compose", out: ""}}}); r.Status != Fail || !strings.Contains(r.Fix, "docker-compose-plugin") {
 		t.Errorf("no compose: %+v", r)
 	}
 

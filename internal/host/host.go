@@ -29,6 +29,21 @@ type Host interface {
 	Close() error
 }
 
+// Problem is an error the user fixes: what is wrong, and what to do about
+// it. Its message is both on one line, as a deploy prints it; the doctor
+// shows them apart.
+type Problem struct {
+	What string
+	Fix  string // "" when there is nothing to say
+}
+
+func (p *Problem) Error() string {
+	if p.Fix == "" {
+		return p.What
+	}
+	return p.What + ": " + p.Fix
+}
+
 // CommandError is a failed command with what it printed, so the caller's
 // message can show why without a second run.
 type CommandError struct {

@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -31,8 +32,11 @@ type hostKeyCheck struct {
 
 	db    ssh.HostKeyCallback // what the file said when we dialled
 	algos []string            // host key algorithms to offer, known types first
+	probe bool                // only look: stop the handshake at the key, record nothing
 
 	mu       sync.Mutex
+	seen     ssh.PublicKey // the key the server showed
+	isNew    bool          // seen is not on file, and acceptNew lets it in
 	accepted ssh.PublicKey // the key this connection was accepted with
 	refused  error         // why the last check failed, one line
 }
@@ -54,18 +58,23 @@ var hostCertPreference = []string{
 // newHostKeyCheck reads file (a missing file is an empty one) and works
 // out which host key algorithms to offer addr ("host:port").
 func newHostKeyCheck(file string, acceptNew bool, log io.Writer, addr string) (*hostKeyCheck, error) {
+	if file == "" {
+		return nil, &Problem{What: "no home folder to find ~/.ssh/known_hosts in", Fix: "set SSH_KNOWN_HOSTS"}
+	}
 	h := &hostKeyCheck{file: file, acceptNew: acceptNew, log: log}
 	raw, err := os.ReadFile(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		h.db, err = knownhosts.New() // nothing known yet
 	case err != nil:
-		return nil, fmt.Errorf("cannot read SSH_KNOWN_HOSTS %s: %v", file, pathErr(err))
+		return nil, &Problem{What: fmt.Sprintf("cannot read SSH_KNOWN_HOSTS %s: %v", file, pathErr(err)),
+			Fix: "fix its permissions, or set SSH_KNOWN_HOSTS to another file"}
 	default:
 		h.db, err = knownhosts.New(file)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot use SSH_KNOWN_HOSTS %s: %v", file, pathErr(err))
+		return nil, &Problem{What: fmt.Sprintf("cannot use SSH_KNOWN_HOSTS %s: %v", file, pathErr(err)),
+			Fix: "fix or move the file, or set SSH_KNOWN_HOSTS to another one"}
 	}
 	h.algos = offerAlgos(h.known(addr), bytes.Contains(raw, []byte("@cert-authority")))
 	return h, nil
@@ -128,47 +137,112 @@ func algosForKeyType(t string) []string {
 	return []string{t}
 }
 
+// errProbed stops a probe's handshake once the host key is judged.
+var errProbed = errors.New("host key seen")
+
 // callback is the ssh.HostKeyCallback. hostname is the "host:port" we dialled.
 func (h *hostKeyCheck) callback(hostname string, remote net.Addr, key ssh.PublicKey) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	name := knownhosts.Normalize(hostname)
 	if h.accepted != nil { // a re-key within this connection
 		if bytes.Equal(h.accepted.Marshal(), key.Marshal()) {
 			return nil
 		}
-		h.refused = fmt.Errorf("host key of %s changed during the session (now %s): this may be a man-in-the-middle attack", name, fingerprint(key))
+		h.refused = fmt.Errorf("host key of %s changed during the session (now %s): this may be a man-in-the-middle attack",
+			knownhosts.Normalize(hostname), fingerprint(key))
 		return h.refused
 	}
+	h.seen = key
+	h.refused = h.verdict(hostname, remote, key)
+	switch {
+	case h.probe:
+		return errProbed
+	case h.refused != nil:
+		return h.refused
+	case h.isNew:
+		if err := h.record(hostname, key); err != nil {
+			h.refused = &Problem{
+				What: fmt.Sprintf("cannot record host key of %s (%s) in %s: %v", knownhosts.Normalize(hostname), fingerprint(key), h.file, pathErr(err)),
+				Fix:  "fix the file's permissions or set SSH_KNOWN_HOSTS",
+			}
+			return h.refused
+		}
+	}
+	h.accepted = key
+	return nil
+}
+
+// verdict judges key by the file, as OpenSSH does: nil when it may be used
+// (h.isNew then says whether it is to be recorded), else a *Problem.
+func (h *hostKeyCheck) verdict(hostname string, remote net.Addr, key ssh.PublicKey) error {
+	name := knownhosts.Normalize(hostname)
 	err := h.db(hostname, remote, key)
 	var ke *knownhosts.KeyError
 	var re *knownhosts.RevokedError
 	switch {
 	case err == nil:
-		h.accepted = key
 		return nil
 	case errors.As(err, &re):
-		h.refused = fmt.Errorf("host key of %s (%s) is marked @revoked in %s:%d: refusing to connect",
-			name, fingerprint(key), re.Revoked.Filename, re.Revoked.Line)
+		return &Problem{
+			What: fmt.Sprintf("host key of %s (%s) is marked @revoked in %s:%d", name, fingerprint(key), re.Revoked.Filename, re.Revoked.Line),
+			Fix:  "refusing to connect; ask the server's admin: this key must not be trusted",
+		}
 	case errors.As(err, &ke) && len(ke.Want) > 0:
 		w := ke.Want[0]
-		h.refused = fmt.Errorf("host key of %s has CHANGED (now %s; %s:%d has another): this may be a man-in-the-middle attack; if the server was reinstalled, remove the old entry with %s",
-			name, fingerprint(key), w.Filename, w.Line, h.keygenRemove(name))
-	case errors.As(err, &ke) && !h.acceptNew:
-		h.refused = fmt.Errorf("host key of %s is not known (%s): check it with the server's admin, then set SSH_ACCEPT_NEW=1 once to record it in %s",
-			name, fingerprint(key), h.file)
-	case errors.As(err, &ke):
-		if err := h.record(hostname, key); err != nil {
-			h.refused = fmt.Errorf("cannot record host key of %s (%s) in %s: %v: fix the file's permissions or set SSH_KNOWN_HOSTS",
-				name, fingerprint(key), h.file, pathErr(err))
-			return h.refused
+		return &Problem{
+			What: fmt.Sprintf("host key of %s has CHANGED (now %s; %s:%d has another): this may be a man-in-the-middle attack",
+				name, fingerprint(key), w.Filename, w.Line),
+			Fix: "if the server was reinstalled, check the new key with its admin, then remove the old entry with " + h.keygenRemove(name),
 		}
-		h.accepted = key
+	case errors.As(err, &ke) && !h.acceptNew:
+		return &Problem{
+			What: fmt.Sprintf("host key of %s is not known (%s)", name, fingerprint(key)),
+			Fix: "check it on the server (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) or with its admin, " +
+				"then run once with SSH_ACCEPT_NEW=1 to record it in " + h.file,
+		}
+	case errors.As(err, &ke):
+		h.isNew = true
 		return nil
 	default: // e.g. a host certificate that no @cert-authority signed
-		h.refused = fmt.Errorf("host key of %s (%s) not accepted: %v", name, fingerprint(key), err)
+		return &Problem{What: fmt.Sprintf("host key of %s (%s) not accepted: %v", name, fingerprint(key), err), Fix: "check SSH_KNOWN_HOSTS"}
 	}
-	return h.refused
+}
+
+// HostKey is a server's host key as DialSSH judges it.
+type HostKey struct {
+	Name        string // the server as known_hosts names it: host, or [host]:port
+	Fingerprint string // as OpenSSH prints it: "ED25519 SHA256:..."
+	File        string // the known_hosts file it was looked up in
+	Known       bool   // File holds this very key
+	New         bool   // File does not know the server, and SSH_ACCEPT_NEW lets DialSSH record it
+}
+
+// CheckHostKey is DialSSH's host key check on its own: it offers the same
+// host key algorithms and judges the key by the same rules, and returns the
+// error DialSSH would; but it stops the handshake at the key, so nothing
+// logs in and nothing is recorded.
+func CheckHostKey(ctx context.Context, c SSHConfig) (HostKey, error) {
+	c, _ = c.resolve()
+	addr := c.addr()
+	h, err := newHostKeyCheck(c.KnownHosts, c.AcceptNew, c.Log, addr)
+	if err != nil {
+		return HostKey{}, err
+	}
+	h.probe = true
+	_, _, _, err = handshake(ctx, addr, c.ConnectTimeout, &ssh.ClientConfig{
+		User:              c.User,
+		HostKeyCallback:   h.callback,
+		HostKeyAlgorithms: h.algos,
+		Timeout:           c.ConnectTimeout,
+	})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen == nil {
+		return HostKey{}, c.connectError(ctx, err)
+	}
+	k := HostKey{Name: knownhosts.Normalize(addr), Fingerprint: fingerprint(h.seen), File: c.KnownHosts, New: h.isNew}
+	k.Known = h.refused == nil && !h.isNew
+	return k, h.refused
 }
 
 // refusal is why the host key was refused, or nil.

@@ -64,33 +64,11 @@ type SSH struct {
 
 var _ Host = (*SSH)(nil)
 
-// DialSSH connects and authenticates, or returns one line saying what to fix.
+// DialSSH connects and authenticates, or returns one line saying what to
+// fix (a *Problem, unless ctx ended).
 func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
-	user, hostname, port := c.User, c.Host, c.Port
-	if port == 0 {
-		port = 22
-	}
-	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = defaultConnectTimeout
-	}
-	if c.Keepalive == 0 {
-		c.Keepalive = defaultKeepalive
-	}
-	if c.Log == nil {
-		c.Log = io.Discard
-	}
-	home, _ := os.UserHomeDir()
-	if c.KnownHosts == "" {
-		if home == "" {
-			return nil, errors.New("no home directory to find ~/.ssh/known_hosts in: set SSH_KNOWN_HOSTS")
-		}
-		c.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
-	}
-	c.KnownHosts = expandHome(c.KnownHosts, home)
-	c.KeyFile = expandHome(c.KeyFile, home)
-
-	addr := net.JoinHostPort(hostname, strconv.Itoa(port))
-	name := user + "@" + addr
+	c, home := c.resolve()
+	addr := c.addr()
 	hk, err := newHostKeyCheck(c.KnownHosts, c.AcceptNew, c.Log, addr)
 	if err != nil {
 		return nil, err
@@ -105,39 +83,94 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 
 	cfg := &goph.Config{
 		Auth:     goph.Auth{ssh.PublicKeys(keys.signers...)},
-		User:     user,
-		Addr:     hostname,
-		Port:     uint(port),
+		User:     c.User,
+		Addr:     c.Host,
+		Port:     uint(c.Port),
 		Timeout:  c.ConnectTimeout,
 		Callback: hk.callback,
 	}
 	client, err := dial(ctx, cfg, hk.algos)
 	if err != nil {
-		var de *dialError
-		switch {
-		case ctx.Err() != nil:
-			return nil, fmt.Errorf("ssh to %s: %w", name, context.Cause(ctx))
-		case errors.As(err, &de):
-			return nil, fmt.Errorf("cannot reach %s within %s: %s: check DEPLOY_HOST and that sshd runs", addr, c.ConnectTimeout, netReason(de.err))
-		case hk.refusal() != nil:
-			return nil, hk.refusal()
-		case strings.Contains(err.Error(), "unable to authenticate"):
-			return nil, fmt.Errorf("ssh: %s refused our key(s) (tried %s): add the public key to ~/.ssh/authorized_keys on the server", name, keys.describe())
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return nil, fmt.Errorf("%s did not finish the SSH handshake within %s: check DEPLOY_HOST points at an SSH server and the link is up", addr, c.ConnectTimeout)
-		default:
-			if inner := errors.Unwrap(err); inner != nil { // drop "ssh: handshake failed: "
-				err = inner
+		if ctx.Err() == nil {
+			if r := hk.refusal(); r != nil {
+				return nil, r
 			}
-			return nil, fmt.Errorf("ssh handshake with %s failed: %v: check DEPLOY_HOST points at an SSH server", addr, netReason(err))
+			if strings.Contains(err.Error(), "unable to authenticate") {
+				return nil, c.keysRefused(keys)
+			}
 		}
+		return nil, c.connectError(ctx, err)
 	}
-	s := &SSH{client: client, name: name, done: make(chan struct{})}
+	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{})}
 	if c.Keepalive > 0 {
 		s.wg.Add(1)
 		go s.keepalive(c.Keepalive)
 	}
 	return s, nil
+}
+
+// resolve fills in c's defaults and expands ~ in its paths, so that
+// DialSSH, Keys and CheckHostKey read c the same way. It also returns the
+// home folder, where the default keys are. KnownHosts stays empty when
+// there is no home folder (newHostKeyCheck says so).
+func (c SSHConfig) resolve() (SSHConfig, string) {
+	if c.Port == 0 {
+		c.Port = 22
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = defaultConnectTimeout
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = defaultKeepalive
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	home, _ := os.UserHomeDir()
+	if c.KnownHosts == "" && home != "" {
+		c.KnownHosts = filepath.Join(home, ".ssh", "known_hosts")
+	}
+	c.KnownHosts = expandHome(c.KnownHosts, home)
+	c.KeyFile = expandHome(c.KeyFile, home)
+	return c, home
+}
+
+// addr is host:port, an IPv6 address in brackets.
+func (c SSHConfig) addr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
+
+// connectError says why a connection failed before any key mattered: the
+// server was not reached, or did not finish the handshake.
+func (c SSHConfig) connectError(ctx context.Context, err error) error {
+	addr := c.addr()
+	var de *dialError
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("ssh to %s@%s: %w", c.User, addr, context.Cause(ctx))
+	case errors.As(err, &de):
+		return &Problem{What: fmt.Sprintf("cannot reach %s within %s: %s", addr, c.ConnectTimeout, NetReason(de.err)),
+			Fix: "check DEPLOY_HOST and that sshd runs"}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return &Problem{What: fmt.Sprintf("%s did not finish the SSH handshake within %s", addr, c.ConnectTimeout),
+			Fix: "check DEPLOY_HOST points at an SSH server and the link is up"}
+	}
+	if inner := errors.Unwrap(err); inner != nil { // drop "ssh: handshake failed: "
+		err = inner
+	}
+	return &Problem{What: fmt.Sprintf("ssh handshake with %s failed: %v", addr, NetReason(err)),
+		Fix: "check DEPLOY_HOST points at an SSH server"}
+}
+
+// keysRefused is the server saying no to every key we offered.
+func (c SSHConfig) keysRefused(k *keySet) error {
+	copyID := "ssh-copy-id"
+	if c.KeyFile != "" {
+		copyID += " -i " + shell.Quote(c.KeyFile)
+	}
+	copyID += fmt.Sprintf(" -p %d %s", c.Port, shell.Quote(c.User+"@"+c.Host))
+	return &Problem{
+		What: fmt.Sprintf("ssh: %s@%s refused our key(s) (tried %s)", c.User, c.addr(), k.describe()),
+		Fix:  fmt.Sprintf("add your public key to ~%s/.ssh/authorized_keys on the server (%s)", c.User, copyID),
+	}
 }
 
 type dialError struct{ err error }
@@ -146,19 +179,11 @@ func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
 // dial is goph.NewConn, except that the connect timeout covers the SSH
-// handshake as well as the TCP dial (goph's, like ssh.Dial, covers only the
-// dial), ctx is honoured, and we choose which host key algorithms to offer.
+// handshake as well as the TCP dial, ctx is honoured, and we choose which
+// host key algorithms to offer.
 func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.Client, error) {
 	addr := net.JoinHostPort(cfg.Addr, strconv.FormatUint(uint64(cfg.Port), 10))
-	deadline := time.Now().Add(cfg.Timeout)
-	d := net.Dialer{Deadline: deadline}
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, &dialError{err}
-	}
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
+	c, chans, reqs, err := handshake(ctx, addr, cfg.Timeout, &ssh.ClientConfig{
 		User:              cfg.User,
 		Auth:              cfg.Auth,
 		HostKeyCallback:   cfg.Callback,
@@ -166,24 +191,44 @@ func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.C
 		BannerCallback:    cfg.BannerCallback,
 		Timeout:           cfg.Timeout,
 	})
-	if !stop() && err == nil { // ctx ended just as the handshake finished
-		c.Close()
-		return nil, context.Cause(ctx)
-	}
 	if err != nil {
 		return nil, err
 	}
-	_ = conn.SetDeadline(time.Time{})
 	return &goph.Client{Client: ssh.NewClient(c, chans, reqs), Config: cfg}, nil
 }
 
-// netReason is the part of a network error a person can act on.
-func netReason(err error) string {
+// handshake dials addr and runs the SSH handshake, both within timeout
+// (goph's timeout, like ssh.Dial's, covers only the dial) and ctx. A
+// failed dial is a *dialError.
+func handshake(ctx context.Context, addr string, timeout time.Duration, cc *ssh.ClientConfig) (ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
+	deadline := time.Now().Add(timeout)
+	d := net.Dialer{Deadline: deadline}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, nil, &dialError{err}
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cc)
+	if !stop() && err == nil { // ctx ended just as the handshake finished
+		c.Close()
+		return nil, nil, nil, context.Cause(ctx)
+	}
+	if err != nil {
+		return nil, nil, nil, err // NewClientConn closed conn
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return c, chans, reqs, nil
+}
+
+// NetReason is the part of a network error a person can act on:
+// "connection refused", "no answer", "no such host example.org".
+func NetReason(err error) string {
 	var dns *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		return "no answer"
 	case errors.As(err, &dns):
 		if dns.IsNotFound {
@@ -607,6 +652,22 @@ func (k *keySet) agentSigner(agentKeys []ssh.Signer, pub ssh.PublicKey) ssh.Sign
 
 var errEncrypted = errors.New("encrypted")
 
+// Keys says which keys a login with c offers, in the order DialSSH offers
+// them, and which it skips and why: "SSH_KEY /k (ED25519 SHA256:...)", or
+// "agent (2 key(s)), /home/me/.ssh/id_ed25519; skipped ...". The error is
+// the one DialSSH would stop at before connecting.
+func Keys(c SSHConfig) (string, error) {
+	c, home := c.resolve()
+	k, err := loadKeys(c, home)
+	if k != nil && k.agent != nil {
+		k.agent.Close()
+	}
+	if err != nil {
+		return "", err
+	}
+	return k.describe(), nil
+}
+
 // loadKeys gathers the keys to offer, in one publickey method: x/crypto tries
 // each method name once, so a second ssh.PublicKeys method would never run.
 // SSH_KEY alone is used when it is set (like IdentitiesOnly); otherwise the
@@ -621,7 +682,7 @@ func loadKeys(c SSHConfig, home string) (*keySet, error) {
 			agentKeys, err = agent.NewClient(conn).Signers()
 		}
 		if err != nil {
-			k.skipped = append(k.skipped, "agent ("+netReason(err)+")")
+			k.skipped = append(k.skipped, "agent ("+NetReason(err)+")")
 		}
 	}
 
@@ -631,20 +692,20 @@ func loadKeys(c SSHConfig, home string) (*keySet, error) {
 		case err == nil:
 		case errors.Is(err, errEncrypted):
 			if signer = k.agentSigner(agentKeys, pub); signer == nil {
-				return k, fmt.Errorf("SSH_KEY %s is encrypted: set SSH_KEY_PASSPHRASE or load it into ssh-agent", c.KeyFile)
+				return k, &Problem{What: fmt.Sprintf("SSH_KEY %s is encrypted", c.KeyFile), Fix: "set SSH_KEY_PASSPHRASE or load it into ssh-agent"}
 			}
 		case errors.Is(err, x509.IncorrectPasswordError):
-			return k, fmt.Errorf("SSH_KEY_PASSPHRASE does not decrypt SSH_KEY %s: check it, or load the key into ssh-agent", c.KeyFile)
+			return k, &Problem{What: fmt.Sprintf("SSH_KEY_PASSPHRASE does not decrypt SSH_KEY %s", c.KeyFile), Fix: "check it, or load the key into ssh-agent"}
 		case errors.Is(err, fs.ErrNotExist):
-			return k, fmt.Errorf("SSH_KEY %s does not exist: set SSH_KEY to your private key file", c.KeyFile)
+			return k, &Problem{What: fmt.Sprintf("SSH_KEY %s does not exist", c.KeyFile), Fix: "set SSH_KEY to your private key file"}
 		case errors.Is(err, fs.ErrPermission):
-			return k, fmt.Errorf("SSH_KEY %s cannot be read (permission denied): run as its owner or fix its permissions", c.KeyFile)
+			return k, &Problem{What: fmt.Sprintf("SSH_KEY %s cannot be read (permission denied)", c.KeyFile), Fix: "run as its owner or fix its permissions (chmod 600)"}
 		default:
 			var pe *fs.PathError
 			if errors.As(err, &pe) {
-				return k, fmt.Errorf("SSH_KEY %s cannot be read: %v", c.KeyFile, pe.Err)
+				return k, &Problem{What: fmt.Sprintf("SSH_KEY %s cannot be read: %v", c.KeyFile, pe.Err), Fix: "set SSH_KEY to a readable private key file"}
 			}
-			return k, fmt.Errorf("SSH_KEY %s is not a private key we can use (%v): set SSH_KEY to the private key file, not the .pub", c.KeyFile, err)
+			return k, &Problem{What: fmt.Sprintf("SSH_KEY %s is not a private key we can use (%v)", c.KeyFile, err), Fix: "set SSH_KEY to the private key file, not the .pub"}
 		}
 		k.add(signer)
 		k.tried = append(k.tried, "SSH_KEY "+c.KeyFile+" ("+fingerprint(signer.PublicKey())+")")
@@ -688,7 +749,7 @@ func loadKeys(c SSHConfig, home string) (*keySet, error) {
 		if len(k.skipped) > 0 {
 			why = "skipped " + strings.Join(k.skipped, ", ")
 		}
-		return k, fmt.Errorf("no SSH key to log in with (%s): set SSH_KEY to your private key file, or load a key into ssh-agent and set SSH_AUTH_SOCK", why)
+		return k, &Problem{What: fmt.Sprintf("no SSH key to log in with (%s)", why), Fix: "set SSH_KEY to your private key file, or load a key into ssh-agent and set SSH_AUTH_SOCK"}
 	}
 	return k, nil
 }

@@ -165,21 +165,19 @@ func (d *doctorRun) settings(cfgErr error) []doctor.Check {
 	return checks
 }
 
-// serverChecks reach DEPLOY_HOST over SSH and look at the server.
+// serverChecks reach DEPLOY_HOST over SSH and look at the server, with
+// the SSH settings a deploy uses (sshConfig).
 func (d *doctorRun) serverChecks() []doctor.Check {
 	c := d.c
-	target := c.Targets[0]
-	addr := target.Addr()
-	home, _ := os.UserHomeDir()
 	const timeout = 10 * time.Second
+	sc := sshConfig(c, c.Targets[0], nil)
+	sc.ConnectTimeout = timeout
 	login := []string{"ssh login"}
 	return []doctor.Check{
-		{Name: "ssh reach", Run: func(ctx context.Context) doctor.Result { return doctor.Reach(ctx, addr, timeout) }},
-		{Name: "ssh key", Run: func(context.Context) doctor.Result {
-			return doctor.Key(c.SSHKey, c.SSHKeyPassphrase, c.SSHAuthSock, home)
-		}},
+		{Name: "ssh reach", Run: func(ctx context.Context) doctor.Result { return doctor.Reach(ctx, c.Targets[0].Addr(), timeout) }},
+		{Name: "ssh key", Run: func(context.Context) doctor.Result { return doctor.Key(sc) }},
 		{Name: "known_hosts", Needs: []string{"ssh reach"}, Run: func(ctx context.Context) doctor.Result {
-			r, known := doctor.KnownHosts(ctx, addr, c.SSHKnownHosts, c.SSHAcceptNew, timeout)
+			r, known := doctor.KnownHosts(ctx, sc)
 			d.hostKeyKnown = known
 			return r
 		}},
@@ -187,18 +185,9 @@ func (d *doctorRun) serverChecks() []doctor.Check {
 			if !d.hostKeyKnown { // unknown with SSH_ACCEPT_NEW=1: the doctor records nothing
 				return doctor.Result{Status: doctor.Skip, Detail: "the host key is not recorded yet (the next deploy does it)"}
 			}
-			sc := sshConfig(c, target, nil)
-			sc.AcceptNew, sc.ConnectTimeout, sc.Keepalive = false, timeout, -1
-			s, err := host.DialSSH(ctx, sc)
-			if err != nil {
-				fix := ""
-				if strings.Contains(err.Error(), "refused our key") {
-					fix = fmt.Sprintf("add your public key to ~%s/.ssh/authorized_keys on the server (ssh-copy-id -p %d %s@%s)", target.User, target.Port, target.User, target.Host)
-				}
-				return doctor.Result{Status: doctor.Fail, Detail: err.Error(), Fix: fix}
-			}
+			r, s := doctor.Login(ctx, sc)
 			d.ssh = s
-			return doctor.Result{Status: doctor.OK, Detail: "logged in to " + s.String()}
+			return r
 		}},
 		{Name: "server engine", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.ssh) }},
 		{Name: "compose", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.ssh) }},

@@ -11,6 +11,9 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/testenv"
 	"github.com/carebot/carebot/internal/wsl/wsltest"
 )
@@ -92,6 +95,52 @@ func TestDoctorBrokenSetup(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(knownHosts); len(b) != 0 {
 		t.Errorf("the doctor wrote known_hosts: %q", b)
+	}
+}
+
+// TestDoctorGoodServer runs the doctor against a real sshd that lets us in:
+// the login and Compose lines say what the deploy's own code finds there.
+func TestDoctorGoodServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
+	sshd := testenv.StartSSHD(t)
+	t.Setenv("DEPLOY_HOST", sshd.Target())
+	t.Setenv("DEPLOY_PATH", "/srv/carebot-doctor")
+	t.Setenv("SSH_KEY", sshd.KeyFile)
+	t.Setenv("SSH_KNOWN_HOSTS", sshd.KnownHosts)
+	t.Setenv("SSH_AUTH_SOCK", "")
+	t.Setenv("IMAGE_TAG", "doctor")
+	t.Setenv("TEST_PORT", fmt.Sprint(testenv.FreePort(t)))
+	t.Setenv("APP_PORT", fmt.Sprint(testenv.FreePort(t)))
+	t.Setenv("DOCKER_VIA_WSL", "")
+
+	var out bytes.Buffer
+	_ = Doctor(context.Background(), repoRoot(t), &out)
+	t.Logf("mage doctor:\n%s", out.String())
+
+	c, err := config.Load(repoRoot(t), os.Environ())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := host.DialSSH(context.Background(), sshConfig(c, c.Targets[0], nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	compose, err := deploy.DetectCompose(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"ok    ssh key       the login offers SSH_KEY " + sshd.KeyFile + " (ED25519 SHA256:",
+		"ok    known_hosts   [127.0.0.1]:" + fmt.Sprint(sshd.Port) + " is known in " + sshd.KnownHosts + " (ED25519 " + ssh.FingerprintSHA256(sshd.HostKey) + ")\n",
+		"ok    ssh login     logged in to " + s.String() + "\n",
+		"ok    compose       " + compose.String() + " on " + s.String() + "\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
 	}
 }
 

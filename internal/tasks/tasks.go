@@ -115,7 +115,7 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 		h = s // the server's .env is its own: no seed, a deploy without one stops
 	}
 	return &deploy.Deployer{
-		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed,
+		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		LogLines: 20, Out: r.Out,
 	}, nil

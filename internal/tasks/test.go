@@ -90,14 +90,14 @@ func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
 	return nil
 }
 
-// testEnv is the test container's environment: the project's .env (so the
-// app sees its usual settings; empty in CI), with APP_PORT fixed.
+// testEnv is the test container's environment: the app's keys of the
+// project's .env (so the app sees its usual settings; none in CI), never
+// the tool's settings or secrets (config.Classify), and APP_PORT, the port
+// it listens on inside.
 func (r *Runner) testEnv() []string {
 	env := make([]string, 0, len(r.Cfg.AppEnv)+1)
 	for k, v := range r.Cfg.AppEnv {
-		if k != "APP_PORT" {
-			env = append(env, k+"="+v)
-		}
+		env = append(env, k+"="+v)
 	}
 	sort.Strings(env)
 	return append(env, "APP_PORT="+strconv.Itoa(r.Cfg.AppPort))
