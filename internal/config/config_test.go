@@ -424,7 +424,8 @@ func rm(t *testing.T, path string) {
 func TestLoadAll(t *testing.T) {
 	stubGit(t, testCommit, false, nil)
 	dir := newProject(t, "APP_PORT=x\n")
-	env := []string{"DEPLOY_HOST=root@127.0.0.1:2222", "SSH_KEY=/nonexistent", "WSL_DISTRO=Debian"}
+	missing := filepath.Join(t.TempDir(), "no-such-key") // not /nonexistent: a shared machine may have one
+	env := []string{"DEPLOY_HOST=root@127.0.0.1:2222", "SSH_KEY=" + missing, "WSL_DISTRO=Debian"}
 	if _, err := Load(dir, env); err == nil {
 		t.Fatal("Load accepted invalid settings")
 	}
@@ -436,7 +437,7 @@ func TestLoadAll(t *testing.T) {
 	if len(lines) != 2 || !strings.Contains(lines[0], "APP_PORT") || !strings.Contains(lines[1], "SSH_KEY") {
 		t.Errorf("errors = %q, want APP_PORT then SSH_KEY", lines)
 	}
-	eq(t, c.SSHKey, "/nonexistent")
+	eq(t, c.SSHKey, missing)
 	eq(t, c.DeployHost, "root@127.0.0.1:2222")
 	eq(t, c.WSLDistro, "Debian")
 	eq(t, c.AppPort, 0)

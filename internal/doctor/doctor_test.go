@@ -325,13 +325,14 @@ func TestDoctorKey(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "pub"), ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	missing := filepath.Join(dir, "no-such-key")
 	tests := []struct {
 		name        string
 		sc          host.SSHConfig
 		status      Status
 		detail, fix string
 	}{
-		{name: "missing", sc: host.SSHConfig{KeyFile: "/nonexistent"}, status: Fail, detail: "SSH_KEY /nonexistent does not exist", fix: "set SSH_KEY to your private key file"},
+		{name: "missing", sc: host.SSHConfig{KeyFile: missing}, status: Fail, detail: "SSH_KEY " + missing + " does not exist", fix: "set SSH_KEY to your private key file"},
 		{name: "plain", sc: host.SSHConfig{KeyFile: plain}, status: OK, detail: "the login offers SSH_KEY " + plain + " (ED25519 " + ssh.FingerprintSHA256(pub) + ")"},
 		{name: "encrypted, no passphrase", sc: host.SSHConfig{KeyFile: locked}, status: Fail, detail: "SSH_KEY " + locked + " is encrypted", fix: "set SSH_KEY_PASSPHRASE"},
 		{name: "encrypted, the agent holds it", sc: host.SSHConfig{KeyFile: locked, AgentSocket: startAgent(t, lockedPriv)}, status: OK, detail: "the login offers SSH_KEY " + locked},

@@ -121,7 +121,7 @@ func TestKeysAgreesWithDialSSH(t *testing.T) {
 	}
 	wantContains(t, dialErr(t, f.cfg), "refused our key(s) (tried "+offered+")", "ssh-copy-id -i "+f.cfg.KeyFile)
 
-	for _, file := range []string{"/nonexistent", writeKey(t, wrong, "sesame")} {
+	for _, file := range []string{filepath.Join(t.TempDir(), "no-such-key"), writeKey(t, wrong, "sesame")} {
 		f.cfg.KeyFile = file
 		_, err := Keys(f.cfg)
 		var p *Problem

@@ -20,7 +20,7 @@ import (
 
 // TestDoctorBrokenSetup runs the doctor where three things are wrong at
 // once: the engine is stopped (DOCKER_HOST points at a socket nobody
-// listens on), the key is missing (SSH_KEY=/nonexistent), and the server
+// listens on), the key is missing (SSH_KEY names no file), and the server
 // (a real sshd on 127.0.0.1) is not in known_hosts. Each is named with its
 // fix on one line; the checks that need them are skipped; the rest run.
 func TestDoctorBrokenSetup(t *testing.T) {
@@ -36,7 +36,8 @@ func TestDoctorBrokenSetup(t *testing.T) {
 	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(dir, "docker.sock"))
 	t.Setenv("DEPLOY_HOST", sshd.Target())
 	t.Setenv("DEPLOY_PATH", "/srv/carebot-doctor")
-	t.Setenv("SSH_KEY", "/nonexistent")
+	missingKey := filepath.Join(dir, "no-such-key")
+	t.Setenv("SSH_KEY", missingKey)
 	t.Setenv("SSH_KNOWN_HOSTS", knownHosts)
 	t.Setenv("SSH_AUTH_SOCK", "")
 	t.Setenv("IMAGE_TAG", "doctor")
@@ -71,7 +72,7 @@ func TestDoctorBrokenSetup(t *testing.T) {
 		"go":            {"ok", "go.mod asks for"},
 		"engine":        {"FAIL", "no Docker engine answers at unix://" + dir + "/docker.sock (nothing answers there", "fix: start it (sudo service docker start, or dockerd &) or set DOCKER_HOST"},
 		"ssh reach":     {"ok", sshd.Addr + " answers (SSH-2.0-OpenSSH"},
-		"ssh key":       {"FAIL", "SSH_KEY /nonexistent does not exist", "fix: set SSH_KEY to your private key file"},
+		"ssh key":       {"FAIL", "SSH_KEY " + missingKey + " does not exist", "fix: set SSH_KEY to your private key file"},
 		"known_hosts":   {"FAIL", "host key of [127.0.0.1]:" + fmt.Sprint(sshd.Port), "is not known (ED25519 " + fp + ")", "run once with SSH_ACCEPT_NEW=1"},
 		"ssh login":     {"skip", "needs ssh key"},
 		"server engine": {"skip", "needs ssh login"},
