@@ -30,6 +30,7 @@ type remoteProject struct {
 	dir     string
 	env     map[string]string
 	sshd    *testenv.SSHD
+	compose testenv.Compose // the flavour the server offers
 	proxy   *testenv.Proxy
 	out     *bytes.Buffer
 	appPort string
@@ -47,7 +48,8 @@ func newRemoteProject(t testing.TB, name string) *remoteProject {
 func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(dir string)) *remoteProject {
 	t.Helper()
 	needEngine(t)
-	sshd := testenv.StartSSHD(t)
+	flavour := testenv.NewCompose(t, "v1")
+	sshd := testenv.StartSSHD(t, testenv.WithCompose(flavour))
 	proxy := testenv.StartProxy(t, sshd.Addr, bps)
 	dir := t.TempDir()
 
@@ -96,7 +98,7 @@ func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(d
 	if customize != nil {
 		customize(dir)
 	}
-	p := &remoteProject{t: t, dir: dir, sshd: sshd, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
+	p := &remoteProject{t: t, dir: dir, sshd: sshd, compose: flavour, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
 	p.env = map[string]string{
 		"IMAGE_NAME":      "carebot-e2e-" + name,
 		"APP_PORT":        p.appPort,
@@ -180,7 +182,7 @@ func (p *remoteProject) health() string {
 func (p *remoteProject) teardown() {
 	d := p.env["DEPLOY_PATH"]
 	if _, err := os.Stat(filepath.Join(d, "docker-compose.production.yml")); err == nil {
-		out, err := testenv.ServerDockerCompose(d, "docker-compose.production.yml", p.env["IMAGE_NAME"], "down", "--volumes")
+		out, err := testenv.ServerDockerCompose(p.compose, d, "docker-compose.production.yml", p.env["IMAGE_NAME"], "down", "--volumes")
 		if err != nil {
 			p.t.Logf("compose down on the server: %v\n%s", err, out)
 		}
@@ -312,7 +314,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not known") || !strings.Contains(err.Error(), "SSH_ACCEPT_NEW") {
 		t.Fatalf("deploy to an unknown host: %v", err)
 	}
-	testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, testenv.OtherKey(t))
+	testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, testenv.NewKey(t).Public)
 	err = p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx)
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "changed") {
 		t.Fatalf("deploy to a host whose key changed: %v", err)
