@@ -3,9 +3,6 @@ package doctor
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 func TestDoctorRunSkipsDependents(t *testing.T) {
@@ -253,42 +251,12 @@ func TestDoctorLocalEnv(t *testing.T) {
 	}
 }
 
-// writeKey writes an ed25519 private key in OpenSSH format, encrypted with
-// passphrase unless it is empty.
-func writeKey(t *testing.T, path, passphrase string) ssh.PublicKey {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var block *pem.Block
-	if passphrase == "" {
-		block, err = ssh.MarshalPrivateKey(priv, "")
-	} else {
-		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte(passphrase))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sp
-}
-
 func TestDoctorKey(t *testing.T) {
 	dir := t.TempDir()
-	plain := filepath.Join(dir, "plain")
-	pub := writeKey(t, plain, "")
-	locked := filepath.Join(dir, "locked")
-	writeKey(t, locked, "open sesame")
-	if err := os.WriteFile(filepath.Join(dir, "pub"), ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	key := testenv.NewKey(t)
+	plain := key.WriteFile(t, filepath.Join(dir, "plain"), "")
+	pub := key.Public
+	locked := testenv.NewKey(t).WriteFile(t, filepath.Join(dir, "locked"), "open sesame")
 	emptyHome := t.TempDir()
 	tests := []struct {
 		name                         string
@@ -302,7 +270,7 @@ func TestDoctorKey(t *testing.T) {
 		{name: "encrypted, agent", key: locked, agent: "/run/agent.sock", status: Warn, detail: "relies on ssh-agent"},
 		{name: "encrypted, passphrase", key: locked, passphrase: "open sesame", status: OK},
 		{name: "wrong passphrase", key: locked, passphrase: "nope", status: Fail, detail: "SSH_KEY_PASSPHRASE does not decrypt"},
-		{name: "public key", key: filepath.Join(dir, "pub"), status: Fail, fix: "not the .pub"},
+		{name: "public key", key: plain + ".pub", status: Fail, fix: "not the .pub"},
 		{name: "nothing", home: emptyHome, status: Fail, detail: "no SSH key", fix: "set SSH_KEY"},
 	}
 	for _, tt := range tests {
@@ -316,7 +284,7 @@ func TestDoctorKey(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	writeKey(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
+	testenv.NewKey(t).WriteFile(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
 	if r := Key("", "", "", home); r.Status != OK || !strings.Contains(r.Detail, "id_ed25519") {
 		t.Errorf("default key: %+v", r)
 	}
@@ -326,14 +294,7 @@ func TestDoctorKey(t *testing.T) {
 // host key (nobody can log in).
 func sshServer(t *testing.T) (addr string, hostKey ssh.PublicKey) {
 	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := testenv.NewKey(t).Signer(t)
 	cfg := &ssh.ServerConfig{PublicKeyCallback: func(ssh.ConnMetadata, ssh.PublicKey) (*ssh.Permissions, error) {
 		return nil, errors.New("no")
 	}}
@@ -400,7 +361,7 @@ func TestDoctorKnownHosts(t *testing.T) {
 	if r, known := KnownHosts(ctx, addr, file, false, 5*time.Second); r.Status != OK || !known {
 		t.Errorf("known: %+v", r)
 	}
-	other := writeKey(t, filepath.Join(dir, "other"), "")
+	other := testenv.NewKey(t).Public
 	write(other)
 	r, known = KnownHosts(ctx, addr, file, true, 5*time.Second)
 	if r.Status != Fail || known || !strings.Contains(r.Detail, "has CHANGED") || !strings.Contains(r.Fix, "ssh-keygen -R") {
