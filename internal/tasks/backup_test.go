@@ -25,6 +25,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // deployment is a project deployed to one kind of host: this machine, or
@@ -36,37 +37,49 @@ type deployment interface {
 	deployPath() string
 	appURL(path string) string
 	setEnv(key, value string)
+	// service is the service's container and the DOCKER_HOST of its
+	// engine ("" for this machine's).
+	service() (dockerHost, container string)
 }
 
 func (p *project) buildTag(tag string, args map[string]string) { p.build(tag, args) }
 func (p *project) deployPath() string                          { return p.env["DEPLOY_PATH"] }
 func (p *project) appURL(path string) string                   { return p.url(path) }
 func (p *project) setEnv(k, v string)                          { p.env[k] = v }
+func (p *project) service() (string, string)                   { return "", p.container }
 
 func (p *remoteProject) buildTag(tag string, args map[string]string) { p.release(tag, args) }
 func (p *remoteProject) deployPath() string                          { return p.env["DEPLOY_PATH"] }
 func (p *remoteProject) appURL(path string) string                   { return "http://127.0.0.1:" + p.appPort + path }
 func (p *remoteProject) setEnv(k, v string)                          { p.env[k] = v }
+func (p *remoteProject) service() (string, string) {
+	return testenv.ServerDockerHost, p.container
+}
 
 // onBothHosts runs test against a deployment of v1 on this machine and on
-// the SSH test server.
+// the SSH test server, each deployed by Compose v1 and by v2: subtests
+// local/compose=v1 ... ssh/compose=v2.
 func onBothHosts(t *testing.T, name string, test func(t *testing.T, d deployment)) {
 	for _, kind := range []string{"local", "ssh"} {
 		t.Run(kind, func(t *testing.T) {
-			var d deployment
-			if kind == "local" {
-				needEngine(t)
-				d = newProject(t, name+"-local")
-			} else {
-				rp := newRemoteProject(t, name+"-ssh")
-				rp.createServerEnv()
-				d = rp
-			}
-			d.buildTag("v1", nil)
-			if err := d.runner("v1").Deploy(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			test(t, d)
+			testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
+				var d deployment
+				if kind == "local" {
+					testenv.NeedEngine(t)
+					d = newComposeProject(t, name+"-local", c)
+				} else {
+					p := newRemoteProject(t, name+"-ssh-"+c.Name, c)
+					p.createServerEnv()
+					d = p
+				}
+				d.buildTag("v1", nil)
+				if err := d.runner("v1").Deploy(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				engine, container := d.service()
+				c.CheckMadeBy(t, engine, container)
+				test(t, d)
+			})
 		})
 	}
 }
