@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // The tests replace the package-level gitInfo seam, so none of them run in
@@ -849,7 +851,7 @@ func TestGitSeam(t *testing.T) {
 // TestRealGit exercises the real gitInfo against a scratch repository.
 func TestRealGit(t *testing.T) {
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
+		testenv.Skip(t, "git is not installed (apt-get install git)")
 	}
 	dir := t.TempDir()
 	git := func(args ...string) {
@@ -963,7 +965,7 @@ func TestDeployTargets(t *testing.T) {
 func TestEnvExample(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "..", ".env.example"))
 	if err != nil {
-		t.Skipf("no .env.example: %v", err)
+		t.Fatalf("the repository must have .env.example: %v", err)
 	}
 	for _, k := range append(settingKeys, "BOT_TOKEN", "CAREBOT_HEALTH_FAIL") {
 		if !strings.Contains(string(data), k+"=") {

@@ -3,9 +3,6 @@ package doctor
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +21,7 @@ import (
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 func TestDoctorRunSkipsDependents(t *testing.T) {
@@ -255,33 +253,6 @@ func TestDoctorLocalEnv(t *testing.T) {
 	}
 }
 
-// writeKey writes an ed25519 private key in OpenSSH format, encrypted with
-// passphrase unless it is empty.
-func writeKey(t *testing.T, path, passphrase string) (ssh.PublicKey, ed25519.PrivateKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var block *pem.Block
-	if passphrase == "" {
-		block, err = ssh.MarshalPrivateKey(priv, "")
-	} else {
-		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte(passphrase))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sp, priv
-}
-
 // startAgent serves an in-memory ssh-agent holding keys on a unix socket.
 func startAgent(t *testing.T, keys ...any) string {
 	t.Helper()
@@ -318,10 +289,12 @@ func startAgent(t *testing.T, keys ...any) string {
 func TestDoctorKey(t *testing.T) {
 	t.Setenv("HOME", t.TempDir()) // no default keys
 	dir := t.TempDir()
-	plain := filepath.Join(dir, "plain")
-	pub, _ := writeKey(t, plain, "")
-	locked := filepath.Join(dir, "locked")
-	_, lockedPriv := writeKey(t, locked, "open sesame")
+	plainKey := testenv.NewKey(t)
+	plain := plainKey.WriteFile(t, filepath.Join(dir, "plain"), "")
+	pub := plainKey.Public
+	lockedKey := testenv.NewKey(t)
+	locked := lockedKey.WriteFile(t, filepath.Join(dir, "locked"), "open sesame")
+	lockedPriv := lockedKey.Private
 	if err := os.WriteFile(filepath.Join(dir, "pub"), ssh.MarshalAuthorizedKey(pub), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +328,7 @@ func TestDoctorKey(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	writeKey(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
+	testenv.NewKey(t).WriteFile(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
 	if r := Key(host.SSHConfig{}); r.Status != OK || !strings.Contains(r.Detail, "id_ed25519") {
 		t.Errorf("default key: %+v", r)
 	}
@@ -365,14 +338,7 @@ func TestDoctorKey(t *testing.T) {
 // key and lets in the user key authorized (nil: nobody), to no shell.
 func sshServer(t *testing.T, authorized ssh.PublicKey) (addr string, hostKey ssh.PublicKey) {
 	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := testenv.NewKey(t).Signer(t)
 	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
 		if authorized != nil && bytes.Equal(k.Marshal(), authorized.Marshal()) {
 			return nil, nil
@@ -463,7 +429,7 @@ func TestDoctorKnownHosts(t *testing.T) {
 	if r, known := KnownHosts(ctx, sc); r.Status != OK || !known {
 		t.Errorf("known: %+v", r)
 	}
-	other, _ := writeKey(t, filepath.Join(dir, "other"), "")
+	other := testenv.NewKey(t).Public
 	write(other)
 	sc.AcceptNew = true
 	r, known = KnownHosts(ctx, sc)
@@ -480,11 +446,12 @@ func TestDoctorAgreesWithDeploy(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("HOME", dir) // no default keys
 	userKey := filepath.Join(dir, "id")
-	userPub, _ := writeKey(t, userKey, "")
-	locked := filepath.Join(dir, "locked")
-	writeKey(t, locked, "open sesame")
+	user := testenv.NewKey(t)
+	user.WriteFile(t, userKey, "")
+	userPub := user.Public
+	locked := testenv.NewKey(t).WriteFile(t, filepath.Join(dir, "locked"), "open sesame")
 	addr, hostKey := sshServer(t, userPub)
-	other, _ := writeKey(t, filepath.Join(dir, "other"), "")
+	other := testenv.NewKey(t).Public
 	knownHosts := func(addr string, k ssh.PublicKey) string {
 		f := filepath.Join(t.TempDir(), "known_hosts")
 		if k != nil {

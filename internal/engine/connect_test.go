@@ -16,6 +16,7 @@ import (
 
 	"github.com/docker/docker/api/types/build"
 
+	"github.com/carebot/carebot/internal/testenv"
 	"github.com/carebot/carebot/internal/wsl/wsltest"
 )
 
@@ -148,34 +149,10 @@ func TestWSLStdioConn(t *testing.T) {
 	}
 }
 
-// needEngine skips without a local engine, except under CI=true.
-func needEngine(t testing.TB) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	e, err := Connect(ctx)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-	e.Close()
-	if _, err := exec.LookPath("docker"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but no docker CLI (it runs `docker system dial-stdio`)")
-		}
-		t.Skip("skipping: no docker CLI")
-	}
-}
-
 // TestConnectViaWSL reaches the local engine through the fake wsl, as
 // Windows reaches the one in WSL.
 func TestConnectViaWSL(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	fake := wsltest.Install(t)
 	ctx := context.Background()
 	e, err := ConnectVia(ctx, Via{WSL: true, Distro: "Ubuntu-22.04"})
@@ -205,7 +182,7 @@ func TestConnectViaWSL(t *testing.T) {
 // engine inside it is down; each is one line with its fix.
 func TestConnectViaWSLErrors(t *testing.T) {
 	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("no docker CLI")
+		testenv.Skip(t, "no docker CLI (the fake wsl runs `docker system dial-stdio`)")
 	}
 	wsltest.Install(t, "Debian")
 	ctx := context.Background()
@@ -245,13 +222,13 @@ func TestConnectLocalDown(t *testing.T) {
 //
 //	go test -run '^$' -bench ContextStream -benchtime 5x ./internal/engine/
 func BenchmarkContextStream(b *testing.B) {
-	needEngine(b)
+	testenv.NeedEngine(b)
 	project, err := filepath.Abs("../..")
 	if err != nil {
 		b.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(project, "build", "carebot")); err != nil {
-		b.Skip("no build/carebot: run `go run mage.go binary` first")
+		testenv.Skip(b, "no build/carebot: run `go run mage.go binary` first")
 	}
 	big := b.TempDir()
 	const files, size = 2000, 100 << 10

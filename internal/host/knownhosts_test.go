@@ -14,13 +14,15 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // TestCheckHostKeyAgreesWithDialSSH runs CheckHostKey and DialSSH on the
 // same servers and known_hosts files: the probe must say what the login
 // does, word for word, and never write the file.
 func TestCheckHostKeyAgreesWithDialSSH(t *testing.T) {
-	other, _ := newEd25519(t)
+	other := testenv.NewKey(t).Public
 	closed := func() string {
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")
 		defer ln.Close()
@@ -113,15 +115,15 @@ func TestKeysAgreesWithDialSSH(t *testing.T) {
 		t.Fatalf("Keys = %q, %v", got, err)
 	}
 
-	_, wrong := newEd25519(t)
-	f.cfg.KeyFile = writeKey(t, wrong, "")
+	wrong := testenv.NewKey(t)
+	f.cfg.KeyFile = wrong.TempFile(t, "")
 	offered, err := Keys(f.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantContains(t, dialErr(t, f.cfg), "refused our key(s) (tried "+offered+")", "ssh-copy-id -i "+f.cfg.KeyFile)
 
-	for _, file := range []string{filepath.Join(t.TempDir(), "no-such-key"), writeKey(t, wrong, "sesame")} {
+	for _, file := range []string{filepath.Join(t.TempDir(), "no-such-key"), wrong.TempFile(t, "sesame")} {
 		f.cfg.KeyFile = file
 		_, err := Keys(f.cfg)
 		var p *Problem

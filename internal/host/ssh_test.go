@@ -3,13 +3,12 @@
 package host
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +31,8 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // testServer is an in-process SSH server on 127.0.0.1 that runs "exec"
@@ -68,8 +69,7 @@ func withECDSA(t *testing.T) serverOpt {
 
 func startServer(t *testing.T, authorized ssh.PublicKey, opts ...serverOpt) *testServer {
 	t.Helper()
-	_, hostPriv := newEd25519(t)
-	s := &testServer{hostKeys: []ssh.Signer{mustSigner(t, hostPriv)}, procs: map[*exec.Cmd]bool{}}
+	s := &testServer{hostKeys: []ssh.Signer{testenv.NewKey(t).Signer(t)}, procs: map[*exec.Cmd]bool{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -113,6 +113,26 @@ func startServer(t *testing.T, authorized ssh.PublicKey, opts ...serverOpt) *tes
 		}
 	})
 	return s
+}
+
+// waitIdle waits until every command the server started has exited and
+// been reaped, the event tests wait for before they look at what the
+// commands left behind.
+func (s *testServer) waitIdle(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.procs)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d command(s) still run on the server 5s later", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // hostKey is the server's ED25519 host key.
@@ -180,17 +200,19 @@ func (s *testServer) serveSession(nch ssh.NewChannel) {
 				_ = req.Reply(false, nil)
 				continue
 			}
-			go func() {
-				_, _ = io.Copy(stdin, ch)
-				stdin.Close()
-			}()
-			_ = req.Reply(true, nil)
+			// Registered before the reply: once the client's Start
+			// returns, waitIdle sees the command.
 			mu.Lock()
 			proc = cmd
 			mu.Unlock()
 			s.mu.Lock()
 			s.procs[cmd] = true
 			s.mu.Unlock()
+			go func() {
+				_, _ = io.Copy(stdin, ch)
+				stdin.Close()
+			}()
+			_ = req.Reply(true, nil)
 			go func() {
 				_ = cmd.Wait()
 				s.mu.Lock()
@@ -266,19 +288,6 @@ func serveDirect(nch ssh.NewChannel) {
 	c.Close()
 }
 
-func newEd25519(t *testing.T) (ssh.PublicKey, ed25519.PrivateKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sp, priv
-}
-
 func mustSigner(t *testing.T, priv any) ssh.Signer {
 	t.Helper()
 	s, err := ssh.NewSignerFromKey(priv)
@@ -286,27 +295,6 @@ func mustSigner(t *testing.T, priv any) ssh.Signer {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// writeKey writes priv as an OpenSSH private key file, encrypted when
-// passphrase is set.
-func writeKey(t *testing.T, priv any, passphrase string) string {
-	t.Helper()
-	var block *pem.Block
-	var err error
-	if passphrase == "" {
-		block, err = ssh.MarshalPrivateKey(priv, "test")
-	} else {
-		block, err = ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte(passphrase))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "id_test")
-	if err := os.WriteFile(p, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 func writeKnownHosts(t *testing.T, lines ...string) string {
@@ -326,11 +314,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...serverOpt) fixture {
 	t.Helper()
-	pub, priv := newEd25519(t)
-	srv := startServer(t, pub, opts...)
+	k := testenv.NewKey(t)
+	srv := startServer(t, k.Public, opts...)
 	return fixture{srv: srv, cfg: SSHConfig{
 		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
-		KeyFile:        writeKey(t, priv, ""),
+		KeyFile:        k.TempFile(t, ""),
 		KnownHosts:     writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
 		ConnectTimeout: 5 * time.Second,
 	}}
@@ -440,7 +428,7 @@ func TestSSHStdinReadError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "reading input") {
 		t.Fatalf("Exec = %v, want a reading input error", err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	f.srv.waitIdle(t)
 	if _, err := os.Stat(target + ".done"); err == nil {
 		t.Error("the command saw EOF after a failed read and carried on")
 	}
@@ -533,7 +521,7 @@ func TestSSHAcceptNew(t *testing.T) {
 
 func TestSSHChangedKeyRefused(t *testing.T) {
 	f := newFixture(t)
-	other, _ := newEd25519(t)
+	other := testenv.NewKey(t).Public
 	f.cfg.KnownHosts = writeKnownHosts(t, "# first", "example.org "+strings.TrimSpace(string(ssh.MarshalAuthorizedKey(other))),
 		knownhosts.Line([]string{f.srv.addr}, other))
 	f.cfg.AcceptNew = true // must not matter
@@ -555,8 +543,7 @@ func TestSSHChangedKeyRefused(t *testing.T) {
 
 func TestSSHWrongUserKey(t *testing.T) {
 	f := newFixture(t)
-	_, otherPriv := newEd25519(t)
-	f.cfg.KeyFile = writeKey(t, otherPriv, "")
+	f.cfg.KeyFile = testenv.NewKey(t).TempFile(t, "")
 	msg := dialErr(t, f.cfg)
 	wantContains(t, msg, "ssh: tester@"+f.srv.addr+" refused our key(s)", "SSH_KEY "+f.cfg.KeyFile, "authorized_keys")
 }
@@ -566,19 +553,18 @@ func TestSSHKeyFileProblems(t *testing.T) {
 	f.cfg.KeyFile = filepath.Join(t.TempDir(), "nope")
 	wantContains(t, dialErr(t, f.cfg), "SSH_KEY "+f.cfg.KeyFile+" does not exist")
 
-	pub, _ := newEd25519(t)
 	f.cfg.KeyFile = filepath.Join(t.TempDir(), "id.pub")
-	os.WriteFile(f.cfg.KeyFile, ssh.MarshalAuthorizedKey(pub), 0o600)
+	os.WriteFile(f.cfg.KeyFile, ssh.MarshalAuthorizedKey(testenv.NewKey(t).Public), 0o600)
 	wantContains(t, dialErr(t, f.cfg), "is not a private key", "not the .pub")
 }
 
 func TestSSHEncryptedKey(t *testing.T) {
 	const pass = "correct horse battery"
-	pub, priv := newEd25519(t)
-	srv := startServer(t, pub)
+	k := testenv.NewKey(t)
+	srv := startServer(t, k.Public)
 	cfg := SSHConfig{
 		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
-		KeyFile:    writeKey(t, priv, pass),
+		KeyFile:    k.TempFile(t, pass),
 		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
 	}
 
@@ -600,7 +586,7 @@ func TestSSHEncryptedKey(t *testing.T) {
 
 	// Without the passphrase, the agent's copy of the key will do.
 	cfg.Passphrase = ""
-	cfg.AgentSocket = startAgent(t, priv)
+	cfg.AgentSocket = startAgent(t, k.Private)
 	dialOK(t, cfg)
 }
 
@@ -638,8 +624,8 @@ func startAgent(t *testing.T, keys ...any) string {
 func TestSSHAgentAndDefaultKeys(t *testing.T) {
 	home := t.TempDir()
 	t.Setenv("HOME", home)
-	pub, priv := newEd25519(t)
-	srv := startServer(t, pub)
+	k := testenv.NewKey(t)
+	srv := startServer(t, k.Public)
 	cfg := SSHConfig{
 		User: "tester", Host: "127.0.0.1", Port: portOf(t, srv.addr),
 		KnownHosts: writeKnownHosts(t, knownhosts.Line([]string{srv.addr}, srv.hostKey())),
@@ -649,18 +635,18 @@ func TestSSHAgentAndDefaultKeys(t *testing.T) {
 	wantContains(t, dialErr(t, cfg), "no SSH key to log in with", "SSH_KEY")
 
 	// The agent holds a wrong key and the right one.
-	_, wrong := newEd25519(t)
-	cfg.AgentSocket = startAgent(t, wrong, priv)
+	wrong := testenv.NewKey(t)
+	cfg.AgentSocket = startAgent(t, wrong.Private, k.Private)
 	dialOK(t, cfg)
 
 	// No agent: ~/.ssh/id_ed25519 is used.
 	cfg.AgentSocket = ""
 	os.MkdirAll(filepath.Join(home, ".ssh"), 0o700)
-	os.Rename(writeKey(t, priv, ""), filepath.Join(home, ".ssh", "id_ed25519"))
+	k.WriteFile(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
 	dialOK(t, cfg)
 
 	// A wrong default key: the message lists what was tried.
-	os.Rename(writeKey(t, wrong, ""), filepath.Join(home, ".ssh", "id_ed25519"))
+	wrong.WriteFile(t, filepath.Join(home, ".ssh", "id_ed25519"), "")
 	wantContains(t, dialErr(t, cfg), "refused our key(s) (tried "+filepath.Join(home, ".ssh", "id_ed25519"))
 }
 
@@ -712,6 +698,8 @@ func TestSSHExecCancel(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}
+	// The command got the signal: it is gone long before its 30s.
+	f.srv.waitIdle(t)
 	// The connection is still good.
 	if out, err := Run(context.Background(), s, "echo still here"); err != nil || out != "still here\n" {
 		t.Errorf("after cancel: %q, %v", out, err)
@@ -758,8 +746,7 @@ func TestSSHUnreachable(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
-	_, priv := newEd25519(t)
-	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, addr), KeyFile: writeKey(t, priv, ""), KnownHosts: writeKnownHosts(t)}
+	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, addr), KeyFile: testenv.NewKey(t).TempFile(t, ""), KnownHosts: writeKnownHosts(t)}
 	start := time.Now()
 	msg := dialErr(t, cfg)
 	if took := time.Since(start); took > time.Second {
@@ -783,8 +770,7 @@ func TestSSHHandshakeTimeout(t *testing.T) {
 			defer c.Close()
 		}
 	}()
-	_, priv := newEd25519(t)
-	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, ln.Addr().String()), KeyFile: writeKey(t, priv, ""),
+	cfg := SSHConfig{User: "tester", Host: "127.0.0.1", Port: portOf(t, ln.Addr().String()), KeyFile: testenv.NewKey(t).TempFile(t, ""),
 		KnownHosts: writeKnownHosts(t), ConnectTimeout: 300 * time.Millisecond}
 	start := time.Now()
 	msg := dialErr(t, cfg)
@@ -838,85 +824,15 @@ func TestSSHWriteFileWithoutSFTP(t *testing.T) {
 	}
 }
 
-// startOpenSSH runs the real sshd on a free loopback port with ED25519,
-// ECDSA and RSA host keys, trusting userKey. It skips without sshd or root.
-func startOpenSSH(t *testing.T, userKey ssh.PublicKey) (addr, dir string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts sshd: skipped with -short")
-	}
-	bin, err := exec.LookPath("sshd")
-	if err != nil {
-		bin = "/usr/sbin/sshd"
-	}
-	if _, err := os.Stat(bin); err != nil || os.Geteuid() != 0 {
-		t.Skip("needs OpenSSH's sshd and root")
-	}
-	dir = t.TempDir()
-	var hostKeys string
-	for _, typ := range []string{"ed25519", "ecdsa", "rsa"} {
-		p := filepath.Join(dir, "ssh_host_"+typ+"_key")
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", typ, "-N", "", "-f", p).CombinedOutput(); err != nil {
-			t.Skipf("ssh-keygen: %v %s", err, out)
-		}
-		hostKeys += "HostKey " + p + "\n"
-	}
-	auth := filepath.Join(dir, "authorized_keys")
-	os.WriteFile(auth, ssh.MarshalAuthorizedKey(userKey), 0o600)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr = ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(dir, "sshd_config")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`ListenAddress 127.0.0.1
-Port %s
-%sPidFile %s/sshd.pid
-AuthorizedKeysFile %s
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-AllowTcpForwarding yes
-Subsystem sftp internal-sftp
-`, port, hostKeys, dir, auth)), 0o600)
-	os.MkdirAll("/run/sshd", 0o755)
-	var log bytes.Buffer
-	cmd := exec.Command(bin, "-D", "-e", "-f", conf)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Skipf("start sshd: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("sshd log:\n%s", log.String())
-		}
-	})
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr, dir
-		}
-		if i > 50 {
-			t.Fatalf("sshd did not listen: %s", log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestSSHAgainstOpenSSH checks the parts the in-process server only
 // imitates: OpenSSH's keepalive replies, signals, internal-sftp, several
 // host key types, and that `ssh` itself accepts the known_hosts line we record.
 func TestSSHAgainstOpenSSH(t *testing.T) {
-	pub, priv := newEd25519(t)
-	addr, dir := startOpenSSH(t, pub)
-	keyFile := writeKey(t, priv, "")
+	srv := testenv.StartSSHD(t, testenv.WithoutEngine(), testenv.WithHostKeys("ecdsa", "rsa"))
+	addr, dir, keyFile := srv.Addr, srv.Home, srv.KeyFile
 	kh := filepath.Join(dir, "client", "known_hosts")
 	var log bytes.Buffer
-	cfg := SSHConfig{User: "root", Host: "127.0.0.1", Port: portOf(t, addr), KeyFile: keyFile, KnownHosts: kh, AcceptNew: true,
-		Keepalive: 50 * time.Millisecond, Log: &log}
+	cfg := SSHConfig{User: srv.User, Host: "127.0.0.1", Port: srv.Port, KeyFile: keyFile, KnownHosts: kh, AcceptNew: true, Log: &log}
 	s := dialOK(t, cfg)
 	wantContains(t, log.String(), "recorded host key of ["+strings.Replace(addr, ":", "]:", 1)+" (ED25519 SHA256:")
 
@@ -943,38 +859,33 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 		t.Errorf("wc -c = %q, %v", wc.String(), err)
 	}
 
-	// Keepalives (every 50ms) are answered: a 1s command is not cut off.
-	if err := s.Exec(ctx, "sleep 1", nil, nil, nil); err != nil {
-		t.Errorf("sleep 1 with keepalives: %v", err)
-	}
-
-	// Cancel: returns promptly, and the signal stops the remote command.
-	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	pidFile := filepath.Join(dir, "sleep.pid")
-	err = s.Exec(cctx, "echo $$ > "+shell.Quote(pidFile)+"; exec sleep 30", nil, nil, nil)
-	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
-		t.Errorf("cancelled Exec: %v after %v", err, time.Since(start))
-	}
-	// sshd refuses signals in root logins ("session signalling requires
-	// privilege separation"), so the command outlives the cancel here.
-	time.Sleep(100 * time.Millisecond)
-	if b, err := os.ReadFile(pidFile); err == nil {
-		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && syscall.Kill(pid, 0) == nil {
-			t.Logf("as expected for a root login, the remote command (pid %d) outlived the cancel", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
+	// Keepalives are answered: a command that runs for several times the
+	// 600ms of missed replies (3 x 200ms) that drop a link is not cut off.
+	// On a connection of its own: sshd answers a keepalive only after the
+	// channel data sent before it, which on a loaded machine (the 5 MB
+	// above) takes longer than that.
+	ka := cfg
+	ka.Keepalive = 200 * time.Millisecond
+	if err := dialOK(t, ka).Exec(ctx, "sleep 2", nil, nil, nil); err != nil {
+		t.Errorf("sleep 2 with keepalives: %v", err)
 	}
 
 	// A failed read of stdin: the shell fallback of WriteFile sees EOF, and
 	// its size check keeps the short file from being renamed into place.
+	// The command outlives Exec (sshd does not signal root logins); it
+	// records its exit status when done, and the test waits for that. Its
+	// complaint goes to /dev/null: the closed session's stderr would kill it
+	// with SIGPIPE, after the size check but before its exit status.
 	short := filepath.Join(dir, "short.env")
+	status := filepath.Join(dir, "short.status")
 	in := io.MultiReader(strings.NewReader("partial"), &failingReader{})
-	if err := s.Exec(ctx, shellWriteCmd(short, 100, 0o600), in, nil, nil); err == nil || !strings.Contains(err.Error(), "reading input") {
+	upload := "(" + shellWriteCmd(short, 100, 0o600) + ") 2>/dev/null; echo $? > " + shell.Quote(status)
+	if err := s.Exec(ctx, upload, in, nil, nil); err == nil || !strings.Contains(err.Error(), "reading input") {
 		t.Errorf("Exec with a failing stdin: %v", err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	if code := waitForLine(t, status); code != "1" {
+		t.Errorf("the short upload's command exited with %s, want 1 (its size check)", code)
+	}
 	if _, err := os.Stat(short); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a short upload was renamed into place: %v", err)
 	}
@@ -1026,4 +937,87 @@ func portOf(t testing.TB, addr string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// waitForLine waits until a command on the server has written a line to
+// path, and returns it.
+func waitForLine(t *testing.T, path string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(path); err == nil && bytes.HasSuffix(b, []byte("\n")) {
+			return strings.TrimSpace(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing wrote a line to %s within 10s", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSSHCancelAgainstOpenSSH: a cancelled Exec returns at once, and for
+// an ordinary login the signal stops the remote command. OpenSSH refuses
+// signals in root logins (it runs them without privilege separation), so
+// there the command outlives the cancel, as Exec's documentation says.
+func TestSSHCancelAgainstOpenSSH(t *testing.T) {
+	for _, tc := range []struct {
+		login   string
+		opts    []testenv.SSHDOption
+		stopped bool
+	}{
+		{"user", []testenv.SSHDOption{testenv.NonRootLogin()}, true},
+		{"root", nil, false},
+	} {
+		t.Run("login="+tc.login, func(t *testing.T) {
+			srv := testenv.StartSSHD(t, append(tc.opts, testenv.WithoutEngine())...)
+			s := dialOK(t, SSHConfig{User: srv.User, Host: "127.0.0.1", Port: srv.Port, KeyFile: srv.KeyFile, KnownHosts: srv.KnownHosts})
+
+			// Cancel when the command runs, as its first line of output
+			// says, rather than after a guessed delay.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type started struct {
+				pid      int
+				canceled time.Time
+			}
+			pr, pw := io.Pipe()
+			ran := make(chan started, 1)
+			go func() {
+				line, _ := bufio.NewReader(pr).ReadString('\n')
+				pid, _ := strconv.Atoi(strings.TrimSpace(line))
+				cancel()
+				ran <- started{pid, time.Now()}
+				io.Copy(io.Discard, pr)
+			}()
+			err := s.Exec(ctx, "echo $$; exec sleep 30", nil, pw, nil)
+			returned := time.Now()
+			pw.Close()
+			run := <-ran
+			if run.pid == 0 {
+				t.Fatalf("the command printed no pid; Exec: %v", err)
+			}
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("cancelled Exec: %v, want context.Canceled", err)
+			}
+			if took := returned.Sub(run.canceled); took > time.Second {
+				t.Errorf("Exec returned %v after the cancel", took)
+			}
+
+			alive := func() bool { return syscall.Kill(run.pid, 0) == nil }
+			defer syscall.Kill(run.pid, syscall.SIGKILL)
+			if !tc.stopped {
+				if !alive() {
+					t.Errorf("the root login's command (pid %d) stopped on cancel: OpenSSH signals root logins now, update Exec's documentation", run.pid)
+				}
+				return
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for alive() {
+				if time.Now().After(deadline) {
+					t.Fatalf("the remote command (pid %d) still runs 5s after the cancel", run.pid)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
 }

@@ -16,15 +16,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "modernc.org/sqlite"
 
 	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/testenv"
 )
 
 // deployment is a project deployed to one kind of host: this machine, or
@@ -36,37 +37,49 @@ type deployment interface {
 	deployPath() string
 	appURL(path string) string
 	setEnv(key, value string)
+	// service is the service's container and the DOCKER_HOST of its
+	// engine ("" for this machine's).
+	service() (dockerHost, container string)
 }
 
 func (p *project) buildTag(tag string, args map[string]string) { p.build(tag, args) }
 func (p *project) deployPath() string                          { return p.env["DEPLOY_PATH"] }
 func (p *project) appURL(path string) string                   { return p.url(path) }
 func (p *project) setEnv(k, v string)                          { p.env[k] = v }
+func (p *project) service() (string, string)                   { return "", p.container }
 
 func (p *remoteProject) buildTag(tag string, args map[string]string) { p.release(tag, args) }
 func (p *remoteProject) deployPath() string                          { return p.env["DEPLOY_PATH"] }
 func (p *remoteProject) appURL(path string) string                   { return "http://127.0.0.1:" + p.appPort + path }
 func (p *remoteProject) setEnv(k, v string)                          { p.env[k] = v }
+func (p *remoteProject) service() (string, string) {
+	return testenv.ServerDockerHost, p.container
+}
 
 // onBothHosts runs test against a deployment of v1 on this machine and on
-// the SSH test server.
+// the SSH test server, each deployed by Compose v1 and by v2: subtests
+// local/compose=v1 ... ssh/compose=v2.
 func onBothHosts(t *testing.T, name string, test func(t *testing.T, d deployment)) {
 	for _, kind := range []string{"local", "ssh"} {
 		t.Run(kind, func(t *testing.T) {
-			var d deployment
-			if kind == "local" {
-				needEngine(t)
-				d = newProject(t, name+"-local")
-			} else {
-				rp := newRemoteProject(t, name+"-ssh")
-				rp.createServerEnv()
-				d = rp
-			}
-			d.buildTag("v1", nil)
-			if err := d.runner("v1").Deploy(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			test(t, d)
+			testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
+				var d deployment
+				if kind == "local" {
+					testenv.NeedEngine(t)
+					d = newComposeProject(t, name+"-local", c)
+				} else {
+					p := newRemoteProject(t, name+"-ssh-"+c.Name, c)
+					p.createServerEnv()
+					d = p
+				}
+				d.buildTag("v1", nil)
+				if err := d.runner("v1").Deploy(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				engine, container := d.service()
+				c.CheckMadeBy(t, engine, container)
+				test(t, d)
+			})
 		})
 	}
 }
@@ -163,7 +176,11 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sum, err := os.ReadFile(filepath.Join(d.runner("v1").Cfg.Dir, "backups", b.Name+".sha256"))
+		// Downloaded into the project's backups folder: this repository's,
+		// for a local deployment.
+		download := filepath.Join(d.runner("v1").Cfg.Dir, "backups", b.Name)
+		t.Cleanup(func() { os.Remove(download); os.Remove(download + ".sha256") })
+		sum, err := os.ReadFile(download + ".sha256")
 		if err != nil || !strings.HasPrefix(string(sum), b.SHA256) {
 			t.Fatalf("downloaded checksum %q, %v; want %s", sum, err, b.SHA256)
 		}
@@ -186,62 +203,51 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 
 		// The service comes back with the restored records.
 		compose(t, d, "start")
-		deadline := time.Now().Add(30 * time.Second)
-		for recordCount(t, d) != 3 {
-			if time.Now().After(deadline) {
-				t.Fatalf("after restore and start: %d records, want 3", recordCount(t, d))
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
+		waitRecords(t, d, 3)
 	})
 }
 
+// TestBackupWhileWritingIsConsistent takes backups while a client writes
+// records without pause. Each backup must have been taken while writes
+// were under way (one was waiting on the frozen service while the data was
+// copied), hold every record acknowledged before the pause and none sent
+// after it ended, and pass SQLite's integrity check.
 func TestBackupWhileWritingIsConsistent(t *testing.T) {
 	onBothHosts(t, "live", func(t *testing.T, d deployment) {
 		ctx := context.Background()
-		var stop atomic.Bool
-		var wg sync.WaitGroup
-		var written atomic.Int64
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			body := strings.Repeat("x", 4096)
-			for !stop.Load() {
-				resp, err := http.Post(d.appURL("/api/records"), "text/plain", strings.NewReader(body))
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusCreated {
-						written.Add(1)
-					}
-				}
-			}
-		}()
-		time.Sleep(time.Second)
+		w := startWriter(d)
+		defer w.stop()
+		w.waitFor(t, 1) // the writer runs
 		var taken []deploy.Backup
+		last := 0
 		for i := 0; i < 3; i++ {
+			from := time.Now()
 			b, err := d.runner("v1").Backup(ctx, false)
 			if err != nil {
-				stop.Store(true)
-				wg.Wait()
 				t.Fatal(err)
 			}
+			pause, unpause := pauseWindow(t, d, from, time.Now())
 			taken = append(taken, b)
-			time.Sleep(300 * time.Millisecond)
-		}
-		stop.Store(true)
-		wg.Wait()
-		t.Logf("%d records written during %d backups", written.Load(), len(taken))
-		last := 0
-		for _, b := range taken {
 			n := checkArchive(t, filepath.Join(d.deployPath(), "backups", b.Name))
-			if n == 0 || n < last {
-				t.Errorf("backup %s holds %d records (previous %d)", b.Name, n, last)
+			acked, sent, held := w.around(pause, unpause)
+			t.Logf("%s: %d records; %d writes acknowledged before the pause, %d sent before it ended, %d under way during it (%v)",
+				b.Name, n, acked, sent, held, unpause.Sub(pause).Round(time.Millisecond))
+			if held == 0 {
+				t.Errorf("%s: no write was under way while the service was paused for the copy", b.Name)
+			}
+			if n < acked || n > sent {
+				t.Errorf("%s holds %d records, want %d..%d (acknowledged before the pause .. sent before it ended)", b.Name, n, acked, sent)
+			}
+			if n < last {
+				t.Errorf("%s holds %d records, fewer than the backup before it (%d)", b.Name, n, last)
 			}
 			last = n
+			w.waitFor(t, w.count()+1) // the next backup sees new writes
 		}
-		// The service was unpaused after every backup and answers.
-		if n := recordCount(t, d); int64(n) < written.Load() {
-			t.Errorf("service has %d records, %d were written", n, written.Load())
+		written := w.stop()
+		// The service was unpaused after every backup and kept every write.
+		if n := recordCount(t, d); n < written {
+			t.Errorf("service has %d records, %d were acknowledged", n, written)
 		}
 		// Restoring the last one under the running service brings its count back.
 		if err := d.runner("v1").Restore(ctx, taken[2].Name, false); err != nil {
@@ -251,6 +257,135 @@ func TestBackupWhileWritingIsConsistent(t *testing.T) {
 			t.Errorf("after restoring %s: %d records, want %d", taken[2].Name, n, last)
 		}
 	})
+}
+
+// writer posts records to a deployment one after the other until stopped,
+// and remembers when each acknowledged one was sent and answered.
+type writer struct {
+	mu     sync.Mutex
+	writes []timedWrite
+	done   chan struct{}
+	ended  chan struct{}
+	once   sync.Once
+}
+
+type timedWrite struct{ sent, answered time.Time }
+
+func startWriter(d deployment) *writer {
+	w := &writer{done: make(chan struct{}), ended: make(chan struct{})}
+	go func() {
+		defer close(w.ended)
+		body := strings.Repeat("x", 4096)
+		for {
+			select {
+			case <-w.done:
+				return
+			default:
+			}
+			// A steady writer, not a load test: flat out, it starves the
+			// backup it is there to watch of CPU. Every pause for a copy
+			// lasts far longer than this.
+			time.Sleep(5 * time.Millisecond)
+			sent := time.Now()
+			resp, err := http.Post(d.appURL("/api/records"), "text/plain", strings.NewReader(body))
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusCreated {
+				w.mu.Lock()
+				w.writes = append(w.writes, timedWrite{sent, time.Now()})
+				w.mu.Unlock()
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the writer, waits for its last request, and returns how many
+// writes were acknowledged.
+func (w *writer) stop() int {
+	w.once.Do(func() { close(w.done) })
+	<-w.ended
+	return w.count()
+}
+
+func (w *writer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.writes)
+}
+
+// waitFor waits until n writes have been acknowledged.
+func (w *writer) waitFor(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for w.count() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the service acknowledged %d writes in 30s, want %d", w.count(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// around counts the acknowledged writes answered before pause, those sent
+// before unpause, and those under way while paused (sent before unpause,
+// answered after pause: a paused service answers nothing, so they waited).
+func (w *writer) around(pause, unpause time.Time) (acked, sent, held int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, x := range w.writes {
+		if x.answered.Before(pause) {
+			acked++
+		}
+		if x.sent.Before(unpause) {
+			sent++
+			if x.answered.After(pause) {
+				held++
+			}
+		}
+	}
+	return acked, sent, held
+}
+
+// pauseWindow is when the backup between from and to paused the service's
+// container and resumed it, as its engine recorded them.
+func pauseWindow(t testing.TB, d deployment, from, to time.Time) (pause, unpause time.Time) {
+	t.Helper()
+	engine, container := d.service()
+	args := []string{"events", "--since", unixNano(from), "--until", unixNano(to),
+		"--filter", "container=" + container, "--filter", "event=pause", "--filter", "event=unpause",
+		"--format", "{{.Action}} {{.TimeNano}}"}
+	if engine != "" {
+		args = append([]string{"-H", engine}, args...)
+	}
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker events: %v %s", err, out)
+	}
+	var events []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		action, nano, ok := strings.Cut(line, " ")
+		n, err := strconv.ParseInt(nano, 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		events = append(events, action)
+		switch action {
+		case "pause":
+			pause = time.Unix(0, n)
+		case "unpause":
+			unpause = time.Unix(0, n)
+		}
+	}
+	if fmt.Sprint(events) != "[pause unpause]" {
+		t.Fatalf("the engine recorded %v for %s during the backup, want one pause and one unpause", events, container)
+	}
+	return pause, unpause
+}
+
+func unixNano(t time.Time) string {
+	return fmt.Sprintf("%d.%09d", t.Unix(), t.Nanosecond())
 }
 
 // checkArchive extracts a backup and checks its database with SQLite's own
@@ -343,7 +478,7 @@ func TestBackupRetentionAndCorruptRestore(t *testing.T) {
 
 func TestBackupOnFullDiskLeavesEverythingIntact(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
+		testenv.Skip(t, "mounting a tmpfs needs root")
 	}
 	onBothHosts(t, "full", func(t *testing.T, d deployment) {
 		ctx := context.Background()
@@ -351,7 +486,7 @@ func TestBackupOnFullDiskLeavesEverythingIntact(t *testing.T) {
 		backupDir := filepath.Join(d.deployPath(), "backups")
 		os.MkdirAll(backupDir, 0o755)
 		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", backupDir).CombinedOutput(); err != nil {
-			t.Skipf("mount tmpfs: %v %s", err, out)
+			testenv.Skip(t, "mount tmpfs: %v %s", err, out)
 		}
 		t.Cleanup(func() { exec.Command("umount", "-l", backupDir).Run() })
 

@@ -117,7 +117,7 @@ type benchProject struct {
 }
 
 func newBenchProject(b *testing.B, bps int64) *benchProject {
-	p := newRemoteProjectWith(b, "bench", bps, func(dir string) {
+	p := newRemoteProjectWith(b, "bench", testenv.NewCompose(b, "v1"), bps, func(dir string) {
 		os.Remove(filepath.Join(dir, "base.bin"))
 		if err := os.MkdirAll(filepath.Join(dir, "base"), 0o755); err != nil {
 			b.Fatal(err)
@@ -316,10 +316,10 @@ func BenchmarkBackupRestore(b *testing.B) {
 	for _, kind := range []string{"this machine", "SSH"} {
 		var d deployment
 		if kind == "this machine" {
-			needEngine(b)
+			testenv.NeedEngine(b)
 			d = newProject(b, "bkbench")
 		} else {
-			rp := newRemoteProject(b, "bkbench")
+			rp := newRemoteProject(b, "bkbench", testenv.NewCompose(b, "v1"))
 			rp.createServerEnv()
 			d = rp
 		}

@@ -179,7 +179,7 @@ func TestDoctorWSLChecks(t *testing.T) {
 // there, docker runs in it (as root here), and the engine answers through
 // `wsl ... docker system dial-stdio`.
 func TestDoctorThroughWSL(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	fake := wsltest.Install(t)
 	t.Setenv("DOCKER_VIA_WSL", "1")
 	t.Setenv("WSL_DISTRO", "ubuntu-22.04") // wsl.exe matches names without regard to case

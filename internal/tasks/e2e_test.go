@@ -26,28 +26,31 @@ import (
 // layer (incompressible, so compression cannot hide a resend) under the
 // service's binary and one small file that changes between releases.
 type remoteProject struct {
-	t       testing.TB
-	dir     string
-	env     map[string]string
-	sshd    *testenv.SSHD
-	proxy   *testenv.Proxy
-	out     *bytes.Buffer
-	appPort string
+	t         testing.TB
+	dir       string
+	env       map[string]string
+	sshd      *testenv.SSHD
+	compose   testenv.Compose // the flavour the server offers
+	proxy     *testenv.Proxy
+	container string // the service's container, on the server
+	out       *bytes.Buffer
+	appPort   string
 }
 
 const baseLayerSize = 24 << 20
 
-func newRemoteProject(t testing.TB, name string) *remoteProject {
+// newRemoteProject deploys to a server whose sessions find Compose flavour c.
+func newRemoteProject(t testing.TB, name string, c testenv.Compose) *remoteProject {
 	t.Helper()
-	return newRemoteProjectWith(t, name, 0, nil)
+	return newRemoteProjectWith(t, name, c, 0, nil)
 }
 
 // newRemoteProjectWith links through a proxy limited to bps (0: no limit)
 // and lets customize change the project folder before anything is built.
-func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(dir string)) *remoteProject {
+func newRemoteProjectWith(t testing.TB, name string, c testenv.Compose, bps int64, customize func(dir string)) *remoteProject {
 	t.Helper()
-	needEngine(t)
-	sshd := testenv.StartSSHD(t)
+	testenv.NeedEngine(t)
+	sshd := testenv.StartSSHD(t, testenv.WithCompose(c))
 	proxy := testenv.StartProxy(t, sshd.Addr, bps)
 	dir := t.TempDir()
 
@@ -64,7 +67,8 @@ func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(d
 	if err != nil {
 		t.Fatal(err)
 	}
-	compose = bytes.ReplaceAll(compose, []byte("carebot_production"), []byte("carebot_e2e_"+name))
+	container := "carebot_e2e_" + name
+	compose = bytes.ReplaceAll(compose, []byte("carebot_production"), []byte(container))
 	base := make([]byte, baseLayerSize)
 	rand.Read(base)
 	dockerfile, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile.production"))
@@ -96,7 +100,7 @@ func newRemoteProjectWith(t testing.TB, name string, bps int64, customize func(d
 	if customize != nil {
 		customize(dir)
 	}
-	p := &remoteProject{t: t, dir: dir, sshd: sshd, proxy: proxy, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
+	p := &remoteProject{t: t, dir: dir, sshd: sshd, compose: c, proxy: proxy, container: container, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
 	p.env = map[string]string{
 		"IMAGE_NAME":      "carebot-e2e-" + name,
 		"APP_PORT":        p.appPort,
@@ -180,7 +184,7 @@ func (p *remoteProject) health() string {
 func (p *remoteProject) teardown() {
 	d := p.env["DEPLOY_PATH"]
 	if _, err := os.Stat(filepath.Join(d, "docker-compose.production.yml")); err == nil {
-		out, err := testenv.ServerDockerCompose(d, "docker-compose.production.yml", p.env["IMAGE_NAME"], "down", "--volumes")
+		out, err := testenv.ServerDockerCompose(p.compose, d, "docker-compose.production.yml", p.env["IMAGE_NAME"], "down", "--volumes")
 		if err != nil {
 			p.t.Logf("compose down on the server: %v\n%s", err, out)
 		}
@@ -208,128 +212,132 @@ func serverImageID(t testing.TB, ref string) string {
 }
 
 func TestRemoteDeployEndToEnd(t *testing.T) {
-	p := newRemoteProject(t, "main")
-	ctx := context.Background()
-	v1 := p.release("v1", nil)
+	testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
+		p := newRemoteProject(t, "main-"+c.Name, c)
+		ctx := context.Background()
+		v1 := p.release("v1", nil)
 
-	// No .env on the server: refused before anything changes there.
-	err := p.runner("v1").Deploy(ctx)
-	if err == nil || !strings.Contains(err.Error(), "has no .env") {
-		t.Fatalf("deploy without a server .env: %v", err)
-	}
-	if _, err := os.Stat(p.env["DEPLOY_PATH"]); err == nil {
-		t.Fatal("a refused deploy created the deploy folder on the server")
-	}
-	p.createServerEnv()
+		// No .env on the server: refused before anything changes there.
+		err := p.runner("v1").Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), "has no .env") {
+			t.Fatalf("deploy without a server .env: %v", err)
+		}
+		if _, err := os.Stat(p.env["DEPLOY_PATH"]); err == nil {
+			t.Fatal("a refused deploy created the deploy folder on the server")
+		}
+		p.createServerEnv()
 
-	// First deploy: the whole image crosses once.
-	p.proxy.Reset()
-	if err := p.runner("v1").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	full := p.proxy.Bytes()
-	if got := serverImageID(t, p.env["IMAGE_NAME"]+":v1"); got != v1.ID {
-		t.Fatalf("server image ID %s, local %s", got, v1.ID)
-	}
-	if v := p.health(); v != "v1" {
-		t.Fatalf("after deploying v1 the server answers %q", v)
-	}
-	if env, _ := p.serverFile(".env"); env != "BOT_TOKEN=server-secret-token\n" {
-		t.Errorf("the server's .env was changed: %q", env)
-	}
-	resp, err := http.Post("http://127.0.0.1:"+p.appPort+"/api/records", "text/plain", strings.NewReader("on the server"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+		// First deploy: the whole image crosses once.
+		p.proxy.Reset()
+		if err := p.runner("v1").Deploy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		full := p.proxy.Bytes()
+		if got := serverImageID(t, p.env["IMAGE_NAME"]+":v1"); got != v1.ID {
+			t.Fatalf("server image ID %s, local %s", got, v1.ID)
+		}
+		if v := p.health(); v != "v1" {
+			t.Fatalf("after deploying v1 the server answers %q", v)
+		}
+		c.CheckMadeBy(t, testenv.ServerDockerHost, p.container)
+		if env, _ := p.serverFile(".env"); env != "BOT_TOKEN=server-secret-token\n" {
+			t.Errorf("the server's .env was changed: %q", env)
+		}
+		resp, err := http.Post("http://127.0.0.1:"+p.appPort+"/api/records", "text/plain", strings.NewReader("on the server"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
 
-	// v2 changes one small file: only that layer crosses.
-	v2 := p.release("v2", nil)
-	p.proxy.Reset()
-	if err := p.runner("v2").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	small := p.proxy.Bytes()
-	t.Logf("bytes on the wire: first deploy %d, one-file change %d (image %d)", full, small, v2.Size)
-	if full < baseLayerSize {
-		t.Errorf("the first deploy moved %d bytes, less than the %d-byte base layer: not counted?", full, baseLayerSize)
-	}
-	if small*50 > v2.Size {
-		t.Errorf("a one-file change moved %d bytes, more than 2%% of the %d-byte image", small, v2.Size)
-	}
-	if got := serverImageID(t, p.env["IMAGE_NAME"]+":v2"); got != v2.ID {
-		t.Fatalf("server image ID %s, local %s", got, v2.ID)
-	}
-	if v := p.health(); v != "v2" {
-		t.Fatalf("after deploying v2 the server answers %q", v)
-	}
+		// v2 changes one small file: only that layer crosses.
+		v2 := p.release("v2", nil)
+		p.proxy.Reset()
+		if err := p.runner("v2").Deploy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		small := p.proxy.Bytes()
+		t.Logf("bytes on the wire: first deploy %d, one-file change %d (image %d)", full, small, v2.Size)
+		if full < baseLayerSize {
+			t.Errorf("the first deploy moved %d bytes, less than the %d-byte base layer: not counted?", full, baseLayerSize)
+		}
+		if small*50 > v2.Size {
+			t.Errorf("a one-file change moved %d bytes, more than 2%% of the %d-byte image", small, v2.Size)
+		}
+		if got := serverImageID(t, p.env["IMAGE_NAME"]+":v2"); got != v2.ID {
+			t.Fatalf("server image ID %s, local %s", got, v2.ID)
+		}
+		if v := p.health(); v != "v2" {
+			t.Fatalf("after deploying v2 the server answers %q", v)
+		}
 
-	// A release that never becomes healthy: the server goes back to v2, data kept.
-	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
-	err = p.runner("v3").Deploy(ctx)
-	if err == nil || !strings.Contains(err.Error(), "rolled back to v2") {
-		t.Fatalf("deploying an unhealthy v3: %v", err)
-	}
-	if v := p.health(); v != "v2" {
-		t.Fatalf("after the failed v3 the server answers %q", v)
-	}
-	resp, err = http.Get("http://127.0.0.1:" + p.appPort + "/api/records")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec struct{ Count int }
-	json.NewDecoder(resp.Body).Decode(&rec)
-	resp.Body.Close()
-	if rec.Count != 1 {
-		t.Fatalf("records after rollback: %d, want 1", rec.Count)
-	}
+		// A release that never becomes healthy: the server goes back to v2, data kept.
+		p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
+		err = p.runner("v3").Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), "rolled back to v2") {
+			t.Fatalf("deploying an unhealthy v3: %v", err)
+		}
+		if v := p.health(); v != "v2" {
+			t.Fatalf("after the failed v3 the server answers %q", v)
+		}
+		resp, err = http.Get("http://127.0.0.1:" + p.appPort + "/api/records")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec struct{ Count int }
+		json.NewDecoder(resp.Body).Decode(&rec)
+		resp.Body.Close()
+		if rec.Count != 1 {
+			t.Fatalf("records after rollback: %d, want 1", rec.Count)
+		}
 
-	// Status, Logs and Rollback work against the server too; the token never shows.
-	p.out.Reset()
-	if err := p.runner("v2").Status(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.runner("v2").Logs(ctx, 50, false); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(p.out.String(), "version v2") {
-		t.Errorf("status does not show v2:\n%s", p.out)
-	}
-	if strings.Contains(p.out.String(), "server-secret-token") {
-		t.Error("the server's token was printed")
-	}
-	if err := p.runner("v2").Rollback(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	if v := p.health(); v != "v1" {
-		t.Fatalf("after rollback the server answers %q", v)
-	}
+		// Status, Logs and Rollback work against the server too; the token never shows.
+		p.out.Reset()
+		if err := p.runner("v2").Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.runner("v2").Logs(ctx, 50, false); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(p.out.String(), "version v2") {
+			t.Errorf("status does not show v2:\n%s", p.out)
+		}
+		if strings.Contains(p.out.String(), "server-secret-token") {
+			t.Error("the server's token was printed")
+		}
+		if err := p.runner("v2").Rollback(ctx, ""); err != nil {
+			t.Fatal(err)
+		}
+		if v := p.health(); v != "v1" {
+			t.Fatalf("after rollback the server answers %q", v)
+		}
+		c.CheckMadeBy(t, testenv.ServerDockerHost, p.container)
 
-	// An unknown host and a changed host key: refused, nothing changed.
-	history, _ := p.serverFile("deploy-history.jsonl")
-	os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
-	err = p.runner("v2").Deploy(ctx)
-	if err == nil || !strings.Contains(err.Error(), "not known") || !strings.Contains(err.Error(), "SSH_ACCEPT_NEW") {
-		t.Fatalf("deploy to an unknown host: %v", err)
-	}
-	testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, testenv.OtherKey(t))
-	err = p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx)
-	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "changed") {
-		t.Fatalf("deploy to a host whose key changed: %v", err)
-	}
-	if after, _ := p.serverFile("deploy-history.jsonl"); after != history {
-		t.Error("a refused connection changed the server's deploy history")
-	}
-	if v := p.health(); v != "v1" {
-		t.Fatalf("after refused deploys the server answers %q", v)
-	}
+		// An unknown host and a changed host key: refused, nothing changed.
+		history, _ := p.serverFile("deploy-history.jsonl")
+		os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
+		err = p.runner("v2").Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), "not known") || !strings.Contains(err.Error(), "SSH_ACCEPT_NEW") {
+			t.Fatalf("deploy to an unknown host: %v", err)
+		}
+		testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, testenv.NewKey(t).Public)
+		err = p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "changed") {
+			t.Fatalf("deploy to a host whose key changed: %v", err)
+		}
+		if after, _ := p.serverFile("deploy-history.jsonl"); after != history {
+			t.Error("a refused connection changed the server's deploy history")
+		}
+		if v := p.health(); v != "v1" {
+			t.Fatalf("after refused deploys the server answers %q", v)
+		}
 
-	// Accepting a new host records its key, and the next deploy needs no flag.
-	os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
-	if err := p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.runner("v2").Status(ctx); err != nil {
-		t.Fatalf("status after accept-new: %v", err)
-	}
+		// Accepting a new host records its key, and the next deploy needs no flag.
+		os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
+		if err := p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.runner("v2").Status(ctx); err != nil {
+			t.Fatalf("status after accept-new: %v", err)
+		}
+	})
 }

@@ -12,15 +12,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/carebot/carebot/internal/config"
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/testenv"
 )
 
-// These tests use the real Docker engine and Compose. They skip when no
-// engine answers, except under CI=true, where that is a failure.
+// These tests use the real Docker engine and Compose; without an engine,
+// see testenv.Skip.
 
 // repoRoot is the project the tests build: this repository.
 func repoRoot(t testing.TB) string {
@@ -32,30 +31,14 @@ func repoRoot(t testing.TB) string {
 	return dir
 }
 
-func needEngine(t testing.TB) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	e, err := engine.Connect(ctx)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %v", err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
-	e.Close()
-}
-
 // project is one configured runner over the repository, with its own image
 // name, ports and deploy folder, so tests never touch a user's deployment.
 type project struct {
-	t   testing.TB
-	dir string
-	env map[string]string
-	out *bytes.Buffer
+	t         testing.TB
+	dir       string
+	env       map[string]string
+	out       *bytes.Buffer
+	container string // the service's container
 }
 
 func newProject(t testing.TB, name string) *project {
@@ -67,11 +50,12 @@ func newProject(t testing.TB, name string) *project {
 		t.Fatal(err)
 	}
 	composeFile := filepath.Join(t.TempDir(), "docker-compose.production.yml")
-	compose = bytes.ReplaceAll(compose, []byte("carebot_production"), []byte("carebot_it_"+name))
+	container := "carebot_it_" + name
+	compose = bytes.ReplaceAll(compose, []byte("carebot_production"), []byte(container))
 	if err := os.WriteFile(composeFile, compose, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &project{t: t, dir: repoRoot(t), out: &bytes.Buffer{}, env: map[string]string{
+	p := &project{t: t, dir: repoRoot(t), out: &bytes.Buffer{}, container: container, env: map[string]string{
 		"COMPOSE_FILE":   composeFile,
 		"IMAGE_NAME":     "carebot-it-" + name,
 		"APP_PORT":       fmt.Sprint(testenv.FreePort(t)),
@@ -82,6 +66,16 @@ func newProject(t testing.TB, name string) *project {
 	}}
 	t.Cleanup(func() { p.teardown() })
 	return p
+}
+
+// newComposeProject is newProject deployed with Compose flavour c: the
+// shell that runs the deploy's commands on this machine finds c through
+// DOCKER_CONFIG. That is set before newProject registers its teardown, so
+// the teardown (cleanups run last first) still uses c.
+func newComposeProject(t *testing.T, name string, c testenv.Compose) *project {
+	t.Helper()
+	t.Setenv("DOCKER_CONFIG", c.ConfigDir)
+	return newProject(t, name+"-"+c.Name)
 }
 
 func (p *project) runner(tag string, extra ...string) *Runner {
@@ -172,7 +166,7 @@ func (w testWriter) Write(b []byte) (int, error) {
 }
 
 func TestBuildInspectTest(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	p := newProject(t, "bit")
 	id := p.build("v1", nil)
 	r := p.runner("v1")
@@ -208,7 +202,7 @@ func TestBuildInspectTest(t *testing.T) {
 }
 
 func TestTestFailsForUnhealthyImageAndCleansUp(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	p := newProject(t, "unhealthy")
 	p.env["HEALTH_TIMEOUT"] = "6s"
 	p.build("bad", map[string]string{"HEALTH_FAIL": "1"})
@@ -227,7 +221,7 @@ func TestTestFailsForUnhealthyImageAndCleansUp(t *testing.T) {
 }
 
 func TestTestRefusesTakenPort(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	p := newProject(t, "port")
 	l, err := net.Listen("tcp", "127.0.0.1:"+p.env["TEST_PORT"])
 	if err != nil {
@@ -241,7 +235,7 @@ func TestTestRefusesTakenPort(t *testing.T) {
 }
 
 func TestInspectRefusesSecrets(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	dir := t.TempDir()
 	files := map[string]string{
 		"Dockerfile":                    "FROM scratch\nCOPY . /app/\n",
@@ -285,102 +279,105 @@ func TestInspectRefusesSecrets(t *testing.T) {
 }
 
 func TestDeployRollsBackAndKeepsData(t *testing.T) {
-	needEngine(t)
-	p := newProject(t, "deploy")
-	ctx := context.Background()
+	testenv.NeedEngine(t)
+	testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
+		p := newComposeProject(t, "deploy", c)
+		ctx := context.Background()
 
-	p.build("v1", nil)
-	if err := p.runner("v1").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if v, code := p.health(); v != "v1" || code != 200 {
-		t.Fatalf("after deploying v1: version %q, HTTP %d", v, code)
-	}
-	resp, err := http.Post(p.url("/api/records"), "text/plain", strings.NewReader("kept across releases"))
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("store a record: %v %v", err, resp)
-	}
-	resp.Body.Close()
-
-	p.build("v2", nil)
-	if err := p.runner("v2").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if v, _ := p.health(); v != "v2" {
-		t.Fatalf("after deploying v2: version %q", v)
-	}
-
-	p.build("v3", map[string]string{"HEALTH_FAIL": "1"})
-	err = p.runner("v3").Deploy(ctx)
-	if err == nil || !strings.Contains(err.Error(), "release v3 failed") || !strings.Contains(err.Error(), "rolled back to v2") {
-		t.Fatalf("deploying an unhealthy v3: err = %v", err)
-	}
-	if strings.Contains(err.Error(), "\n") {
-		t.Errorf("error is not one line: %q", err)
-	}
-	if v, code := p.health(); v != "v2" || code != 200 {
-		t.Fatalf("after the failed v3: version %q, HTTP %d; want v2 serving", v, code)
-	}
-	var rec struct {
-		Count int
-		Last  string
-	}
-	resp, err = http.Get(p.url("/api/records"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	json.NewDecoder(resp.Body).Decode(&rec)
-	resp.Body.Close()
-	if rec.Count != 1 || rec.Last != "kept across releases" {
-		t.Fatalf("data after rollback: %+v", rec)
-	}
-
-	// Status reports v2 and the history of all three.
-	p.out.Reset()
-	if err := p.runner("v2").Status(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"version v2", "v1", "rolled-back"} {
-		if !strings.Contains(p.out.String(), want) {
-			t.Errorf("status lacks %q:\n%s", want, p.out)
+		p.build("v1", nil)
+		if err := p.runner("v1").Deploy(ctx); err != nil {
+			t.Fatal(err)
 		}
-	}
+		if v, code := p.health(); v != "v1" || code != 200 {
+			t.Fatalf("after deploying v1: version %q, HTTP %d", v, code)
+		}
+		c.CheckMadeBy(t, "", p.container)
+		resp, err := http.Post(p.url("/api/records"), "text/plain", strings.NewReader("kept across releases"))
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("store a record: %v %v", err, resp)
+		}
+		resp.Body.Close()
 
-	// Rollback with no name goes to the release before v2.
-	if err := p.runner("v2").Rollback(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	if v, _ := p.health(); v != "v1" {
-		t.Fatalf("after rollback: version %q, want v1", v)
-	}
-	// And a named one back to v2.
-	if err := p.runner("v2").Rollback(ctx, "v2"); err != nil {
-		t.Fatal(err)
-	}
-	if v, _ := p.health(); v != "v2" {
-		t.Fatalf("after rollback -to v2: version %q", v)
-	}
-	// A version that was never built is refused with the service untouched.
-	err = p.runner("v2").Rollback(ctx, "v9")
-	if err == nil || !strings.Contains(err.Error(), "v9 is not on") {
-		t.Fatalf("rollback to a missing version: %v", err)
-	}
-	if v, _ := p.health(); v != "v2" {
-		t.Fatalf("after refused rollback: version %q", v)
-	}
+		p.build("v2", nil)
+		if err := p.runner("v2").Deploy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := p.health(); v != "v2" {
+			t.Fatalf("after deploying v2: version %q", v)
+		}
 
-	// Logs shows the service's own lines.
-	p.out.Reset()
-	if err := p.runner("v2").Logs(ctx, 20, false); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(p.out.String(), "v2") {
-		t.Errorf("logs do not mention the version:\n%s", p.out)
-	}
+		p.build("v3", map[string]string{"HEALTH_FAIL": "1"})
+		err = p.runner("v3").Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), "release v3 failed") || !strings.Contains(err.Error(), "rolled back to v2") {
+			t.Fatalf("deploying an unhealthy v3: err = %v", err)
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("error is not one line: %q", err)
+		}
+		if v, code := p.health(); v != "v2" || code != 200 {
+			t.Fatalf("after the failed v3: version %q, HTTP %d; want v2 serving", v, code)
+		}
+		var rec struct {
+			Count int
+			Last  string
+		}
+		resp, err = http.Get(p.url("/api/records"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&rec)
+		resp.Body.Close()
+		if rec.Count != 1 || rec.Last != "kept across releases" {
+			t.Fatalf("data after rollback: %+v", rec)
+		}
+
+		// Status reports v2 and the history of all three.
+		p.out.Reset()
+		if err := p.runner("v2").Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"version v2", "v1", "rolled-back"} {
+			if !strings.Contains(p.out.String(), want) {
+				t.Errorf("status lacks %q:\n%s", want, p.out)
+			}
+		}
+
+		// Rollback with no name goes to the release before v2.
+		if err := p.runner("v2").Rollback(ctx, ""); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := p.health(); v != "v1" {
+			t.Fatalf("after rollback: version %q, want v1", v)
+		}
+		// And a named one back to v2.
+		if err := p.runner("v2").Rollback(ctx, "v2"); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := p.health(); v != "v2" {
+			t.Fatalf("after rollback -to v2: version %q", v)
+		}
+		// A version that was never built is refused with the service untouched.
+		err = p.runner("v2").Rollback(ctx, "v9")
+		if err == nil || !strings.Contains(err.Error(), "v9 is not on") {
+			t.Fatalf("rollback to a missing version: %v", err)
+		}
+		if v, _ := p.health(); v != "v2" {
+			t.Fatalf("after refused rollback: version %q", v)
+		}
+
+		// Logs shows the service's own lines.
+		p.out.Reset()
+		if err := p.runner("v2").Logs(ctx, 20, false); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(p.out.String(), "v2") {
+			t.Errorf("logs do not mention the version:\n%s", p.out)
+		}
+	})
 }
 
 func TestDeployRefusesTakenPortAndMissingImage(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	p := newProject(t, "taken")
 	ctx := context.Background()
 
@@ -409,36 +406,39 @@ func TestDeployRefusesTakenPortAndMissingImage(t *testing.T) {
 // survive still rolls back: the old release runs with the compose file it
 // was deployed with, not the new one.
 func TestRollbackUsesTheReleasesOwnComposeFile(t *testing.T) {
-	needEngine(t)
-	p := newProject(t, "composeback")
-	p.env["HEALTH_TIMEOUT"] = "15s"
-	ctx := context.Background()
-	p.build("v1", nil)
-	if err := p.runner("v1").Deploy(ctx); err != nil {
-		t.Fatal(err)
-	}
-	compose, err := os.ReadFile(p.env["COMPOSE_FILE"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	broken := bytes.Replace(compose, []byte(`      APP_PORT: "${APP_PORT:-5555}"`),
-		[]byte(`      APP_PORT: "${APP_PORT:-5555}"`+"\n"+`      CAREBOT_HEALTH_FAIL: "1"`), 1)
-	if bytes.Equal(broken, compose) {
-		t.Fatal("the compose file has no APP_PORT environment line to extend")
-	}
-	if err := os.WriteFile(p.env["COMPOSE_FILE"], broken, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.build("v2", nil)
-	err = p.runner("v2").Deploy(ctx)
-	if err == nil || !strings.Contains(err.Error(), "rolled back to v1, which is serving") {
-		t.Fatalf("deploying v2 with a compose file that breaks every release: %v", err)
-	}
-	if v, code := p.health(); v != "v1" || code != 200 {
-		t.Fatalf("after the rollback: version %q, HTTP %d", v, code)
-	}
-	served, _ := os.ReadFile(filepath.Join(p.env["DEPLOY_PATH"], "docker-compose.production.yml"))
-	if !bytes.Equal(served, compose) {
-		t.Error("the deploy folder does not hold v1's compose file after rolling back to v1")
-	}
+	testenv.NeedEngine(t)
+	testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
+		p := newComposeProject(t, "composeback", c)
+		p.env["HEALTH_TIMEOUT"] = "15s"
+		ctx := context.Background()
+		p.build("v1", nil)
+		if err := p.runner("v1").Deploy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		compose, err := os.ReadFile(p.env["COMPOSE_FILE"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		broken := bytes.Replace(compose, []byte(`      APP_PORT: "${APP_PORT:-5555}"`),
+			[]byte(`      APP_PORT: "${APP_PORT:-5555}"`+"\n"+`      CAREBOT_HEALTH_FAIL: "1"`), 1)
+		if bytes.Equal(broken, compose) {
+			t.Fatal("the compose file has no APP_PORT environment line to extend")
+		}
+		if err := os.WriteFile(p.env["COMPOSE_FILE"], broken, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p.build("v2", nil)
+		err = p.runner("v2").Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), "rolled back to v1, which is serving") {
+			t.Fatalf("deploying v2 with a compose file that breaks every release: %v", err)
+		}
+		if v, code := p.health(); v != "v1" || code != 200 {
+			t.Fatalf("after the rollback: version %q, HTTP %d", v, code)
+		}
+		c.CheckMadeBy(t, "", p.container)
+		served, _ := os.ReadFile(filepath.Join(p.env["DEPLOY_PATH"], "docker-compose.production.yml"))
+		if !bytes.Equal(served, compose) {
+			t.Error("the deploy folder does not hold v1's compose file after rolling back to v1")
+		}
+	})
 }

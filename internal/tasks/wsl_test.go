@@ -7,8 +7,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/carebot/carebot/internal/testenv"
 	"github.com/carebot/carebot/internal/text"
-
 	"github.com/carebot/carebot/internal/wsl/wsltest"
 )
 
@@ -18,7 +18,7 @@ import (
 // on PATH runs that command here. TEST_DATA has a space and non-ASCII
 // letters, as Windows user folders often do.
 func TestBuildAndTestThroughWSL(t *testing.T) {
-	needEngine(t)
+	testenv.NeedEngine(t)
 	fake := wsltest.Install(t)
 	p := newProject(t, "wsl")
 	p.env["TEST_DATA"] = filepath.Join(t.TempDir(), "Ana María", "test data")

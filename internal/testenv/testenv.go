@@ -1,17 +1,16 @@
 // Package testenv starts the real parts the end-to-end tests need: a second
-// Docker engine that stands in for the production server, and OpenSSH's sshd
-// on 127.0.0.1 whose sessions talk to that engine. Only tests import it.
+// Docker engine that stands in for the production server, OpenSSH's sshd on
+// 127.0.0.1 whose sessions talk to that engine, and the two flavours of
+// Docker Compose. Only tests import it.
 //
-// Without the programs (dockerd, sshd) or root, Require skips the test,
-// except under CI=true, where it fails: CI must never pass by skipping.
+// A test that cannot run here (no engine, no sshd, not root, no Compose v2
+// binary) calls Skip: locally that skips with the reason, under CI=true it
+// fails, because CI must never pass by skipping.
 package testenv
 
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -31,7 +30,8 @@ const ServerSocket = "/run/carebot-server-docker.sock"
 // ServerDockerHost is DOCKER_HOST for the second engine.
 const ServerDockerHost = "unix://" + ServerSocket
 
-// Skip skips (or under CI=true fails) the test with a reason.
+// Skip is how a test says that it cannot run here, and why: it skips, or
+// under CI=true fails. Every such test uses it; only -short skips bypass it.
 func Skip(t testing.TB, format string, a ...any) {
 	t.Helper()
 	msg := fmt.Sprintf(format, a...)
@@ -40,6 +40,42 @@ func Skip(t testing.TB, format string, a ...any) {
 	}
 	t.Skip("skipping: " + msg)
 }
+
+// NeedEngine makes sure the docker CLI is installed and the local engine
+// (DOCKER_HOST, or the default socket) answers; see Skip. -short skips it.
+func NeedEngine(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs the Docker engine: skipped with -short")
+	}
+	if err := dockerAnswers(""); err != nil {
+		Skip(t, "%v", err)
+	}
+}
+
+// dockerAnswers asks the engine at host ("" for the local one) for its
+// version through the docker CLI.
+func dockerAnswers(host string) error {
+	if _, err := exec.LookPath("docker"); err != nil {
+		return fmt.Errorf("no docker CLI (apt-get install docker.io)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	args := []string{"version", "--format", "{{.Server.Version}}"}
+	where := "the local Docker engine"
+	if host != "" {
+		args = append([]string{"-H", host}, args...)
+		where = "the Docker engine at " + host
+	}
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	if err != nil {
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return fmt.Errorf("%s does not answer (%v: %s): start it (dockerd &)", where, err, line)
+	}
+	return nil
+}
+
+func dockerOK(host string) bool { return dockerAnswers(host) == nil }
 
 var engineOnce sync.Once
 var engineErr error
@@ -55,12 +91,6 @@ func ServerEngine(t testing.TB) {
 	if engineErr != nil {
 		Skip(t, "%v", engineErr)
 	}
-}
-
-func dockerOK(host string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return exec.CommandContext(ctx, "docker", "-H", host, "info").Run() == nil
 }
 
 func startServerEngine() error {
@@ -107,48 +137,111 @@ func startEngine(bin, name, bridge, cidr string) error {
 	return fmt.Errorf("%s did not answer at %s (see %s)", bin, host, logPath)
 }
 
-// SSHD is a running OpenSSH server on 127.0.0.1 whose sessions use the
-// second engine.
+// SSHD is a running OpenSSH server on 127.0.0.1.
 type SSHD struct {
-	Addr        string // 127.0.0.1:port
-	Port        int
-	User        string
-	KeyFile     string        // the client's private key (authorized)
-	HostKey     ssh.PublicKey // the server's host key
-	KnownHosts  string        // a known_hosts file that trusts HostKey for Addr
-	Dir         string
-	cmd         *exec.Cmd
-	hostKeyFile string
+	Addr       string // 127.0.0.1:port
+	Port       int
+	User       string        // the login user: root, unless NonRootLogin
+	UserKey    Key           // the client's key, authorized
+	KeyFile    string        // UserKey's private key file
+	HostKey    ssh.PublicKey // the server's ed25519 host key
+	KnownHosts string        // a known_hosts file that trusts HostKey for Addr
+	Dir        string        // the server's files; readable by User
+	Home       string        // User's home folder, writable by User
 }
 
+// SSHDOption changes what StartSSHD starts.
+type SSHDOption func(*sshdSetup)
+
+type sshdSetup struct {
+	engine   bool     // sessions talk to the test server's engine
+	env      []string // NAME=VALUE for every session
+	keyTypes []string // host keys beside ed25519, made by ssh-keygen
+	nonRoot  bool
+}
+
+// WithoutEngine starts sshd alone: its sessions get no DOCKER_HOST.
+func WithoutEngine() SSHDOption { return func(s *sshdSetup) { s.engine = false } }
+
+// WithCompose makes the sessions find Compose flavour c, and only it.
+func WithCompose(c Compose) SSHDOption {
+	return func(s *sshdSetup) { s.env = append(s.env, c.Env()) }
+}
+
+// WithHostKeys adds host keys of these types (ecdsa, rsa) beside ed25519.
+func WithHostKeys(types ...string) SSHDOption {
+	return func(s *sshdSetup) { s.keyTypes = append(s.keyTypes, types...) }
+}
+
+// The user NonRootLogin logs in as. It exists only inside sshd's own mount
+// namespace (see StartSSHD): the machine's /etc/passwd is never changed.
+const (
+	nonRootUser = "carebot-test"
+	nonRootUID  = 64123
+	nonRootGID  = 65534 // nogroup
+)
+
+// NonRootLogin logs in as an ordinary user instead of root. OpenSSH
+// behaves differently for root logins: it runs them without privilege
+// separation and so refuses the client's signals.
+func NonRootLogin() SSHDOption { return func(s *sshdSetup) { s.nonRoot = true } }
+
 // StartSSHD starts sshd on a free loopback port with fresh host and user
-// keys, and stops it when the test ends.
-func StartSSHD(t testing.TB) *SSHD {
+// keys, and stops it when the test ends. By default the login is root and
+// the sessions use the test server's engine (DOCKER_HOST).
+func StartSSHD(t testing.TB, opts ...SSHDOption) *SSHD {
 	t.Helper()
-	ServerEngine(t)
+	setup := sshdSetup{engine: true}
+	for _, o := range opts {
+		o(&setup)
+	}
+	if testing.Short() {
+		t.Skip("starts sshd: skipped with -short")
+	}
+	if setup.engine {
+		ServerEngine(t)
+		setup.env = append([]string{"DOCKER_HOST=" + ServerDockerHost}, setup.env...)
+	}
 	bin, err := exec.LookPath("sshd")
 	if err != nil {
-		if _, err = os.Stat("/usr/sbin/sshd"); err != nil {
+		bin = "/usr/sbin/sshd"
+		if _, err := os.Stat(bin); err != nil {
 			Skip(t, "sshd is not installed (apt-get install openssh-server)")
 		}
-		bin = "/usr/sbin/sshd"
 	}
-	dir := t.TempDir()
-	s := &SSHD{Dir: dir, User: "root", KeyFile: filepath.Join(dir, "id_ed25519"), hostKeyFile: filepath.Join(dir, "ssh_host_ed25519_key")}
-	hostPub := writeKey(t, s.hostKeyFile)
-	userPub := writeKey(t, s.KeyFile)
-	s.HostKey = hostPub
-	auth := filepath.Join(dir, "authorized_keys")
-	if err := os.WriteFile(auth, ssh.MarshalAuthorizedKey(userPub), 0o600); err != nil {
+	if os.Geteuid() != 0 {
+		Skip(t, "starting sshd needs root")
+	}
+	s := &SSHD{User: "root", Dir: worldReadableDir(t)}
+	s.Home = filepath.Join(s.Dir, "home")
+	if err := os.Mkdir(s.Home, 0o755); err != nil {
 		t.Fatal(err)
 	}
+
+	hostKey := NewKey(t)
+	s.HostKey = hostKey.Public
+	hostKeys := "HostKey " + hostKey.WriteFile(t, filepath.Join(s.Dir, "ssh_host_ed25519_key"), "") + "\n"
+	for _, typ := range setup.keyTypes {
+		p := filepath.Join(s.Dir, "ssh_host_"+typ+"_key")
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", typ, "-N", "", "-f", p).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen -t %s: %v %s", typ, err, out)
+		}
+		hostKeys += "HostKey " + p + "\n"
+	}
+	s.UserKey = NewKey(t)
+	s.KeyFile = s.UserKey.WriteFile(t, filepath.Join(s.Dir, "id_ed25519"), "")
+	// sshd reads authorized_keys as the login user.
+	auth := filepath.Join(s.Dir, "authorized_keys")
+	if err := os.WriteFile(auth, ssh.MarshalAuthorizedKey(s.UserKey.Public), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	s.Port = FreePort(t)
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", s.Port)
-	conf := filepath.Join(dir, "sshd_config")
+	conf := filepath.Join(s.Dir, "sshd_config")
 	cfg := fmt.Sprintf(`ListenAddress 127.0.0.1
 Port %d
-HostKey %s
-PidFile %s/sshd.pid
+%sPidFile %s/sshd.pid
 AuthorizedKeysFile %s
 UsePAM no
 PasswordAuthentication no
@@ -157,21 +250,33 @@ PermitRootLogin prohibit-password
 StrictModes no
 AllowTcpForwarding yes
 Subsystem sftp internal-sftp
-SetEnv DOCKER_HOST=%s
-`, s.Port, s.hostKeyFile, dir, auth, ServerDockerHost)
+`, s.Port, hostKeys, s.Dir, auth)
+	if len(setup.env) > 0 {
+		cfg += "SetEnv"
+		for _, kv := range setup.env {
+			name, value, _ := strings.Cut(kv, "=")
+			cfg += fmt.Sprintf(" %s=%q", name, value)
+		}
+		cfg += "\n"
+	}
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_ = os.MkdirAll("/run/sshd", 0o755)
-	var log bytes.Buffer
-	s.cmd = exec.Command(bin, "-D", "-e", "-f", conf)
-	s.cmd.Stdout, s.cmd.Stderr = &log, &log
-	if err := s.cmd.Start(); err != nil {
-		Skip(t, "start sshd: %v", err)
+	_ = os.MkdirAll("/run/sshd", 0o755) // privilege separation's chroot
+
+	argv := []string{bin, "-D", "-e", "-f", conf}
+	if setup.nonRoot {
+		argv = s.nonRoot(t, argv)
+	}
+	var log lockedBuffer
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sshd: %v", err)
 	}
 	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
+		cmd.Process.Kill()
+		cmd.Wait()
 		if t.Failed() {
 			t.Logf("sshd log:\n%s", log.String())
 		}
@@ -187,9 +292,49 @@ SetEnv DOCKER_HOST=%s
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	s.KnownHosts = filepath.Join(dir, "known_hosts")
-	s.WriteKnownHosts(t, s.KnownHosts, hostPub)
+	s.KnownHosts = filepath.Join(s.Dir, "known_hosts")
+	s.WriteKnownHosts(t, s.KnownHosts, s.HostKey)
 	return s
+}
+
+// nonRoot makes the login user an ordinary one, and returns the command
+// line that starts sshd in a private mount namespace where /etc/passwd (a
+// bind-mounted copy) has that user.
+func (s *SSHD) nonRoot(t testing.TB, argv []string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		Skip(t, "a non-root login needs unshare (apt-get install util-linux)")
+	}
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	passwd = append(passwd, fmt.Sprintf("%s:x:%d:%d:carebot test:%s:/bin/sh\n", nonRootUser, nonRootUID, nonRootGID, s.Home)...)
+	file := filepath.Join(s.Dir, "passwd")
+	if err := os.WriteFile(file, passwd, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(s.Home, nonRootUID, nonRootGID); err != nil {
+		t.Fatal(err)
+	}
+	s.User = nonRootUser
+	return append([]string{"unshare", "--mount", "--propagation", "private",
+		"/bin/sh", "-c", `mount --bind "$0" /etc/passwd && exec "$@"`, file}, argv...)
+}
+
+// worldReadableDir is a temporary folder that users other than root can
+// enter (t.TempDir's parent is private to root), removed after the test.
+func worldReadableDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "carebot-sshd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // Target is DEPLOY_HOST for this server.
@@ -212,44 +357,6 @@ func WriteKnownHosts(t testing.TB, path, addr string, key ssh.PublicKey) {
 	}
 }
 
-// OtherKey is a host key the server does not have, for known_hosts files
-// that must be refused.
-func OtherKey(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func writeKey(t testing.TB, path string) ssh.PublicKey {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path+".pub", ssh.MarshalAuthorizedKey(k), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // FreePort asks the kernel for a loopback port nobody uses.
 func FreePort(t testing.TB) int {
 	t.Helper()
@@ -268,12 +375,15 @@ func ServerDocker(t testing.TB, args ...string) (string, error) {
 	return string(out), err
 }
 
-// ServerDockerCompose runs docker-compose in dir against the test server's
-// engine, for cleaning up after a test.
-func ServerDockerCompose(dir, file, imageName string, args ...string) (string, error) {
-	cmd := exec.Command("docker-compose", append([]string{"-f", file}, args...)...)
+// ServerDockerCompose runs Compose flavour c in dir against the test
+// server's engine, for cleaning up after a test. It must be the flavour
+// that deployed: v1 and v2 name a folder's project differently.
+func ServerDockerCompose(c Compose, dir, file, imageName string, args ...string) (string, error) {
+	cmd := c.Command(append([]string{"-f", file}, args...)...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+ServerDockerHost, "IMAGE_NAME="+imageName, "IMAGE_TAG=latest")
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	cmd.Env = append(cmd.Env, "DOCKER_HOST="+ServerDockerHost, "IMAGE_NAME="+imageName, "IMAGE_TAG=latest")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
 }

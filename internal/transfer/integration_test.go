@@ -29,13 +29,11 @@ import (
 // It loads into both image stores; CAREBOT_TEST_SERVER_HOSTS may name more
 // engines (comma separated DOCKER_HOSTs).
 func TestLoadIntoServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
+	testenv.NeedEngine(t)
 	ctx := t.Context()
 	local, err := engine.Connect(ctx)
 	if err != nil {
-		testenv.Skip(t, "%v", err)
+		t.Fatal(err)
 	}
 	defer local.Close()
 	testenv.ServerEngine(t)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/carebot/carebot/internal/testenv"
 	"github.com/carebot/carebot/internal/wsl"
 	"github.com/carebot/carebot/internal/wsl/wsltest"
 )
@@ -28,7 +29,7 @@ var scripts = []string{
 func TestWSLCommandLineQuoting(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
-		t.Skip("no bash")
+		testenv.Skip(t, "no bash to check the quoting against")
 	}
 	for _, s := range scripts {
 		line := wsl.CommandLine("Ubuntu-22.04", s)
