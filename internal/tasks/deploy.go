@@ -30,12 +30,7 @@ func (r *Runner) Deploy(ctx context.Context) error {
 		return err
 	}
 	defer d.Host.Close()
-	if r.Cfg.Remote() {
-		d.Ship = func(ctx context.Context) (string, error) {
-			st, err := r.Ship(ctx, d.Host, r.Cfg.Image())
-			return st.ServerID, err
-		}
-	}
+	d.Engine, d.Compression = e, r.Cfg.Compression
 	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit, Backup: r.lastBackup})
 }
 
