@@ -14,19 +14,17 @@ import (
 // Backup archives DEPLOY_PATH/data on the deploy host (consistently: the
 // service is paused for the copy), keeps BACKUP_KEEP backups, and with
 // download also copies it to ./backups here and checks its checksum. It
-// returns the backup ("" name when there was no data yet).
+// returns the backup ("" name when there was no data yet), for the deploy
+// that follows to name in its history.
 func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return deploy.Backup{}, err
 	}
-	defer d.Host.Close()
 	b, err := d.Backup(ctx, r.Cfg.BackupKeep)
 	if err != nil || b.Name == "" || !download {
-		r.lastBackup = b.Name
 		return b, err
 	}
-	r.lastBackup = b.Name
 	dst, err := d.Download(ctx, b, filepath.Join(r.Cfg.Dir, "backups"))
 	if err != nil {
 		return b, err
@@ -42,7 +40,6 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	if list {
 		backups, err := d.Backups(ctx)
 		if err != nil {
@@ -69,7 +66,6 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	protect, err := d.Protected(ctx)
 	if err != nil {
 		return err

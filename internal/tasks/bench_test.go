@@ -334,7 +334,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 		}
 		d.buildTag("v1", nil)
 		ctx := context.Background()
-		if err := d.runner("v1").Deploy(ctx); err != nil {
+		if err := d.runner("v1").Deploy(ctx, ""); err != nil {
 			b.Fatal(err)
 		}
 		// 100 MB: half incompressible, half text, in 20 files beside the database.
