@@ -3,12 +3,10 @@ package tasks
 import (
 	"context"
 	"path/filepath"
-	"strings"
 
 	"github.com/carebot/carebot/internal/text"
 
 	"github.com/carebot/carebot/internal/deploy"
-	"github.com/carebot/carebot/internal/host"
 )
 
 // Backup archives DEPLOY_PATH/data on the deploy host (consistently: the
@@ -76,13 +74,20 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	if dryRun {
 		verb = "would remove"
 	}
-	engines := []host.Host{host.Local{}}
+	// The build engine through its API, reached as build and test reach it
+	// (WSL, sudo); a server's engine through the host's shell. A deploy to
+	// this machine uses the build engine.
+	e, err := r.Engine(ctx)
+	if err != nil {
+		return err
+	}
+	engines := []deploy.Images{e}
 	if r.Cfg.Remote() {
-		engines = append(engines, d.Host)
+		engines = append(engines, deploy.HostImages{Host: d.Host})
 	}
 	var reclaimed int64
-	for _, h := range engines {
-		n, err := r.cleanEngine(ctx, h, protect, dryRun, verb)
+	for _, imgs := range engines {
+		n, err := r.cleanEngine(ctx, imgs, protect, dryRun, verb)
 		if err != nil {
 			return err
 		}
@@ -90,14 +95,16 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	}
 
 	// Test containers this tool left (only ever ours: they carry its label).
-	out, err := host.Run(ctx, host.Local{}, "docker ps -aq --filter label="+roleLabel+"=test")
+	ids, err := e.ContainersLabeled(ctx, roleLabel, "test")
 	if err != nil {
 		return err
 	}
-	if ids := strings.Fields(out); len(ids) > 0 {
+	if len(ids) > 0 {
 		r.printf("%s the leftover test container %s\n", verb, TestContainer)
-		if !dryRun {
-			if _, err := host.Run(ctx, host.Local{}, "docker rm -f "+strings.Join(ids, " ")); err != nil {
+	}
+	if !dryRun {
+		for _, id := range ids {
+			if err := e.Remove(ctx, id); err != nil {
 				return err
 			}
 		}
@@ -127,26 +134,26 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 // cleanEngine removes old tags and dangling images on one engine and
 // returns the bytes reclaimed (measured with docker system df; estimated
 // from image sizes in a dry run).
-func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+func (r *Runner) cleanEngine(ctx context.Context, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
 	name := r.Cfg.ImageName
-	tags, err := deploy.Tags(ctx, h, name)
+	tags, err := imgs.Tags(ctx, name)
 	if err != nil {
 		return 0, err
 	}
-	inUse, err := deploy.ImagesInUse(ctx, h)
+	inUse, err := imgs.ImagesInUse(ctx)
 	if err != nil {
 		return 0, err
 	}
 	remove := deploy.PlanTagCleanup(tags, r.Cfg.ImageKeep, protect, inUse)
-	dangling, err := deploy.DanglingImages(ctx, h)
+	dangling, err := imgs.DanglingImages(ctx)
 	if err != nil {
 		return 0, err
 	}
 	for _, t := range remove {
-		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, h, text.Bytes(t.Size))
+		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, imgs, text.Bytes(t.Size))
 	}
 	if len(dangling) > 0 {
-		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), h)
+		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), imgs)
 	}
 	if dryRun {
 		var est int64
@@ -155,17 +162,17 @@ func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[strin
 		}
 		return est, nil
 	}
-	before, err := deploy.ImageDiskUsage(ctx, h)
+	before, err := imgs.ImageDiskUsage(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if err := deploy.RemoveTags(ctx, h, name, remove); err != nil {
+	if err := imgs.RemoveTags(ctx, name, remove); err != nil {
 		return 0, err
 	}
-	if err := deploy.PruneDangling(ctx, h); err != nil {
+	if err := imgs.PruneDangling(ctx); err != nil {
 		return 0, err
 	}
-	after, err := deploy.ImageDiskUsage(ctx, h)
+	after, err := imgs.ImageDiskUsage(ctx)
 	if err != nil {
 		return 0, err
 	}
