@@ -109,8 +109,8 @@ func (r *Runner) PrintTimings() {
 //
 // The connection is never redialled: a failed dial fails every task that
 // needs the host, and a connection lost mid-run fails the tasks with the
-// reason. The deploy lock relies on this: it is held by this connection
-// and dies with it, so a run must not go on over another one.
+// reason. Whatever a run holds on the host through its connection (a
+// lock) must end with it, never carry over to a second one.
 func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 	r.hostMu.Lock()
 	defer r.hostMu.Unlock()
