@@ -35,7 +35,7 @@ func (e *Engine) String() string {
 // Tags lists the tags of repository name with their images' IDs, sizes
 // and creation times.
 func (e *Engine) Tags(ctx context.Context, name string) ([]ImageTag, error) {
-	list, err := e.api.ImageList(ctx, image.ListOptions{Filters: refFilter(name)})
+	list, err := e.ImagesOf(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("list images of %s on %s: %w", name, e, err)
 	}
