@@ -68,7 +68,7 @@ func (p *remoteProject) mage(tag string, args ...string) (string, error) {
 
 // One mage process opens one connection to the server, and every target
 // it runs uses it: backup, then deploy (which names that backup in the
-// history), then status.
+// history), then status. A connection that breaks is not dialled again.
 func TestOneConnectionPerRun(t *testing.T) {
 	p := newRemoteProject(t, "conns")
 	p.createServerEnv()
@@ -102,5 +102,24 @@ func TestOneConnectionPerRun(t *testing.T) {
 	list := backups(t, p)
 	if len(entries) != 2 || len(list) != 1 || entries[1].Version != "v2" || entries[1].Backup != list[0].Name {
 		t.Errorf("history %+v, backups %+v: want the v2 deploy to name the one backup this run took", entries, list)
+	}
+
+	// The link breaks mid-run: the next task fails, and nothing redials.
+	r := p.runner("v2")
+	if err := r.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before = p.proxy.Conns()
+	p.proxy.Cut()
+	err = r.Status(ctx)
+	t.Logf("status after the cut: %v", err)
+	if err == nil {
+		t.Error("status over a cut connection succeeded")
+	}
+	if _, err := r.Backup(ctx, false); err == nil {
+		t.Error("backup over a cut connection succeeded")
+	}
+	if n := p.proxy.Conns() - before; n != 0 {
+		t.Errorf("%d connections were dialled after the cut, want none", n)
 	}
 }
