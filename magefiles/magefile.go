@@ -29,9 +29,14 @@ var (
 	keepTest       bool
 	skipBackup     bool
 	downloadBackup bool
+	// Set by the backup step for the deploy after it, which names it in the history.
+	backupTaken string
 )
 
-// run loads and validates the configuration once per mage process.
+// run loads and validates the configuration once per mage process. The
+// runner's connections (one to the deploy host, one to the build engine)
+// serve every target of the process, `mage backup deploy status` included;
+// Full closes them when it ends, and otherwise the process's exit does.
 func run() (*tasks.Runner, error) {
 	runnerOnce.Do(func() {
 		dir, err := os.Getwd()
@@ -148,7 +153,7 @@ func deploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return r.Timed("deploy", func() error { return r.Deploy(ctx) })
+	return r.Timed("deploy", func() error { return r.Deploy(ctx, backupTaken) })
 }
 
 // Backup archives DEPLOY_PATH/data on the deploy host with its sha256; -download also copies it to ./backups.
@@ -169,7 +174,8 @@ func backup(ctx context.Context) error {
 		return err
 	}
 	return r.Timed("backup", func() error {
-		_, err := r.Backup(ctx, downloadBackup)
+		b, err := r.Backup(ctx, downloadBackup)
+		backupTaken = b.Name
 		return err
 	})
 }
@@ -213,6 +219,7 @@ func Full(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer r.Close() // after the timings: Full is the whole run
 	defer r.PrintTimings()
 	mg.SerialCtxDeps(ctx, build, Inspect, test, deploy)
 	return nil

@@ -9,23 +9,43 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
 )
 
 // ImageTag is one tag of the app's repository on an engine.
-type ImageTag struct {
-	Tag     string
-	ID      string
-	Created time.Time
-	Size    int64
+type ImageTag = engine.ImageTag
+
+// Images is one engine's images as cleanup sees them: the build engine
+// through the Engine API (*engine.Engine), a deploy host's engine through
+// the host's shell (HostImages). Both are planned by PlanTagCleanup.
+type Images interface {
+	Tags(ctx context.Context, name string) ([]ImageTag, error)
+	ImagesInUse(ctx context.Context) (map[string]bool, error)
+	DanglingImages(ctx context.Context) ([]string, error)
+	RemoveTags(ctx context.Context, name string, tags []ImageTag) error
+	PruneDangling(ctx context.Context) error
+	ImageDiskUsage(ctx context.Context) (int64, error)
+	String() string
 }
 
-// Tags lists the tags of repository name on the engine h reaches.
-func Tags(ctx context.Context, h host.Host, name string) ([]ImageTag, error) {
-	out, err := host.Run(ctx, h, "docker image ls --no-trunc --format '{{.Tag}} {{.ID}}' "+shell.Quote(name))
+var (
+	_ Images = (*engine.Engine)(nil)
+	_ Images = HostImages{}
+)
+
+// HostImages is the Docker engine of a host, reached through its shell
+// (a server has no API socket we can reach, only SSH).
+type HostImages struct{ Host host.Host }
+
+func (s HostImages) String() string { return s.Host.String() }
+
+// Tags lists the tags of repository name.
+func (s HostImages) Tags(ctx context.Context, name string) ([]ImageTag, error) {
+	out, err := host.Run(ctx, s.Host, "docker image ls --no-trunc --format '{{.Tag}} {{.ID}}' "+shell.Quote(name))
 	if err != nil {
-		return nil, fmt.Errorf("list images on %s: %w", h, err)
+		return nil, fmt.Errorf("list images on %s: %w", s.Host, err)
 	}
 	var tags []ImageTag
 	ids := map[string]bool{}
@@ -43,9 +63,9 @@ func Tags(ctx context.Context, h host.Host, name string) ([]ImageTag, error) {
 	for id := range ids {
 		list = append(list, shell.Quote(id))
 	}
-	out, err = host.Run(ctx, h, "docker image inspect --format '{{.Id}} {{.Size}} {{.Created}}' "+strings.Join(list, " "))
+	out, err = host.Run(ctx, s.Host, "docker image inspect --format '{{.Id}} {{.Size}} {{.Created}}' "+strings.Join(list, " "))
 	if err != nil {
-		return nil, fmt.Errorf("inspect images on %s: %w", h, err)
+		return nil, fmt.Errorf("inspect images on %s: %w", s.Host, err)
 	}
 	meta := map[string]ImageTag{}
 	for _, line := range strings.Split(out, "\n") {
@@ -63,11 +83,11 @@ func Tags(ctx context.Context, h host.Host, name string) ([]ImageTag, error) {
 	return tags, nil
 }
 
-// ImagesInUse are the IDs of images that containers on h were made from.
-func ImagesInUse(ctx context.Context, h host.Host) (map[string]bool, error) {
-	out, err := host.Run(ctx, h, "docker ps -aq --no-trunc | xargs -r docker inspect --format '{{.Image}}'")
+// ImagesInUse are the IDs of images that containers were made from.
+func (s HostImages) ImagesInUse(ctx context.Context) (map[string]bool, error) {
+	out, err := host.Run(ctx, s.Host, "docker ps -aq --no-trunc | xargs -r docker inspect --format '{{.Image}}'")
 	if err != nil {
-		return nil, fmt.Errorf("list containers on %s: %w", h, err)
+		return nil, fmt.Errorf("list containers on %s: %w", s.Host, err)
 	}
 	used := map[string]bool{}
 	for _, id := range strings.Fields(out) {
@@ -117,7 +137,7 @@ func (d *Deployer) Protected(ctx context.Context) (map[string]bool, error) {
 }
 
 // RemoveTags untags each (the image goes when its last tag does).
-func RemoveTags(ctx context.Context, h host.Host, name string, tags []ImageTag) error {
+func (s HostImages) RemoveTags(ctx context.Context, name string, tags []ImageTag) error {
 	if len(tags) == 0 {
 		return nil
 	}
@@ -125,18 +145,18 @@ func RemoveTags(ctx context.Context, h host.Host, name string, tags []ImageTag) 
 	for _, t := range tags {
 		refs = append(refs, shell.Quote(name+":"+t.Tag))
 	}
-	if _, err := host.Run(ctx, h, "docker image rm "+strings.Join(refs, " ")); err != nil {
-		return fmt.Errorf("remove images on %s: %w", h, err)
+	if _, err := host.Run(ctx, s.Host, "docker image rm "+strings.Join(refs, " ")); err != nil {
+		return fmt.Errorf("remove images on %s: %w", s.Host, err)
 	}
 	return nil
 }
 
 // ImageDiskUsage is the engine's image storage in bytes, shared layers
 // counted once (docker system df).
-func ImageDiskUsage(ctx context.Context, h host.Host) (int64, error) {
-	out, err := host.Run(ctx, h, "docker system df --format '{{json .}}'")
+func (s HostImages) ImageDiskUsage(ctx context.Context) (int64, error) {
+	out, err := host.Run(ctx, s.Host, "docker system df --format '{{json .}}'")
 	if err != nil {
-		return 0, fmt.Errorf("docker system df on %s: %w", h, err)
+		return 0, fmt.Errorf("docker system df on %s: %w", s.Host, err)
 	}
 	for _, line := range strings.Split(out, "\n") {
 		var row struct{ Type, Size string }
@@ -144,7 +164,7 @@ func ImageDiskUsage(ctx context.Context, h host.Host) (int64, error) {
 			return ParseSize(row.Size), nil
 		}
 	}
-	return 0, fmt.Errorf("docker system df on %s: no Images row", h)
+	return 0, fmt.Errorf("docker system df on %s: no Images row", s.Host)
 }
 
 // ParseSize reads Docker's human sizes ("10.9MB", "1.2GB", "0B").
@@ -167,18 +187,18 @@ func ParseSize(s string) int64 {
 }
 
 // DanglingImages lists untagged images nothing uses (what prune removes).
-func DanglingImages(ctx context.Context, h host.Host) ([]string, error) {
-	out, err := host.Run(ctx, h, "docker image ls -q --no-trunc --filter dangling=true")
+func (s HostImages) DanglingImages(ctx context.Context) ([]string, error) {
+	out, err := host.Run(ctx, s.Host, "docker image ls -q --no-trunc --filter dangling=true")
 	if err != nil {
-		return nil, fmt.Errorf("list dangling images on %s: %w", h, err)
+		return nil, fmt.Errorf("list dangling images on %s: %w", s.Host, err)
 	}
 	return strings.Fields(out), nil
 }
 
 // PruneDangling removes dangling images.
-func PruneDangling(ctx context.Context, h host.Host) error {
-	if _, err := host.Run(ctx, h, "docker image prune -f >/dev/null"); err != nil {
-		return fmt.Errorf("prune images on %s: %w", h, err)
+func (s HostImages) PruneDangling(ctx context.Context) error {
+	if _, err := host.Run(ctx, s.Host, "docker image prune -f >/dev/null"); err != nil {
+		return fmt.Errorf("prune images on %s: %w", s.Host, err)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/carebot/carebot/internal/health"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
+	"github.com/carebot/carebot/internal/ship"
 )
 
 // Deployer deploys to one host.
@@ -40,9 +41,11 @@ type Deployer struct {
 	HealthTimeout time.Duration
 	LogLines      int // shown when a release fails
 
-	// Ship puts the image on the host and returns the ID the host knows it
-	// by (nil: it is there already, as on this machine).
-	Ship func(ctx context.Context) (string, error)
+	// Engine is the engine the image was built on: Deploy ships the
+	// release's image from it, and nothing travels when the host has it
+	// (a deploy to this machine's own engine).
+	Engine      ship.Source
+	Compression string // COMPRESSION: how the image travels (see ship.Options)
 
 	Out io.Writer
 	Now func() time.Time
@@ -53,7 +56,7 @@ type Deployer struct {
 // Release is what to deploy.
 type Release struct {
 	Version string // image tag
-	ImageID string // the ID the host must end up with
+	ImageID string // the ID of the image that was built, which the host must end up with
 	Commit  string
 	Backup  string // the backup taken before it, for the history
 }
@@ -85,18 +88,11 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	}
 	defer unlock()
 
-	if d.Ship != nil {
-		id, err := d.Ship(ctx)
-		if err != nil {
-			return err
-		}
-		if id != "" {
-			r.ImageID = id // the containerd store names it by manifest, not config
-		}
-	}
-	if err := d.verifyImage(ctx, r); err != nil {
+	st, err := ship.Image(ctx, d.Engine, d.Host, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
+	if err != nil {
 		return err
 	}
+	r.ImageID = st.ServerID // checked by ship; the containerd store names it by manifest, not config
 	history, err := d.History(ctx)
 	if err != nil {
 		return err
@@ -337,31 +333,6 @@ func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
 	return sums, nil
 }
 
-// verifyImage checks that the host has the release's image, with the ID
-// that was built: a tag that points elsewhere must not be served.
-func (d *Deployer) verifyImage(ctx context.Context, r Release) error {
-	id, err := d.imageID(ctx, r.Version)
-	if err != nil {
-		return err
-	}
-	if id == "" {
-		return fmt.Errorf("image %s:%s is not on %s", d.ImageName, r.Version, d.Host)
-	}
-	if r.ImageID != "" && id != r.ImageID {
-		return fmt.Errorf("image %s:%s on %s is %s, not the %s that was built", d.ImageName, r.Version, d.Host, text.ShortID(id), text.ShortID(r.ImageID))
-	}
-	return nil
-}
-
-func (d *Deployer) imageID(ctx context.Context, version string) (string, error) {
-	ref := shell.Quote(d.ImageName + ":" + version)
-	out, err := host.Run(ctx, d.Host, "docker image inspect --format '{{.Id}}' "+ref+" 2>/dev/null || true")
-	if err != nil {
-		return "", fmt.Errorf("inspect image on %s: %w", d.Host, err)
-	}
-	return strings.TrimSpace(out), nil
-}
-
 // releaseCompose is where the compose file a release was deployed with is
 // kept, so that going back to it runs it as it ran (a later release may
 // have changed the file in a way the old image does not survive).
@@ -396,7 +367,7 @@ func (d *Deployer) retag(ctx context.Context, r Release) error {
 		ref := shell.Quote(d.ImageName + ":" + r.Version)
 		_, _ = host.Run(ctx, d.Host, fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", shell.Quote(r.ImageID), shell.Quote(r.ImageID), ref))
 	}
-	id, err := d.imageID(ctx, r.Version)
+	id, err := ship.ImageID(ctx, d.Host, d.ImageName+":"+r.Version)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/carebot/carebot/internal/health"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/ship/shiptest"
 )
 
 var t0 = time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
@@ -870,34 +871,6 @@ func TestCheckPort(t *testing.T) {
 	})
 }
 
-func TestVerifyImage(t *testing.T) {
-	tests := []struct {
-		name    string
-		images  map[string]string
-		r       Release
-		wantErr string
-	}{
-		{"there with the built ID", map[string]string{"v2": "sha256:2222222222222222aaaa"}, Release{Version: "v2", ImageID: "sha256:2222222222222222aaaa"}, ""},
-		{"there, ID not known", map[string]string{"v2": "sha256:2222222222222222aaaa"}, Release{Version: "v2"}, ""},
-		{"missing", map[string]string{"v1": "sha256:1"}, Release{Version: "v2", ImageID: "sha256:2"}, "image carebot:v2 is not on the fake host"},
-		{"tag points elsewhere", map[string]string{"v2": "sha256:999999999999999999"}, Release{Version: "v2", ImageID: "sha256:222222222222222222"},
-			"is 999999999999, not the 222222222222 that was built"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			d, _, w, _ := deployedWorld(t, "")
-			w.images = tc.images
-			err := d.verifyImage(context.Background(), tc.r)
-			if tc.wantErr == "" && err != nil {
-				t.Errorf("verifyImage: %v", err)
-			}
-			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Errorf("verifyImage = %v, want %q", err, tc.wantErr)
-			}
-		})
-	}
-}
-
 const (
 	id1  = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 	id2  = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
@@ -916,7 +889,7 @@ func TestDeploy(t *testing.T) {
 		broken   []string
 		foreign  bool
 		locked   bool
-		ship     map[string]string // images Ship loads
+		notBuilt bool // the build engine does not have the release's image
 		release  Release
 
 		wantErr     []string // nil: success
@@ -944,15 +917,6 @@ func TestDeploy(t *testing.T) {
 			wantServing: "v2",
 			wantEntry:   &Entry{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2", Previous: "v1"},
 			wantOut:     []string{"(serving now: v1)", "is serving v2"},
-		},
-		{
-			name:        "Ship puts the image there",
-			serving:     "v1",
-			images:      map[string]string{"v1": id1},
-			ship:        map[string]string{"v2": id2},
-			release:     Release{Version: "v2", ImageID: id2},
-			wantServing: "v2",
-			wantEntry:   &Entry{Action: "deploy", Version: "v2", ImageID: id2, Result: ResultOK, Serving: "v2", Previous: "v1"},
 		},
 		{
 			name:        "a release that never gets healthy rolls back, to the recorded image",
@@ -1003,20 +967,12 @@ func TestDeploy(t *testing.T) {
 			wantEntry:   &Entry{Action: "deploy", Version: "v3", ImageID: id3, Result: ResultFailed, Previous: "v1"},
 		},
 		{
-			name:        "image not on the host: refused, nothing changes",
+			name:        "image no longer built: refused, nothing changes",
 			serving:     "v1",
 			images:      map[string]string{"v1": id1},
+			notBuilt:    true,
 			release:     Release{Version: "v2", ImageID: id2},
-			wantErr:     []string{"image carebot:v2 is not on the fake host"},
-			wantServing: "v1",
-			wantNoSync:  true,
-		},
-		{
-			name:        "the tag is another image: refused",
-			serving:     "v1",
-			images:      map[string]string{"v1": id1, "v2": idX},
-			release:     Release{Version: "v2", ImageID: id2},
-			wantErr:     []string{"is eeeeeeeeeeee, not the 222222222222 that was built"},
+			wantErr:     []string{"image carebot:v2 (222222222222) is not on the build engine any more"},
 			wantServing: "v1",
 			wantNoSync:  true,
 		},
@@ -1061,18 +1017,11 @@ func TestDeploy(t *testing.T) {
 				w.broken[v] = true
 			}
 			w.mu.Unlock()
-			shipped := false
-			if tc.ship != nil {
-				d.Ship = func(context.Context) (string, error) {
-					shipped = true
-					w.mu.Lock()
-					defer w.mu.Unlock()
-					for k, v := range tc.ship {
-						w.images[k] = v
-					}
-					return "", nil
-				}
+			eng := &shiptest.Engine{}
+			if !tc.notBuilt {
+				eng.Know(tc.release.ImageID) // and the host has it: nothing is sent
 			}
+			d.Engine = eng
 			if tc.locked {
 				if err := os.Mkdir(d.lockPath(), 0o755); err != nil {
 					t.Fatal(err)
@@ -1098,9 +1047,6 @@ func TestDeploy(t *testing.T) {
 			}
 			if err != nil && errors.Is(err, ErrLocked) != tc.wantLocked {
 				t.Errorf("errors.Is(err, ErrLocked) = %v, want %v", !tc.wantLocked, tc.wantLocked)
-			}
-			if tc.ship != nil && !shipped {
-				t.Errorf("Ship was not called")
 			}
 			for _, want := range tc.wantOut {
 				if !strings.Contains(out.String(), want) {
@@ -1149,6 +1095,60 @@ func TestDeploy(t *testing.T) {
 			synced := strings.Contains(string(newCompose), "restart: unless-stopped")
 			if synced == tc.wantNoSync {
 				t.Errorf("compose file synced: %v, want %v (before %q, after %q)", synced, !tc.wantNoSync, oldCompose, newCompose)
+			}
+		})
+	}
+}
+
+// Deploy sends the release's image when the host lacks it, and refuses,
+// before anything changes, one that is another image there after loading.
+func TestDeployShipsTheImage(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		loads   string // what carebot:v2 is on the host after a load; "" = the image sent
+		wantErr string
+	}{
+		{name: "the host lacks it: sent, then served"},
+		{name: "another image under the tag after loading: refused", loads: idX, wantErr: "carebot:v2 on the fake host is eeeeeeeeeeee after loading, not the "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			d, out, w, _ := deployedWorld(t, "v1")
+			eng := &shiptest.Engine{}
+			img := eng.Build(t, "carebot:v2")
+			d.Engine = eng
+			w.mu.Lock()
+			w.images = map[string]string{"v1": id1}
+			w.loads = map[string]string{"v2": img.ID}
+			if tc.loads != "" {
+				w.loads["v2"] = tc.loads
+			}
+			w.mu.Unlock()
+
+			err := d.Deploy(ctx, Release{Version: "v2", ImageID: img.ID})
+
+			history, _ := d.History(ctx)
+			running, _ := w.state()
+			if w.loaded != 1 {
+				t.Errorf("%d docker loads, want 1", w.loaded)
+			}
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Deploy: %v\noutput:\n%s", err, out)
+				}
+				if running != "v2" || len(history) != 1 || history[0].ImageID != img.ID {
+					t.Errorf("serving %q, history %+v; want v2 recorded with the image sent", running, history)
+				}
+				if !strings.Contains(out.String(), "sending carebot:v2 to the fake host: all 3 layers") {
+					t.Errorf("output:\n%s", out)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Deploy = %v, want %q", err, tc.wantErr)
+			}
+			if running != "v1" || len(history) != 0 || exists(d.lockPath()) {
+				t.Errorf("serving %q, history %+v, lock held %v: a refused image must change nothing", running, history, exists(d.lockPath()))
 			}
 		})
 	}

@@ -43,6 +43,9 @@ func (f *fakeHost) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout
 	}
 	if f.handle != nil {
 		if out, exit, ok := f.handle(cmd); ok {
+			if stdin != nil {
+				io.Copy(io.Discard, stdin) // what a docker load reads
+			}
 			if exit != 0 {
 				// Fail for real, so the error is what a shell gives.
 				return f.Local.Exec(ctx, fmt.Sprintf("printf '%%s\\n' %s >&2; exit %d", shell.Quote(out), exit), nil, stdout, stderr)
@@ -83,6 +86,8 @@ type world struct {
 	running  string            // tag of the running container, "" = none
 	broken   map[string]bool   // tags that never become healthy (and restart)
 	foreign  bool              // another container publishes the port
+	loads    map[string]string // tag -> image ID a docker load leaves on the host
+	loaded   int               // docker loads run
 	port     int
 	srv      *http.Server
 	ln       net.Listener
@@ -162,6 +167,7 @@ func (w *world) state() (running string, images map[string]string) {
 }
 
 var (
+	reSurvey  = regexp.MustCompile(`^docker version --format .*\$\(docker image inspect --format '\{\{\.Id\}\}' carebot:(\S+) 2>/dev/null`)
 	reImageID = regexp.MustCompile(`^docker image inspect --format '\{\{\.Id\}\}' carebot:(\S+) 2>/dev/null \|\| true$`)
 	reRetag   = regexp.MustCompile(`^docker image inspect (\S+) >/dev/null 2>&1 && docker tag (\S+) carebot:(\S+)$`)
 	reTag     = regexp.MustCompile(`IMAGE_TAG=(\S+) `)
@@ -205,6 +211,20 @@ func (w *world) handle(cmd string) (string, int, bool) {
 	}
 	if !strings.HasPrefix(cmd, "docker ") {
 		return "", 0, false
+	}
+	if m := reSurvey.FindStringSubmatch(cmd); m != nil {
+		id := w.images[m[1]]
+		if id == "" {
+			id = "none"
+		}
+		return "1.41 linux x86_64\n" + id + "\n", 0, true
+	}
+	if cmd == "docker load" {
+		w.loaded++
+		for tag, id := range w.loads {
+			w.images[tag] = id
+		}
+		return "Loaded image: carebot\n", 0, true
 	}
 	if m := reImageID.FindStringSubmatch(cmd); m != nil {
 		if id, ok := w.images[m[1]]; ok {

@@ -3,30 +3,26 @@ package tasks
 import (
 	"context"
 	"path/filepath"
-	"strings"
 
 	"github.com/carebot/carebot/internal/text"
 
 	"github.com/carebot/carebot/internal/deploy"
-	"github.com/carebot/carebot/internal/host"
 )
 
 // Backup archives DEPLOY_PATH/data on the deploy host (consistently: the
 // service is paused for the copy), keeps BACKUP_KEEP backups, and with
 // download also copies it to ./backups here and checks its checksum. It
-// returns the backup ("" name when there was no data yet).
+// returns the backup ("" name when there was no data yet), for the deploy
+// that follows to name in its history.
 func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return deploy.Backup{}, err
 	}
-	defer d.Host.Close()
 	b, err := d.Backup(ctx, r.Cfg.BackupKeep)
 	if err != nil || b.Name == "" || !download {
-		r.lastBackup = b.Name
 		return b, err
 	}
-	r.lastBackup = b.Name
 	dst, err := d.Download(ctx, b, filepath.Join(r.Cfg.Dir, "backups"))
 	if err != nil {
 		return b, err
@@ -42,7 +38,6 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	if list {
 		backups, err := d.Backups(ctx)
 		if err != nil {
@@ -69,7 +64,6 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	protect, err := d.Protected(ctx)
 	if err != nil {
 		return err
@@ -80,13 +74,20 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	if dryRun {
 		verb = "would remove"
 	}
-	engines := []host.Host{host.Local{}}
+	// The build engine through its API, reached as build and test reach it
+	// (WSL, sudo); a server's engine through the host's shell. A deploy to
+	// this machine uses the build engine.
+	e, err := r.Engine(ctx)
+	if err != nil {
+		return err
+	}
+	engines := []deploy.Images{e}
 	if r.Cfg.Remote() {
-		engines = append(engines, d.Host)
+		engines = append(engines, deploy.HostImages{Host: d.Host})
 	}
 	var reclaimed int64
-	for _, h := range engines {
-		n, err := r.cleanEngine(ctx, h, protect, dryRun, verb)
+	for _, imgs := range engines {
+		n, err := r.cleanEngine(ctx, imgs, protect, dryRun, verb)
 		if err != nil {
 			return err
 		}
@@ -94,14 +95,16 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	}
 
 	// Test containers this tool left (only ever ours: they carry its label).
-	out, err := host.Run(ctx, host.Local{}, "docker ps -aq --filter label="+roleLabel+"=test")
+	ids, err := e.ContainersLabeled(ctx, roleLabel, "test")
 	if err != nil {
 		return err
 	}
-	if ids := strings.Fields(out); len(ids) > 0 {
+	if len(ids) > 0 {
 		r.printf("%s the leftover test container %s\n", verb, TestContainer)
-		if !dryRun {
-			if _, err := host.Run(ctx, host.Local{}, "docker rm -f "+strings.Join(ids, " ")); err != nil {
+	}
+	if !dryRun {
+		for _, id := range ids {
+			if err := e.Remove(ctx, id); err != nil {
 				return err
 			}
 		}
@@ -131,26 +134,26 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 // cleanEngine removes old tags and dangling images on one engine and
 // returns the bytes reclaimed (measured with docker system df; estimated
 // from image sizes in a dry run).
-func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+func (r *Runner) cleanEngine(ctx context.Context, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
 	name := r.Cfg.ImageName
-	tags, err := deploy.Tags(ctx, h, name)
+	tags, err := imgs.Tags(ctx, name)
 	if err != nil {
 		return 0, err
 	}
-	inUse, err := deploy.ImagesInUse(ctx, h)
+	inUse, err := imgs.ImagesInUse(ctx)
 	if err != nil {
 		return 0, err
 	}
 	remove := deploy.PlanTagCleanup(tags, r.Cfg.ImageKeep, protect, inUse)
-	dangling, err := deploy.DanglingImages(ctx, h)
+	dangling, err := imgs.DanglingImages(ctx)
 	if err != nil {
 		return 0, err
 	}
 	for _, t := range remove {
-		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, h, text.Bytes(t.Size))
+		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, imgs, text.Bytes(t.Size))
 	}
 	if len(dangling) > 0 {
-		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), h)
+		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), imgs)
 	}
 	if dryRun {
 		var est int64
@@ -159,17 +162,17 @@ func (r *Runner) cleanEngine(ctx context.Context, h host.Host, protect map[strin
 		}
 		return est, nil
 	}
-	before, err := deploy.ImageDiskUsage(ctx, h)
+	before, err := imgs.ImageDiskUsage(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if err := deploy.RemoveTags(ctx, h, name, remove); err != nil {
+	if err := imgs.RemoveTags(ctx, name, remove); err != nil {
 		return 0, err
 	}
-	if err := deploy.PruneDangling(ctx, h); err != nil {
+	if err := imgs.PruneDangling(ctx); err != nil {
 		return 0, err
 	}
-	after, err := deploy.ImageDiskUsage(ctx, h)
+	after, err := imgs.ImageDiskUsage(ctx)
 	if err != nil {
 		return 0, err
 	}

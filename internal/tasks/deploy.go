@@ -13,7 +13,9 @@ import (
 
 // Deploy puts IMAGE_NAME:IMAGE_TAG, already built, into service on
 // DEPLOY_HOST, and rolls back by itself when it does not become healthy.
-func (r *Runner) Deploy(ctx context.Context) error {
+// backup names the backup taken just before, for the history ("" when
+// none was).
+func (r *Runner) Deploy(ctx context.Context, backup string) error {
 	e, err := r.Engine(ctx)
 	if err != nil {
 		return err
@@ -29,14 +31,7 @@ func (r *Runner) Deploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
-	if r.Cfg.Remote() {
-		d.Ship = func(ctx context.Context) (string, error) {
-			st, err := r.Ship(ctx, d.Host, r.Cfg.Image())
-			return st.ServerID, err
-		}
-	}
-	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit, Backup: r.lastBackup})
+	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit, Backup: backup})
 }
 
 // Rollback serves version, or the release before the current one when
@@ -46,7 +41,6 @@ func (r *Runner) Rollback(ctx context.Context, version string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	return d.Rollback(ctx, version)
 }
 
@@ -57,7 +51,6 @@ func (r *Runner) Status(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	if err := d.Deployed(ctx); err != nil {
 		return err
 	}
@@ -100,7 +93,6 @@ func (r *Runner) Logs(ctx context.Context, lines int, follow bool) error {
 	if err != nil {
 		return err
 	}
-	defer d.Host.Close()
 	if err := d.Deployed(ctx); err != nil {
 		return err
 	}

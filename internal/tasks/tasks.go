@@ -4,6 +4,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,16 +18,21 @@ import (
 )
 
 // Runner carries what the tasks of one mage run share: the configuration,
-// where output goes, and the engine connection (opened on first use).
+// where output goes, and the run's connections, each opened on first use
+// and then used by every task: the build engine, and the deploy host.
 type Runner struct {
 	Cfg     *config.Config
 	Out     io.Writer
 	Verbose bool // show build output even when not on a terminal
 
-	mu         sync.Mutex
-	eng        *engine.Engine
-	timings    []Timing
-	lastBackup string // the backup this run took, named in the deploy history
+	mu      sync.Mutex
+	eng     *engine.Engine
+	timings []Timing
+
+	hostMu sync.Mutex // held while the deploy host is dialled
+	dep    *deploy.Deployer
+	depErr error
+	closed bool
 }
 
 // Timing is how long one step of a run took.
@@ -96,8 +102,28 @@ func (r *Runner) PrintTimings() {
 	r.printf("%-10s %9.1fs\n", "total", total.Seconds())
 }
 
-// Deployer builds the deployer for DEPLOY_HOST; the caller closes the host.
+// Deployer is the run's one deployer, on the run's one connection to the
+// deploy host: this machine when DEPLOY_HOST is empty, else an SSH
+// connection to the server, dialled on first use. Every task of the run
+// uses it, and what it learns once (the host's Compose) serves them all.
+//
+// The connection is never redialled: a failed dial fails every task that
+// needs the host, and a connection lost mid-run fails the tasks with the
+// reason. Whatever a run holds on the host through its connection (a
+// lock) must end with it, never carry over to a second one.
 func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
+	r.hostMu.Lock()
+	defer r.hostMu.Unlock()
+	if r.closed {
+		return nil, errors.New("this run's connections are closed: run the task in a mage call of its own")
+	}
+	if r.dep == nil && r.depErr == nil {
+		r.dep, r.depErr = r.newDeployer(ctx)
+	}
+	return r.dep, r.depErr
+}
+
+func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 	c := r.Cfg
 	var h host.Host
 	seed := ""
@@ -117,8 +143,30 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
+		Engine: buildEngine{r}, Compression: c.Compression,
 		LogLines: 20, Out: r.Out,
 	}, nil
+}
+
+// buildEngine is the run's build engine as shipping sees it, connected on
+// first use: the tasks that only touch the deploy host (status, logs,
+// backup) never need it.
+type buildEngine struct{ r *Runner }
+
+func (b buildEngine) Image(ctx context.Context, ref string) (engine.Image, error) {
+	e, err := b.r.Engine(ctx)
+	if err != nil {
+		return engine.Image{}, err
+	}
+	return e.Image(ctx, ref)
+}
+
+func (b buildEngine) Save(ctx context.Context, refs ...string) (io.ReadCloser, error) {
+	e, err := b.r.Engine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.Save(ctx, refs...)
 }
 
 // sshConfig is how the settings reach target: the one place that turns
@@ -131,10 +179,22 @@ func sshConfig(c *config.Config, t config.Target, log io.Writer) host.SSHConfig 
 	}
 }
 
-// Close releases the engine connection.
+// Close ends the run's connections, to the deploy host and to the build
+// engine; tasks that need the deploy host afterwards fail rather than dial
+// again.
 func (r *Runner) Close() error {
-	if r.eng != nil {
-		return r.eng.Close()
+	r.hostMu.Lock()
+	r.closed = true
+	dep := r.dep
+	r.hostMu.Unlock()
+	var errs []error
+	if dep != nil {
+		errs = append(errs, dep.Host.Close())
 	}
-	return nil
+	r.mu.Lock()
+	if r.eng != nil {
+		errs = append(errs, r.eng.Close())
+	}
+	r.mu.Unlock()
+	return errors.Join(errs...)
 }

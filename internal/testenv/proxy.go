@@ -12,13 +12,22 @@ import (
 // Proxy forwards TCP connections to a target and counts the bytes that
 // cross it in both directions: what "on the wire" means in the tests and
 // the benchmark. With a rate, it also limits the link, like a slow uplink.
+// It counts the connections it accepts, and can cut the live ones, at once
+// or after a number of bytes, as a broken link would.
 type Proxy struct {
 	Addr  string
 	bytes atomic.Int64
+	conns atomic.Int64
 	l     net.Listener
 	rate  int64 // bytes per second in each direction; 0 = unlimited
-	wg    sync.WaitGroup
+
+	mu     sync.Mutex
+	live   map[*link]bool
+	budget int64 // bytes that may still cross before every link is cut; -1 = no cut armed
 }
+
+// link is one proxied connection: the client's side and the target's.
+type link struct{ c, u *net.TCPConn }
 
 // StartProxy listens on 127.0.0.1 and forwards to target. bitsPerSecond 0
 // means no limit.
@@ -28,17 +37,67 @@ func StartProxy(t testing.TB, target string, bitsPerSecond int64) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Addr: l.Addr().String(), l: l, rate: bitsPerSecond / 8}
+	p := &Proxy{Addr: l.Addr().String(), l: l, rate: bitsPerSecond / 8, live: map[*link]bool{}, budget: -1}
 	go p.serve(target)
-	t.Cleanup(func() { l.Close() })
+	t.Cleanup(func() { l.Close(); p.Cut() })
 	return p
 }
 
 // Bytes is the total that crossed the proxy so far, both directions.
 func (p *Proxy) Bytes() int64 { return p.bytes.Load() }
 
-// Reset sets the count back to zero.
+// Reset sets the byte count back to zero (not the connection count).
 func (p *Proxy) Reset() { p.bytes.Store(0) }
+
+// Conns is how many connections the proxy has accepted since it started.
+func (p *Proxy) Conns() int { return int(p.conns.Load()) }
+
+// Cut resets every live connection, on both sides, as a link that breaks
+// does; connections made afterwards go through again.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	links := p.live
+	p.live = map[*link]bool{}
+	p.budget = -1
+	p.mu.Unlock()
+	for l := range links {
+		l.cut()
+	}
+}
+
+// CutAfter arms a cut: once n more bytes have crossed (either direction,
+// any connection), the rest of that read is dropped and every live
+// connection is cut. It fires once.
+func (p *Proxy) CutAfter(n int64) {
+	p.mu.Lock()
+	p.budget = n
+	p.mu.Unlock()
+}
+
+// take is how many of n bytes may cross, and whether the cut fires now.
+func (p *Proxy) take(n int) (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.budget < 0 {
+		return n, false
+	}
+	if int64(n) < p.budget {
+		p.budget -= int64(n)
+		return n, false
+	}
+	k := int(p.budget)
+	p.budget = -1
+	return k, true
+}
+
+// cut closes both sides with a reset (SO_LINGER 0), not a clean FIN: the
+// programs at either end see an error, not an orderly end of stream.
+func (l *link) cut() {
+	for _, c := range []*net.TCPConn{l.c, l.u} {
+		_ = c.SetLinger(0)
+		_ = c.Close()
+	}
+}
 
 func (p *Proxy) serve(target string) {
 	for {
@@ -46,6 +105,7 @@ func (p *Proxy) serve(target string) {
 		if err != nil {
 			return
 		}
+		p.conns.Add(1)
 		go func() {
 			defer c.Close()
 			u, err := net.Dial("tcp", target)
@@ -53,9 +113,18 @@ func (p *Proxy) serve(target string) {
 				return
 			}
 			defer u.Close()
+			l := &link{c: c.(*net.TCPConn), u: u.(*net.TCPConn)}
+			p.mu.Lock()
+			p.live[l] = true
+			p.mu.Unlock()
+			defer func() {
+				p.mu.Lock()
+				delete(p.live, l)
+				p.mu.Unlock()
+			}()
 			done := make(chan struct{}, 2)
-			go func() { p.copy(u, c); u.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-			go func() { p.copy(c, u); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			go func() { p.copy(l.u, l.c); l.u.CloseWrite(); done <- struct{}{} }()
+			go func() { p.copy(l.c, l.u); l.c.CloseWrite(); done <- struct{}{} }()
 			<-done
 			<-done
 		}()
@@ -71,6 +140,7 @@ func (p *Proxy) copy(dst io.Writer, src io.Reader) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			n, cut := p.take(n)
 			if p.rate > 0 {
 				sent += int64(n)
 				if time.Since(start.Add(time.Duration(float64(sent-int64(n))/float64(p.rate)*float64(time.Second)))) > 50*time.Millisecond {
@@ -83,6 +153,10 @@ func (p *Proxy) copy(dst io.Writer, src io.Reader) {
 			}
 			p.bytes.Add(int64(n))
 			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			if cut {
+				p.Cut()
 				return
 			}
 		}

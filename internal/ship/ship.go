@@ -1,0 +1,268 @@
+// Package ship gets an image built on this machine onto a host: one round
+// trip asks the host's engine what it has, an image the host cannot run is
+// refused before a byte is sent, only the layers the host lacks travel,
+// compressed and streamed into `docker load`, the whole image goes once if
+// the partial one is refused, and the ID the host ends up with is checked.
+//
+// It sits below deploy and above engine, transfer and host: deploy calls it
+// for the image of a release, and nothing here calls back up.
+package ship
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
+	"github.com/carebot/carebot/internal/text"
+	"github.com/carebot/carebot/internal/transfer"
+)
+
+// Source is what shipping needs of the engine the image was built on;
+// *engine.Engine has it.
+type Source interface {
+	Image(ctx context.Context, ref string) (engine.Image, error)
+	Save(ctx context.Context, refs ...string) (io.ReadCloser, error)
+}
+
+var _ Source = (*engine.Engine)(nil)
+
+// Options say how the image travels.
+type Options struct {
+	Compression string    // COMPRESSION: auto (zstd where the host's engine takes it, else gzip), zstd, gzip or none
+	Out         io.Writer // what is done, and the transfer's progress; nil: nothing
+}
+
+// Stats is what one Image call did, for messages and benchmarks.
+type Stats struct {
+	transfer.Stats
+	Compression string
+	Fallback    bool   // the partial load failed and the whole image was sent
+	Skipped     bool   // the host had the image already
+	ServerID    string // the image's ID on the host, checked
+	Duration    time.Duration
+}
+
+// serverEngine is what the survey learns of the host's Docker engine.
+type serverEngine struct {
+	APIVersion string
+	OS, Arch   string
+}
+
+// zstdAPI is the first Engine API version whose `docker load` takes zstd
+// (Docker 25); older engines, such as Debian's 20.10, take gzip only.
+const zstdAPI = "1.44"
+
+// Image puts the image id, built on src, on h as ref, and returns the ID h
+// knows it by: the same ID on the classic image store; on the containerd
+// store, the digest of the manifest that was sent. An empty id means the
+// image ref names on src. When h has it already (a deploy to this
+// machine's own engine, a redeploy), nothing is sent.
+func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Options) (Stats, error) {
+	start := time.Now()
+	out := o.Out
+	if out == nil {
+		out = io.Discard
+	}
+	if id == "" {
+		id = ref
+	}
+	img, err := src.Image(ctx, id)
+	if errors.Is(err, engine.ErrNotFound) {
+		return Stats{}, fmt.Errorf("image %s (%s) is not on the build engine any more: build it again (mage build)", ref, text.ShortID(id))
+	}
+	if err != nil {
+		return Stats{}, err
+	}
+	srv, haveID, chains, err := survey(ctx, h, ref, img.ID)
+	if err != nil {
+		return Stats{}, err
+	}
+	if err := checkPlatform(img, srv, ref, h.String()); err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Compression: compression(o.Compression, srv)}
+	if haveID == img.ID {
+		st.Skipped, st.Duration, st.ServerID = true, time.Since(start), img.ID
+		fmt.Fprintf(out, "%s already has %s (%s)\n", h, ref, text.ShortID(img.ID))
+		return st, nil
+	}
+	skip := transfer.Present(img.Layers, chains)
+	if skip == 0 {
+		fmt.Fprintf(out, "sending %s to %s: all %d layers, %s\n", ref, h, len(img.Layers), st.Compression)
+	} else {
+		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, st.Compression)
+	}
+	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, out)
+	if err != nil && skip > 0 && ctx.Err() == nil {
+		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
+		st.Fallback = true
+		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, out)
+	}
+	st.Duration = time.Since(start)
+	if err != nil {
+		return st, err
+	}
+	fmt.Fprintf(out, "sent %s in %.1fs (%s on the wire)\n", ref, st.Duration.Seconds(), text.Bytes(st.WireBytes))
+	// The classic store names an image by its config digest (the local ID);
+	// the containerd store by the manifest we wrote. Either proves the
+	// server holds exactly the image that was built.
+	st.ServerID, err = ImageID(ctx, h, ref)
+	if err != nil {
+		return st, err
+	}
+	if st.ServerID != img.ID && st.ServerID != st.Config && st.ServerID != st.Manifest {
+		got := text.ShortID(st.ServerID)
+		if got == "" {
+			got = "missing"
+		}
+		return st, fmt.Errorf("%s on %s is %s after loading, not the %s that was built", ref, h, got, text.ShortID(img.ID))
+	}
+	return st, nil
+}
+
+// idCommand prints the ID h's engine has for ref, and nothing when it has
+// no such image.
+func idCommand(ref string) string {
+	return "docker image inspect --format '{{.Id}}' " + shell.Quote(ref) + " 2>/dev/null || true"
+}
+
+// ImageID is the ID of ref on h's engine, "" when h has no such image.
+func ImageID(ctx context.Context, h host.Host, ref string) (string, error) {
+	out, err := host.Run(ctx, h, idCommand(ref))
+	if err != nil {
+		return "", fmt.Errorf("inspect image %s on %s: %w", ref, h, err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// survey asks the host, in one round trip, for its engine's version and
+// platform, the ID it has for ref, and (unless that is want already) the
+// layer chains of all its images.
+func survey(ctx context.Context, h host.Host, ref, want string) (srv serverEngine, haveID string, chains [][]string, err error) {
+	out, err := host.Run(ctx, h, "docker version --format '{{.Server.APIVersion}} {{.Server.Os}} {{.Server.Arch}}' && "+
+		"id=$("+idCommand(ref)+") && echo \"${id:-none}\" && "+
+		"if [ \"$id\" != "+shell.Quote(want)+" ]; then "+
+		"docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'; fi")
+	if err != nil {
+		return srv, "", nil, fmt.Errorf("the Docker engine on %s does not answer: %w", h, err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	f := strings.Fields(lines[0])
+	if len(f) != 3 || len(lines) < 2 {
+		return srv, "", nil, fmt.Errorf("docker version on %s printed %q", h, strings.TrimSpace(out))
+	}
+	srv = serverEngine{APIVersion: f[0], OS: f[1], Arch: f[2]}
+	if id := strings.TrimSpace(lines[1]); id != "none" {
+		haveID = id
+	}
+	for _, line := range lines[2:] {
+		var layers []string
+		if json.Unmarshal([]byte(line), &layers) == nil && len(layers) > 0 {
+			chains = append(chains, layers)
+		}
+	}
+	return srv, haveID, chains, nil
+}
+
+// checkPlatform refuses an image the server's CPU cannot run, before a byte
+// of it is sent.
+func checkPlatform(img engine.Image, srv serverEngine, ref, where string) error {
+	if img.OS == srv.OS && normArch(img.Arch) == normArch(srv.Arch) {
+		return nil
+	}
+	return fmt.Errorf("image %s is built for %s/%s but %s runs %s/%s: build it for the server's platform (GOARCH_IMAGE=%s); nothing was sent",
+		ref, img.OS, img.Arch, where, srv.OS, srv.Arch, normArch(srv.Arch))
+}
+
+// normArch maps the engine's names (x86_64, aarch64) to Go's and OCI's.
+func normArch(a string) string {
+	switch a {
+	case "x86_64", "x86-64":
+		return "amd64"
+	case "aarch64":
+		return "arm64"
+	}
+	return a
+}
+
+// compression picks how the archive travels: the setting, or with "auto"
+// zstd where the server's engine takes it and gzip elsewhere.
+func compression(setting string, srv serverEngine) string {
+	if setting != "auto" {
+		return setting
+	}
+	if apiAtLeast(srv.APIVersion, zstdAPI) {
+		return "zstd"
+	}
+	return "gzip"
+}
+
+func apiAtLeast(v, min string) bool {
+	vs, ms := strings.SplitN(v, ".", 2), strings.SplitN(min, ".", 2)
+	if len(vs) != 2 || len(ms) != 2 {
+		return false
+	}
+	a, _ := strconv.Atoi(vs[0])
+	b, _ := strconv.Atoi(vs[1])
+	c, _ := strconv.Atoi(ms[0])
+	d, _ := strconv.Atoi(ms[1])
+	return a > c || a == c && b >= d
+}
+
+// load streams one archive (the layers above skip) into `docker load` on
+// the host: no file on either side but a local spool for layers whose
+// identity the save format hides.
+func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref string, skip int, comp string, progress io.Writer) (transfer.Stats, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	save, err := src.Save(ctx, img.ID)
+	if err != nil {
+		return transfer.Stats{}, err
+	}
+	defer save.Close()
+	pr, pw := io.Pipe()
+	var stats transfer.Stats
+	werr := make(chan error, 1)
+	go func() {
+		var err error
+		var estimate int64
+		if skip == 0 {
+			estimate = img.Size
+		}
+		stats, err = transfer.Write(ctx, save, pw, transfer.Options{
+			Ref: ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: comp,
+			Progress: progress, Estimate: estimate,
+		})
+		pw.CloseWithError(err)
+		werr <- err
+	}()
+	out, lerr := runWithStdin(ctx, h, "docker load", pr)
+	pr.CloseWithError(errors.New("docker load ended"))
+	if err := <-werr; err != nil && lerr == nil {
+		return stats, fmt.Errorf("write the image archive: %w", err)
+	}
+	if lerr != nil {
+		return stats, fmt.Errorf("docker load on %s: %w", h, lerr)
+	}
+	if err := transfer.CheckLoad(out); err != nil {
+		return stats, fmt.Errorf("docker load on %s: %w", h, err)
+	}
+	return stats, nil
+}
+
+func runWithStdin(ctx context.Context, h host.Host, cmd string, stdin io.Reader) (string, error) {
+	var out strings.Builder
+	w := host.Synced(&out)[0]
+	if err := h.Exec(ctx, cmd, stdin, w, w); err != nil {
+		return out.String(), &host.CommandError{Cmd: cmd, Output: out.String(), Err: err}
+	}
+	return out.String(), nil
+}
