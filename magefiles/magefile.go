@@ -110,7 +110,7 @@ func Inspect(ctx context.Context) error {
 	})
 }
 
-// Test builds the image, runs it as carebot_test on TEST_PORT with ./test-data, and waits for /health.
+// Test builds the image, runs it as <IMAGE_NAME>_test (carebot_test) on TEST_PORT with ./test-data, and waits for /health.
 //
 // Reads TEST_PORT, TEST_DATA, HEALTH_PATH, HEALTH_TIMEOUT and the app's
 // settings from .env. -keep leaves the container running afterwards.

@@ -111,17 +111,3 @@ func (e *Engine) ImageDiskUsage(ctx context.Context) (int64, error) {
 	}
 	return du.LayersSize, nil
 }
-
-// ContainersLabeled lists the IDs of the containers, running or not, that
-// carry label=value.
-func (e *Engine) ContainersLabeled(ctx context.Context, label, value string) ([]string, error) {
-	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label+"="+value))})
-	if err != nil {
-		return nil, fmt.Errorf("list containers on %s: %w", e, err)
-	}
-	ids := make([]string, len(list))
-	for i, c := range list {
-		ids[i] = c.ID
-	}
-	return ids, nil
-}

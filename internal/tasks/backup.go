@@ -2,8 +2,10 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/text"
 
 	"github.com/carebot/carebot/internal/deploy"
@@ -94,17 +96,17 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 		reclaimed += n
 	}
 
-	// Test containers this tool left (only ever ours: they carry its label).
-	ids, err := e.ContainersLabeled(ctx, roleLabel, "test")
-	if err != nil {
+	// This project's test container, left by test -keep (only when it
+	// carries our label: a container of that name we did not start stays).
+	ct, err := e.Container(ctx, r.testContainer())
+	switch {
+	case errors.Is(err, engine.ErrNotFound):
+	case err != nil:
 		return err
-	}
-	if len(ids) > 0 {
-		r.printf("%s the leftover test container %s\n", verb, TestContainer)
-	}
-	if !dryRun {
-		for _, id := range ids {
-			if err := e.Remove(ctx, id); err != nil {
+	case ct.Labels[roleLabel] == "test":
+		r.printf("%s the leftover test container %s\n", verb, r.testContainer())
+		if !dryRun {
+			if err := e.Remove(ctx, ct.ID); err != nil {
 				return err
 			}
 		}

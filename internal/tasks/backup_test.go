@@ -594,7 +594,7 @@ func TestCleanupKeepsServingAndRollbackTarget(t *testing.T) {
 		if !tags("")["v5"] || !tags("")["v2"] {
 			t.Errorf("build engine lost the current build or the one kept by IMAGE_KEEP: %v", tags(""))
 		}
-		if out, _ := exec.Command("docker", "ps", "-aq", "--filter", "name="+TestContainer).Output(); len(strings.TrimSpace(string(out))) > 0 {
+		if out, _ := exec.Command("docker", "ps", "-aq", "--filter", "name="+TestContainerName(r.Cfg.ImageName)).Output(); len(strings.TrimSpace(string(out))) > 0 {
 			t.Error("the leftover test container is still there")
 		}
 		if err := d.runner("v4").Rollback(ctx, ""); err != nil {

@@ -193,7 +193,7 @@ func TestBuildInspectTest(t *testing.T) {
 		t.Fatal(err)
 	}
 	e, _ := r.Engine(ctx)
-	if _, err := e.Container(ctx, TestContainer); err == nil {
+	if _, err := e.Container(ctx, TestContainerName(p.env["IMAGE_NAME"])); err == nil {
 		t.Error("test container still exists after Test")
 	}
 	if _, err := os.Stat(filepath.Join(p.env["TEST_DATA"], "carebot.db")); err != nil {
@@ -211,11 +211,11 @@ func TestTestFailsForUnhealthyImageAndCleansUp(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "HTTP 503") {
 		t.Fatalf("Test of an unhealthy image: err = %v, want the 503 reason", err)
 	}
-	if !strings.Contains(p.out.String(), "last log lines of "+TestContainer) {
+	if !strings.Contains(p.out.String(), "last log lines of "+TestContainerName(p.env["IMAGE_NAME"])) {
 		t.Error("the container's logs were not shown")
 	}
 	e, _ := r.Engine(context.Background())
-	if _, err := e.Container(context.Background(), TestContainer); err == nil {
+	if _, err := e.Container(context.Background(), TestContainerName(p.env["IMAGE_NAME"])); err == nil {
 		t.Error("test container left behind after a failed test")
 	}
 }

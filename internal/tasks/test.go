@@ -8,19 +8,27 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/health"
 )
 
-// Test container settings: the name the seed used, and a label that marks
-// the container as ours, so Test never removes anything else.
-const (
-	TestContainer = "carebot_test"
-	roleLabel     = "com.carebot.role"
-)
+// roleLabel marks a container as this tool's, so Test and Cleanup never
+// remove anything else.
+const roleLabel = "com.carebot.role"
 
-// Test runs the built image as carebot_test on TEST_PORT with ./test-data as
+// TestContainerName is the test container of image repository name: the
+// seed's carebot_test for carebot, and one of its own for every other
+// image, so two projects (or two test runs) on one engine never remove
+// each other's.
+func TestContainerName(imageName string) string {
+	return imageName[strings.LastIndexByte(imageName, '/')+1:] + "_test"
+}
+
+func (r *Runner) testContainer() string { return TestContainerName(r.Cfg.ImageName) }
+
+// Test runs the built image as its test container (carebot_test) on TEST_PORT with ./test-data as
 // its data, waits for /health to report the version just built, and removes
 // the container unless keep.
 func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
@@ -53,7 +61,7 @@ func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
 		binds = append(binds, m+":/app/CareBot/migrations:ro")
 	}
 	id, err := e.Run(ctx, engine.RunOptions{
-		Name: TestContainer, Image: c.Image(), Env: r.testEnv(),
+		Name: r.testContainer(), Image: c.Image(), Env: r.testEnv(),
 		Labels: map[string]string{roleLabel: "test"}, Binds: binds,
 		Publish: engine.Publish{HostIP: "127.0.0.1", HostPort: c.TestPort, ContainerPort: c.AppPort},
 	})
@@ -62,7 +70,7 @@ func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
 	}
 	defer func() {
 		if keep {
-			r.printf("kept %s on port %d (remove it with: docker rm -f %s)\n", TestContainer, c.TestPort, TestContainer)
+			r.printf("kept %s on port %d (remove it with: docker rm -f %s)\n", r.testContainer(), c.TestPort, r.testContainer())
 			return
 		}
 		if rmErr := e.Remove(context.WithoutCancel(ctx), id); rmErr != nil && err == nil {
@@ -71,13 +79,13 @@ func (r *Runner) Test(ctx context.Context, keep bool) (err error) {
 	}()
 
 	probe := health.Probe{URL: fmt.Sprintf("http://127.0.0.1:%d%s", c.TestPort, c.HealthPath)}
-	r.printf("testing %s as %s: waiting up to %s for %s\n", c.Image(), TestContainer, c.HealthTimeout, probe.URL)
+	r.printf("testing %s as %s: waiting up to %s for %s\n", c.Image(), r.testContainer(), c.HealthTimeout, probe.URL)
 	st, err := probe.Until(ctx, health.Wait{
 		Version: c.ImageTag, Timeout: c.HealthTimeout,
 		Alive: func(ctx context.Context) error {
 			ct, err := e.Container(ctx, id)
 			if err == nil && !ct.Running {
-				return fmt.Errorf("%s stopped: %s", TestContainer, ct)
+				return fmt.Errorf("%s stopped: %s", r.testContainer(), ct)
 			}
 			return nil
 		},
@@ -107,7 +115,7 @@ func (r *Runner) testEnv() []string {
 // (-keep, or an interrupted one), but refuses to touch a container of that
 // name that this tool did not make.
 func (r *Runner) removeTestContainer(ctx context.Context, e *engine.Engine) error {
-	ct, err := e.Container(ctx, TestContainer)
+	ct, err := e.Container(ctx, r.testContainer())
 	if errors.Is(err, engine.ErrNotFound) {
 		return nil
 	}
@@ -115,17 +123,17 @@ func (r *Runner) removeTestContainer(ctx context.Context, e *engine.Engine) erro
 		return err
 	}
 	if ct.Labels[roleLabel] != "test" {
-		return fmt.Errorf("a container named %s exists that this tool did not start: rename or remove it (docker rm -f %s)", TestContainer, TestContainer)
+		return fmt.Errorf("a container named %s exists that this tool did not start: rename or remove it (docker rm -f %s)", r.testContainer(), r.testContainer())
 	}
 	return e.Remove(ctx, ct.ID)
 }
 
 func (r *Runner) showContainer(ctx context.Context, e *engine.Engine, id string) {
 	if ct, err := e.Container(ctx, id); err == nil {
-		r.printf("%s: %s\n", TestContainer, ct)
+		r.printf("%s: %s\n", r.testContainer(), ct)
 	}
 	if logs, err := e.Logs(ctx, id, 30); err == nil && logs != "" {
-		r.printf("last log lines of %s:\n%s", TestContainer, logs)
+		r.printf("last log lines of %s:\n%s", r.testContainer(), logs)
 	}
 }
 
