@@ -56,30 +56,31 @@ func (p *remoteProject) service() (string, string) {
 	return testenv.ServerDockerHost, p.container
 }
 
-// onBothHosts runs test against a deployment of v1 on this machine and on
-// the SSH test server, each deployed by Compose v1 and by v2: subtests
-// local/compose=v1 ... ssh/compose=v2.
+// onBothHosts runs test against a deployment of v1 on this machine, made by
+// Debian's Compose v1, and on the SSH test server, made by Compose v2 (what
+// servers run): subtests local/compose=v1 and ssh/compose=v2. Every test
+// that uses it so meets both flavours once; the end-to-end deploy test runs
+// each flavour over SSH too.
 func onBothHosts(t *testing.T, name string, test func(t *testing.T, d deployment)) {
-	for _, kind := range []string{"local", "ssh"} {
-		t.Run(kind, func(t *testing.T) {
-			testenv.EachCompose(t, func(t *testing.T, c testenv.Compose) {
-				var d deployment
-				if kind == "local" {
-					testenv.NeedEngine(t)
-					d = newComposeProject(t, name+"-local", c)
-				} else {
-					p := newRemoteProject(t, name+"-ssh-"+c.Name, c)
-					p.createServerEnv()
-					d = p
-				}
-				d.buildTag("v1", nil)
-				if err := d.runner("v1").Deploy(context.Background(), ""); err != nil {
-					t.Fatal(err)
-				}
-				engine, container := d.service()
-				c.CheckMadeBy(t, engine, container)
-				test(t, d)
-			})
+	for _, kind := range []struct{ host, compose string }{{"local", "v1"}, {"ssh", "v2"}} {
+		t.Run(kind.host+"/compose="+kind.compose, func(t *testing.T) {
+			c := testenv.NewCompose(t, kind.compose)
+			var d deployment
+			if kind.host == "local" {
+				testenv.NeedEngine(t)
+				d = newComposeProject(t, name+"-local", c)
+			} else {
+				p := newRemoteProject(t, name+"-ssh-"+c.Name, c)
+				p.createServerEnv()
+				d = p
+			}
+			d.buildTag("v1", nil)
+			if err := d.runner("v1").Deploy(context.Background(), ""); err != nil {
+				t.Fatal(err)
+			}
+			engine, container := d.service()
+			c.CheckMadeBy(t, engine, container)
+			test(t, d)
 		})
 	}
 }
