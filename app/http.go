@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -20,6 +21,7 @@ func (a *app) routes() http.Handler {
 	mux.HandleFunc("GET /health", a.handleHealth)
 	mux.HandleFunc("POST /api/records", a.handleCreateRecord)
 	mux.HandleFunc("GET /api/records", a.handleListRecords)
+	mux.HandleFunc("GET /api/records/{id}", a.handleGetRecord)
 	return mux
 }
 
@@ -58,6 +60,8 @@ func (a *app) handleHealth(w http.ResponseWriter, r *http.Request) {
 		resp.Status, resp.Reason, code = "unhealthy", "database: "+err.Error(), http.StatusServiceUnavailable
 	case a.cfg.HealthFail:
 		resp.Status, resp.Reason, code = "unhealthy", "forced by CAREBOT_HEALTH_FAIL", http.StatusServiceUnavailable
+	case time.Since(a.started) < a.cfg.StartupDelay:
+		resp.Status, resp.Reason, code = "starting", "CAREBOT_STARTUP_DELAY has not passed yet", http.StatusServiceUnavailable
 	}
 	resp.Migrations = n
 	writeJSON(w, code, resp)
@@ -125,6 +129,27 @@ func (a *app) handleListRecords(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Last = last.String
 	writeJSON(w, http.StatusOK, out)
+}
+
+// handleGetRecord answers one record by its id, for clients that check
+// what they wrote is still there.
+func (a *app) handleGetRecord(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad id")
+		return
+	}
+	var body string
+	err = a.db.QueryRowContext(r.Context(), `SELECT body FROM records WHERE id = ?`, id).Scan(&body)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		writeError(w, http.StatusNotFound, "no such record")
+	case err != nil:
+		a.logger.Printf("get record: %v", err)
+		writeError(w, http.StatusInternalServerError, "database error")
+	default:
+		writeJSON(w, http.StatusOK, map[string]any{"id": id, "body": body})
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -49,6 +49,7 @@ type config struct {
 	Version         string
 	Commit          string
 	HealthFail      bool
+	StartupDelay    time.Duration // /health answers 503 "starting" this long after start
 	TokenConfigured bool
 }
 
@@ -72,6 +73,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if err := validatePort(cfg.Port); err != nil {
 		return config{}, err
+	}
+	if v := strings.TrimSpace(getenv("CAREBOT_STARTUP_DELAY")); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return config{}, fmt.Errorf("invalid CAREBOT_STARTUP_DELAY %q: want a duration such as 8s", v)
+		}
+		cfg.StartupDelay = d
 	}
 	return cfg, nil
 }

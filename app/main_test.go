@@ -504,3 +504,59 @@ func TestHealthcheckProbe(t *testing.T) {
 		t.Errorf("closed port: exit %d", code)
 	}
 }
+
+func TestHealthStartingDuringStartupDelay(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.StartupDelay = time.Hour
+	a, _ := newTestApp(t, cfg)
+	code, hr, body := getHealth(t, a.routes())
+	if code != http.StatusServiceUnavailable || hr.Status != "starting" {
+		t.Errorf("code=%d body=%s", code, body)
+	}
+	a.started = time.Now().Add(-2 * time.Hour)
+	if code, _, body := getHealth(t, a.routes()); code != http.StatusOK {
+		t.Errorf("after the delay: code=%d body=%s", code, body)
+	}
+	if _, err := loadConfig(func(k string) string {
+		if k == "CAREBOT_STARTUP_DELAY" {
+			return "soon"
+		}
+		return ""
+	}); err == nil {
+		t.Error("CAREBOT_STARTUP_DELAY=soon was accepted")
+	}
+}
+
+func TestGetRecordByID(t *testing.T) {
+	a, _ := newTestApp(t, testConfig(t))
+	srv := httptest.NewServer(a.routes())
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/api/records", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created struct{ ID int64 }
+	json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	resp, err = http.Get(fmt.Sprintf("%s/api/records/%d", srv.URL, created.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		ID   int64
+		Body string
+	}
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || got.ID != created.ID || got.Body != "hello" {
+		t.Errorf("GET record %d: %d %+v", created.ID, resp.StatusCode, got)
+	}
+	resp, err = http.Get(fmt.Sprintf("%s/api/records/%d", srv.URL, created.ID+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET of a missing record: %d", resp.StatusCode)
+	}
+}
