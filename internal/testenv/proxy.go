@@ -13,7 +13,9 @@ import (
 // cross it in both directions: what "on the wire" means in the tests and
 // the benchmark. With a rate, it also limits the link, like a slow uplink.
 // It counts the connections it accepts, and can cut the live ones, at once
-// or after a number of bytes, as a broken link would.
+// or after a number of bytes, as a broken link would, or silence them: a
+// black hole that keeps both sockets open and forwards nothing more, as a
+// link whose route died does. Connections made afterwards go through.
 type Proxy struct {
 	Addr  string
 	bytes atomic.Int64
@@ -24,10 +26,14 @@ type Proxy struct {
 	mu     sync.Mutex
 	live   map[*link]bool
 	budget int64 // bytes that may still cross before every link is cut; -1 = no cut armed
+	silent bool  // what the armed budget does: silence the links instead of cutting them
 }
 
 // link is one proxied connection: the client's side and the target's.
-type link struct{ c, u *net.TCPConn }
+type link struct {
+	c, u   *net.TCPConn
+	silent atomic.Bool // black-holed: bytes read from either side are dropped
+}
 
 // StartProxy listens on 127.0.0.1 and forwards to target. bitsPerSecond 0
 // means no limit.
@@ -70,24 +76,58 @@ func (p *Proxy) Cut() {
 // connection is cut. It fires once.
 func (p *Proxy) CutAfter(n int64) {
 	p.mu.Lock()
-	p.budget = n
+	p.budget, p.silent = n, false
 	p.mu.Unlock()
 }
 
-// take is how many of n bytes may cross, and whether the cut fires now.
-func (p *Proxy) take(n int) (int, bool) {
+// Silence black-holes every live connection: from now on nothing crosses
+// in either direction, but both sockets stay open, so neither end sees an
+// error; only a timeout of its own can tell. Connections made afterwards
+// go through again. Cut (or the test's end) closes the silenced ones.
+func (p *Proxy) Silence() {
+	p.mu.Lock()
+	p.budget = -1
+	links := make([]*link, 0, len(p.live))
+	for l := range p.live {
+		links = append(links, l)
+	}
+	p.mu.Unlock()
+	for _, l := range links {
+		l.silent.Store(true)
+	}
+}
+
+// SilenceAfter arms Silence: once n more bytes have crossed, the rest of
+// that read is dropped and every live connection goes silent. It fires once.
+func (p *Proxy) SilenceAfter(n int64) {
+	p.mu.Lock()
+	p.budget, p.silent = n, true
+	p.mu.Unlock()
+}
+
+// Live is how many connections are open through the proxy now, silenced
+// ones included.
+func (p *Proxy) Live() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.live)
+}
+
+// take is how many of n bytes may cross, whether the armed budget fires
+// now, and whether it silences (else cuts).
+func (p *Proxy) take(n int) (int, bool, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.budget < 0 {
-		return n, false
+		return n, false, false
 	}
 	if int64(n) < p.budget {
 		p.budget -= int64(n)
-		return n, false
+		return n, false, false
 	}
 	k := int(p.budget)
 	p.budget = -1
-	return k, true
+	return k, true, p.silent
 }
 
 // cut closes both sides with a reset (SO_LINGER 0), not a clean FIN: the
@@ -123,8 +163,8 @@ func (p *Proxy) serve(target string) {
 				p.mu.Unlock()
 			}()
 			done := make(chan struct{}, 2)
-			go func() { p.copy(l.u, l.c); l.u.CloseWrite(); done <- struct{}{} }()
-			go func() { p.copy(l.c, l.u); l.c.CloseWrite(); done <- struct{}{} }()
+			go func() { p.copy(l, l.u, l.c); l.u.CloseWrite(); done <- struct{}{} }()
+			go func() { p.copy(l, l.c, l.u); l.c.CloseWrite(); done <- struct{}{} }()
 			<-done
 			<-done
 		}()
@@ -132,15 +172,20 @@ func (p *Proxy) serve(target string) {
 }
 
 // copy moves bytes, counting them, and paces them to the rate with a
-// token bucket refilled every 10 ms.
-func (p *Proxy) copy(dst io.Writer, src io.Reader) {
+// token bucket refilled every 10 ms. On a silenced link it reads on and
+// drops everything, until an end closes or the link is cut.
+func (p *Proxy) copy(l *link, dst io.Writer, src io.Reader) {
 	buf := make([]byte, 32<<10)
 	start := time.Now()
 	var sent int64
 	for {
 		n, err := src.Read(buf)
+		if n > 0 && l.silent.Load() {
+			n = 0
+		}
 		if n > 0 {
-			n, cut := p.take(n)
+			n, fire, silence := p.take(n)
+			cut := fire && !silence
 			if p.rate > 0 {
 				sent += int64(n)
 				if time.Since(start.Add(time.Duration(float64(sent-int64(n))/float64(p.rate)*float64(time.Second)))) > 50*time.Millisecond {
@@ -158,6 +203,9 @@ func (p *Proxy) copy(dst io.Writer, src io.Reader) {
 			if cut {
 				p.Cut()
 				return
+			}
+			if fire && silence {
+				p.Silence()
 			}
 		}
 		if err != nil {

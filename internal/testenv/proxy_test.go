@@ -102,3 +102,39 @@ func TestProxyCountsAndCuts(t *testing.T) {
 		t.Errorf("Conns = %d, want 4", p.Conns())
 	}
 }
+
+func TestProxySilences(t *testing.T) {
+	p := StartProxy(t, echoServer(t), 0)
+	a := dialProxy(t, p)
+	echo(t, a, []byte("hello"))
+
+	// Silenced: what is sent vanishes, and the socket neither answers nor fails.
+	p.Silence()
+	a.Write([]byte("into the void"))
+	a.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	n, err := a.Read(make([]byte, 64))
+	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Errorf("a silenced connection answered %d bytes, %v; want nothing until the deadline", n, err)
+	}
+	if p.Live() != 1 {
+		t.Errorf("Live = %d after silencing, want the connection still open", p.Live())
+	}
+	// A new connection goes through.
+	echo(t, dialProxy(t, p), []byte("fresh"))
+
+	// Silence after 100 bytes: the echo stops mid-way, nothing fails.
+	b := dialProxy(t, p)
+	echo(t, b, []byte("before"))
+	p.Reset()
+	p.SilenceAfter(100)
+	b.Write(make([]byte, 1000))
+	b.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	got, err := io.Copy(io.Discard, b)
+	if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Errorf("the connection silenced after 100 bytes ended: %v", err)
+	}
+	if got > 100 || p.Bytes() != 100 {
+		t.Errorf("%d bytes came back and %d crossed, want at most 100 and exactly 100", got, p.Bytes())
+	}
+	echo(t, dialProxy(t, p), []byte("after"))
+}
