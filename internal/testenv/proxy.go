@@ -33,6 +33,19 @@ type Proxy struct {
 type link struct {
 	c, u   *net.TCPConn
 	silent atomic.Bool // black-holed: bytes read from either side are dropped
+	gone   chan struct{}
+	once   sync.Once
+}
+
+// closeWrite passes an end's close on to the other end, unless the link
+// is silenced: then not even that crosses, and the other end's socket
+// stays open until the link is cut.
+func (l *link) closeWrite(c *net.TCPConn) {
+	if l.silent.Load() {
+		<-l.gone
+		return
+	}
+	c.CloseWrite()
 }
 
 // StartProxy listens on 127.0.0.1 and forwards to target. bitsPerSecond 0
@@ -133,6 +146,7 @@ func (p *Proxy) take(n int) (int, bool, bool) {
 // cut closes both sides with a reset (SO_LINGER 0), not a clean FIN: the
 // programs at either end see an error, not an orderly end of stream.
 func (l *link) cut() {
+	l.once.Do(func() { close(l.gone) })
 	for _, c := range []*net.TCPConn{l.c, l.u} {
 		_ = c.SetLinger(0)
 		_ = c.Close()
@@ -153,7 +167,7 @@ func (p *Proxy) serve(target string) {
 				return
 			}
 			defer u.Close()
-			l := &link{c: c.(*net.TCPConn), u: u.(*net.TCPConn)}
+			l := &link{c: c.(*net.TCPConn), u: u.(*net.TCPConn), gone: make(chan struct{})}
 			p.mu.Lock()
 			p.live[l] = true
 			p.mu.Unlock()
@@ -163,8 +177,8 @@ func (p *Proxy) serve(target string) {
 				p.mu.Unlock()
 			}()
 			done := make(chan struct{}, 2)
-			go func() { p.copy(l, l.u, l.c); l.u.CloseWrite(); done <- struct{}{} }()
-			go func() { p.copy(l, l.c, l.u); l.c.CloseWrite(); done <- struct{}{} }()
+			go func() { p.copy(l, l.u, l.c); l.closeWrite(l.u); done <- struct{}{} }()
+			go func() { p.copy(l, l.c, l.u); l.closeWrite(l.c); done <- struct{}{} }()
 			<-done
 			<-done
 		}()

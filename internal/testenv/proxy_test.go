@@ -121,6 +121,12 @@ func TestProxySilences(t *testing.T) {
 	}
 	// A new connection goes through.
 	echo(t, dialProxy(t, p), []byte("fresh"))
+	// Closing a silenced end is not passed on either.
+	a.Close()
+	time.Sleep(100 * time.Millisecond)
+	if p.Live() != 2 {
+		t.Errorf("Live = %d after a silenced client closed, want its link kept open", p.Live())
+	}
 
 	// Silence after 100 bytes: the echo stops mid-way, nothing fails.
 	b := dialProxy(t, p)

@@ -155,6 +155,7 @@ type SSHDOption func(*sshdSetup)
 
 type sshdSetup struct {
 	engine   bool     // sessions talk to the test server's engine
+	host     string   // or to this engine (DOCKER_HOST), when set
 	env      []string // NAME=VALUE for every session
 	keyTypes []string // host keys beside ed25519, made by ssh-keygen
 	nonRoot  bool
@@ -162,6 +163,12 @@ type sshdSetup struct {
 
 // WithoutEngine starts sshd alone: its sessions get no DOCKER_HOST.
 func WithoutEngine() SSHDOption { return func(s *sshdSetup) { s.engine = false } }
+
+// WithEngine makes the sessions talk to the engine at dockerHost (one
+// the test started, see StartEngine) instead of the shared test server's.
+func WithEngine(dockerHost string) SSHDOption {
+	return func(s *sshdSetup) { s.engine, s.host = true, dockerHost }
+}
 
 // WithCompose makes the sessions find Compose flavour c, and only it.
 func WithCompose(c Compose) SSHDOption {
@@ -199,8 +206,11 @@ func StartSSHD(t testing.TB, opts ...SSHDOption) *SSHD {
 		t.Skip("starts sshd: skipped with -short")
 	}
 	if setup.engine {
-		ServerEngine(t)
-		setup.env = append([]string{"DOCKER_HOST=" + ServerDockerHost}, setup.env...)
+		if setup.host == "" {
+			ServerEngine(t)
+			setup.host = ServerDockerHost
+		}
+		setup.env = append([]string{"DOCKER_HOST=" + setup.host}, setup.env...)
 	}
 	bin, err := exec.LookPath("sshd")
 	if err != nil {
