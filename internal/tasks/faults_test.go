@@ -595,6 +595,9 @@ func (s *faultSuite) lockWaitFault(t *testing.T) {
 // lost at the next restart.
 func (s *faultSuite) afterRestore(t *testing.T, p *remoteProject, m *mageRun, o outcome) {
 	host, container := p.service()
+	if c := pausedContainers(host); c != "" {
+		t.Errorf("right after the restore these containers are paused: %s", c)
+	}
 	if m.err == nil {
 		o.w = startFaultWriter(p.appURL(""), t.Name())
 		o.w.waitAcked(t, 50, 30*time.Second)
@@ -676,6 +679,7 @@ func (s *faultSuite) smallServerFaults(c testenv.Compose) {
 		sshd := testenv.StartSSHD(t, testenv.WithEngine(e.Host), testenv.WithCompose(c))
 		p.sshd, p.proxy = sshd, testenv.StartProxy(t, sshd.Addr, 0)
 		p.env["DEPLOY_HOST"] = "root@" + p.proxy.Addr
+		p.env["SSH_KEY"] = sshd.KeyFile
 		testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, sshd.HostKey)
 		p.env["DEPLOY_PATH"] = filepath.Join(deployFS, "carebot fault-disk")
 		p.createServerEnv()
