@@ -644,6 +644,21 @@ func TestParseDotenv(t *testing.T) {
 			wantErr: `.env:1: cannot parse "export DB_PASSWORD=****": unterminated quoted value (add the closing quote)`,
 		},
 		{
+			name:    "secret by its ending is redacted",
+			in:      "SMTP_PASS hunter2\n",
+			wantErr: `.env:1: cannot parse "SMTP_PASS ****": expected KEY=VALUE`,
+		},
+		{
+			name:    "password in a URL is hidden",
+			in:      "DATABASE_URL=\"postgres://bob:hunter2@db/x\nX=1\n",
+			wantErr: `.env:1: cannot parse "DATABASE_URL=\"postgres://bob:****@db/x": unterminated quoted value (add the closing quote)`,
+		},
+		{
+			name:    "password in a URL is hidden before the line is shortened",
+			in:      "DATABASE_URL=\"postgres://" + strings.Repeat("u", 40) + ":hunter2hunter2hunter2@db/x\n",
+			wantErr: `.env:1: cannot parse "DATABASE_URL=\"postgres://` + strings.Repeat("u", 40) + `:****@db/x": unterminated quoted value (add the closing quote)`,
+		},
+		{
 			name:    "long line is shortened",
 			in:      "X" + strings.Repeat(" y", 60) + "\n",
 			wantErr: `.env:1: cannot parse "X` + strings.Repeat(" y", 38) + `...": expected KEY=VALUE`,
@@ -735,6 +750,16 @@ func TestRedact(t *testing.T) {
 		{"DATABASE_URL", "postgres://bot@db/care", "postgres://bot@db/care"},
 		{"REDIS_URL", "redis://:pw@cache:6379/0", "redis://:****@cache:6379/0"},
 		{"WEBHOOK", "https://example.com/a:b@c", "https://example.com/a:b@c"},
+		{"SMTP_PASS", "x", "****"},
+		{"BASIC_AUTH", "bob:x", "****"},
+		{"AUTHOR", "Bob", "Bob"},
+		{"DATABASE_URL", "postgres://bob:hunter2@db/x", "postgres://bob:****@db/x"},
+		{"DATABASE_URL", "postgres://bob:p@ss@db/x", "postgres://bob:****@db/x"},
+		{"DATABASE_URL", "postgres://bob:@db/x", "postgres://bob:@db/x"},
+		{"DATABASE_URL", "postgres://bob@db:5432/x", "postgres://bob@db:5432/x"},
+		{"JDBC_URL", "jdbc:postgresql://bob:hunter2@db/x", "jdbc:postgresql://bob:****@db/x"},
+		{"WORKER_ARGS", "--db=postgres://bob:hunter2@db/x --cache redis://:pw@cache", "--db=postgres://bob:****@db/x --cache redis://:****@cache"},
+		{"BROKER_URL", "amqp://guest:guest@mq", "amqp://guest:****@mq"},
 	}
 	for _, tt := range tests {
 		if got := Redact(tt.key, tt.value); got != tt.want {
