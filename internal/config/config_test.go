@@ -263,6 +263,23 @@ func TestValidation(t *testing.T) {
 		{name: "timeout huge number", env: []string{"HEALTH_TIMEOUT=99999999999999"},
 			want: []string{`environment: HEALTH_TIMEOUT="99999999999999" is more than 24h (use a duration such as "90s" or "2m", or a whole number of seconds)`}},
 
+		// LOCK_WAIT
+		{name: "lock wait default", check: func(t *testing.T, c *Config) { eq(t, c.LockWait, time.Duration(0)) }},
+		{name: "lock wait 30s", dotenv: "LOCK_WAIT=30s\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 30*time.Second) }},
+		{name: "lock wait 2m", env: []string{"LOCK_WAIT=2m"},
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 2*time.Minute) }},
+		{name: "lock wait bare seconds", env: []string{"LOCK_WAIT=45"},
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 45*time.Second) }},
+		{name: "lock wait zero", dotenv: "LOCK_WAIT=0\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, time.Duration(0)) }},
+		{name: "lock wait negative", dotenv: "LOCK_WAIT=-5s\n",
+			want: []string{`.env:1: LOCK_WAIT="-5s" is negative (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+		{name: "lock wait garbage", env: []string{"LOCK_WAIT=forever"},
+			want: []string{`environment: LOCK_WAIT="forever" is not a duration (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+		{name: "lock wait more than a day", env: []string{"LOCK_WAIT=25h"},
+			want: []string{`environment: LOCK_WAIT="25h" is more than 24h (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+
 		// DEPLOY_HOST and DEPLOY_PATH
 		{name: "remote host with defaults", dotenv: "DEPLOY_HOST=ubuntu@203.0.113.10\n",
 			check: func(t *testing.T, c *Config) {
@@ -931,6 +948,7 @@ COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)
 BACKUP_KEEP=10 (source: default)
+LOCK_WAIT=0s (source: default)
 SSH_KEY= (source: default)
 SSH_KEY_PASSPHRASE= (source: default)
 SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)

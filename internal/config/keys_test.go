@@ -15,6 +15,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"IMAGE_NAME", Tool, false},
 		{"APP_PORT", Tool, false},
+		{"LOCK_WAIT", Tool, false},
 		{"SSH_KEY_PASSPHRASE", Tool, true},
 		{"SSH_KEY", Tool, true}, // a path, but redacted as it always was
 		{"SSH_AUTH_SOCK", Tool, false},
