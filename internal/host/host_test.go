@@ -3,10 +3,13 @@ package host
 import (
 	"context"
 	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestFiles(t *testing.T) {
@@ -88,6 +91,97 @@ func TestFiles(t *testing.T) {
 				t.Errorf("after AppendFile: ReadFile = %q, %v, %v; want %q", data, ok, err, want)
 			}
 		})
+	}
+}
+
+// TestShellWriteCmd: WriteFile without SFTP never lets others read the
+// data on its way (the temp file is private until complete, even when an
+// earlier run left one readable), and leaves no temp file when it fails.
+func TestShellWriteCmd(t *testing.T) {
+	const data = "BOT_TOKEN=secret\n"
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.env")
+	tmp := p + ".tmp"
+	noTemp := func(when string) {
+		t.Helper()
+		if _, err := os.Stat(tmp); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: the temp file is left (%v)", when, err)
+		}
+	}
+	// start runs the command on a stdin that the test feeds, and waits for
+	// the temp file to hold what it was fed first.
+	start := func(ctx context.Context, first string) (*io.PipeWriter, <-chan error) {
+		t.Helper()
+		in, feed := io.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- Local{}.Exec(ctx, shellWriteCmd(p, len(data), 0o640), in, nil, nil) }()
+		if _, err := feed.Write([]byte(first)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if b, _ := os.ReadFile(tmp); string(b) == first {
+				return feed, done
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the temp file never held %q", first)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	if err := os.WriteFile(tmp, []byte("left by an earlier run"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	feed, done := start(context.Background(), data[:10])
+	if fi, err := os.Stat(tmp); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("halfway, the temp file is %v (%v), want -rw-------", fi.Mode(), err)
+	}
+	_, _ = feed.Write([]byte(data[10:]))
+	feed.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != data {
+		t.Errorf("the file holds %q (%v), want %q", b, err, data)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("the file is %v (%v), want -rw-r-----", fi.Mode(), err)
+	}
+	noTemp("after a write")
+
+	// Short input: refused, the file stays as it was.
+	var out strings.Builder
+	err := Local{}.Exec(context.Background(), shellWriteCmd(p, len(data), 0o640), strings.NewReader("BOT"), &out, &out)
+	if err == nil || !strings.Contains(out.String(), "incomplete upload") {
+		t.Errorf("short input: %v, %q", err, out.String())
+	}
+	if b, _ := os.ReadFile(p); string(b) != data {
+		t.Errorf("short input replaced the file with %q", b)
+	}
+	noTemp("after short input")
+
+	// Cancelled halfway: the signal, not an end of input, stops it (Exec
+	// returns only once its input ends too, so that comes after).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	feed, done = start(ctx, data[:3])
+	cancel()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(tmp); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
+	noTemp("after a cancel")
+	feed.Close()
+	if err := <-done; err == nil {
+		t.Error("a cancelled write succeeded")
+	}
+
+	// A folder that is not there: cat fails before the file exists.
+	err = WriteFile(context.Background(), Local{}, filepath.Join(dir, "missing", "f"), []byte(data), 0o600)
+	if err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("into a missing folder: %v", err)
 	}
 }
 

@@ -578,11 +578,15 @@ func (s *SSH) writeFileShell(ctx context.Context, path string, data []byte, mode
 
 // shellWriteCmd stores size bytes of stdin at path, atomically. The size
 // check matters: if our side fails mid-stream, sshd gives cat an EOF, and a
-// short file must not be renamed into place.
+// short file must not be renamed into place. The temp file is made private
+// (umask 077, after removing one an earlier run left with its own mode) and
+// gets its mode only once complete, so a secret is never readable by others
+// on the way; the EXIT trap removes it on any failure, and the signal trap
+// turns a SIGTERM (a cancelled command) into an exit that runs it.
 func shellWriteCmd(path string, size int, mode uint32) string {
-	tmp := shell.Quote(path + ".tmp")
-	return fmt.Sprintf("cat > %[1]s && if [ $(($(wc -c < %[1]s))) -ne %[3]d ]; then rm -f %[1]s; echo %[4]s >&2; exit 1; fi && chmod %[5]o %[1]s && mv -f %[1]s %[2]s",
-		tmp, shell.Quote(path), size, shell.Quote(path+": incomplete upload"), mode)
+	const script = `umask 077 && t=%[1]s && trap 'rm -f "$t"' EXIT && trap 'exit 1' HUP INT TERM && rm -f "$t" && cat > "$t" && ` +
+		`if [ $(($(wc -c < "$t"))) -ne %[3]d ]; then echo %[4]s >&2; exit 1; fi && chmod %[5]o "$t" && mv -f "$t" %[2]s`
+	return fmt.Sprintf(script, shell.Quote(path+".tmp"), shell.Quote(path), size, shell.Quote(path+": incomplete upload"), mode)
 }
 
 // String is "user@host:port".
