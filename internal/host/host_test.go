@@ -3,11 +3,13 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -301,6 +303,11 @@ func TestCommandErrorWithoutExecError(t *testing.T) {
 		{&CommandError{Cmd: "docker ps", Output: "  \n\n", Err: base}, "docker: connection lost", 1},
 		{&CommandError{Cmd: "docker ps", Output: "Error: daemon down\n", Err: statusErr(9)}, "docker: Error: daemon down", 9},
 		{&CommandError{Cmd: "IMAGE_TAG=v1 docker compose up", Output: "x\ny\n", Err: base}, "docker: y", 1},
+		// Cut off: neither the program nor its last words, which are not why it stopped.
+		{&CommandError{Cmd: "if [ -e f ]; then cat f; fi", Output: "half of f\n", Err: &ConnLostError{Host: "u@h:22", Err: syscall.ECONNRESET}},
+			"connection to u@h:22 lost: connection reset by peer", 1},
+		{&CommandError{Cmd: "docker ps", Err: fmt.Errorf("wait: %w", &ConnLostError{Host: "u@h:22", Err: io.EOF})},
+			"connection to u@h:22 lost: the server closed the connection", 1},
 	}
 	for _, tc := range tests {
 		if got := tc.err.Error(); got != tc.msg {
@@ -311,6 +318,50 @@ func TestCommandErrorWithoutExecError(t *testing.T) {
 		}
 		if !errors.Is(tc.err, tc.err.Err) {
 			t.Errorf("%q does not wrap its cause", tc.msg)
+		}
+	}
+}
+
+func TestFirstWord(t *testing.T) {
+	tests := []struct{ cmd, want string }{
+		{"docker ps", "docker"},
+		{"  docker ps  ", "docker"},
+		{"IMAGE_TAG=v1 docker compose up", "docker"},
+		{"FOO='a b c' BAR=\"x y\" docker ps", "docker"},
+		{"cd '/srv/app dir' && docker compose up -d", "docker"},
+		{"cd /srv; tar -czf x.tgz data", "tar"},
+		{"set -e; cd /srv && rm -rf data.replaced", "rm"},
+		{"set -eu && umask 077 && cat > f", "cat"},
+		{"if docker compose version 2>/dev/null; then echo 'docker compose'; fi", "docker"},
+		{"if [ -f a ]; then cp -p a b.tmp && mv -f b.tmp b; fi", "cp"},
+		{"if ! mkdir /l 2>/dev/null; then exit 1; fi", "mkdir"},
+		{"[ -d /srv ] || mkdir -p /srv", "mkdir"},
+		{"[[ -d /srv ]] && ls /srv", "ls"},
+		{"test -e f && rm f", "rm"},
+		{"for f in a b; do rm -f \"$f\"; done", "rm"},
+		{"while read -r l; do echo \"$l\"; done", "read"},
+		{"{ docker ps; docker images; } 2>&1", "docker"},
+		{"(cd /srv && docker compose down)", "docker"},
+		{"exec docker load", "docker"},
+		{"sudo -n docker ps", "docker"},
+		{"trap 'rm -f \"$t\"; exit 1' TERM; sleep 30", "sleep"},
+		{"t='/x y.tmp' && trap 'rm -f \"$t\"' EXIT && cat > \"$t\"", "cat"},
+		{"2>/dev/null docker ps", "docker"},
+		{"> /tmp/out docker ps", "docker"},
+		{"p=$(dirname \"$p\"); df -Pk \"$p\"", "df"},
+		{"x=`pwd`; ls", "ls"},
+		{"docker ps # if", "docker"},
+		{"'my prog' --flag", "my prog"},
+		{"cd /x", "cd"},
+		{"[ -e f ]", "["},
+		{"exit 4", "exit"},
+		{"", "command"},
+		{"set -e\ncd /srv\ndocker pause x", "script"},
+		{"\n  docker ps  \n", "docker"},
+	}
+	for _, tt := range tests {
+		if got := firstWord(tt.cmd); got != tt.want {
+			t.Errorf("firstWord(%q) = %q, want %q", tt.cmd, got, tt.want)
 		}
 	}
 }

@@ -54,12 +54,13 @@ type SSH struct {
 	name   string // user@host:port
 
 	done      chan struct{} // closed by Close: stops the keepalive
+	ended     chan struct{} // closed when the connection has ended, lost set if we did not end it
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
 
 	mu   sync.Mutex
-	lost error // why the connection was dropped under us
+	lost error // why the connection was dropped under us: a *ConnLostError
 }
 
 var _ Host = (*SSH)(nil)
@@ -101,7 +102,9 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 		}
 		return nil, c.connectError(ctx, err)
 	}
-	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{})}
+	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{}), ended: make(chan struct{})}
+	s.wg.Add(1)
+	go s.watch()
 	if c.Keepalive > 0 {
 		s.wg.Add(1)
 		go s.keepalive(c.Keepalive)
@@ -266,13 +269,13 @@ func (s *SSH) keepalive(every time.Duration) {
 		case err := <-replies:
 			waiting, missed = false, 0
 			if err != nil {
-				s.drop(fmt.Errorf("connection to %s lost: %v", s.name, err))
+				s.drop(&ConnLostError{Host: s.name, Err: err})
 				return
 			}
 		case <-t.C:
 			if waiting {
 				if missed++; missed >= keepaliveMaxMissed {
-					s.drop(fmt.Errorf("connection to %s lost: no answer to keepalives for %s", s.name, time.Duration(missed)*every))
+					s.drop(&ConnLostError{Host: s.name, Err: fmt.Errorf("no answer to keepalives for %s", time.Duration(missed)*every)})
 					return
 				}
 				continue
@@ -286,8 +289,21 @@ func (s *SSH) keepalive(every time.Duration) {
 	}
 }
 
+// watch waits for the connection to end, and when that was not our doing
+// (the server went away, the link broke) records why.
+func (s *SSH) watch() {
+	defer s.wg.Done()
+	defer close(s.ended)
+	err := s.client.Wait()
+	select {
+	case <-s.done: // Close
+	default:
+		s.drop(&ConnLostError{Host: s.name, Err: err})
+	}
+}
+
 // drop closes the connection under its users and remembers why.
-func (s *SSH) drop(why error) {
+func (s *SSH) drop(why *ConnLostError) {
 	s.mu.Lock()
 	if s.lost == nil {
 		s.lost = why
@@ -296,8 +312,17 @@ func (s *SSH) drop(why error) {
 	_ = s.client.Client.Close()
 }
 
-// connErr explains an error from a connection that may have been dropped.
+// lostGrace is how long connErr waits to learn whether the connection has
+// ended: a broken link fails its sessions a moment before watch hears why.
+const lostGrace = 250 * time.Millisecond
+
+// connErr explains an error from a connection that may have been dropped:
+// a *ConnLostError when it was.
 func (s *SSH) connErr(err error) error {
+	select {
+	case <-s.ended:
+	case <-time.After(lostGrace):
+	}
 	s.mu.Lock()
 	lost := s.lost
 	s.mu.Unlock()
