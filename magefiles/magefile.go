@@ -47,6 +47,7 @@ func run() (*tasks.Runner, error) {
 		runner, runnerErr = tasks.New(dir, os.Stdout)
 		if runner != nil {
 			runner.Verbose = mg.Verbose()
+			runner.HoldLock = true // one deploy lock for the whole run; the process's end frees it
 		}
 	})
 	return runner, runnerErr
@@ -134,8 +135,8 @@ func test(ctx context.Context) error {
 // Deploy backs up the data, then puts the built IMAGE_NAME:IMAGE_TAG into service with Compose, rolling back if it is not healthy.
 //
 // Reads DEPLOY_HOST (empty: this machine), DEPLOY_PATH, COMPOSE_FILE,
-// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT, BACKUP_KEEP, and SSH_* for a
-// server. Does not build: any built tag can be deployed with
+// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT, BACKUP_KEEP, LOCK_WAIT, and SSH_*
+// for a server. Does not build: any built tag can be deployed with
 // IMAGE_TAG=<tag> mage deploy. -noBackup skips the backup (not advised).
 func Deploy(ctx context.Context, noBackup *bool) error {
 	if noBackup != nil {

@@ -56,6 +56,7 @@ type Config struct {
 	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
 	ImageKeep     int           // IMAGE_KEEP, default 5
 	BackupKeep    int           // BACKUP_KEEP, default 10
+	LockWait      time.Duration // LOCK_WAIT, default 0: how long a run waits for another's deploy lock (0 refuses at once)
 	TestData      string        // TEST_DATA, default "./test-data" (absolute; may not exist)
 	Migrations    string        // MIGRATIONS, default "./migrations" (absolute; may not exist)
 
@@ -106,8 +107,8 @@ const (
 	defaultMigrations      = "./migrations"
 	defaultWSLDistro       = "Ubuntu-22.04"
 
-	shortCommitLen   = 7
-	maxHealthTimeout = 24 * time.Hour
+	shortCommitLen = 7
+	maxDuration    = 24 * time.Hour // of HEALTH_TIMEOUT and LOCK_WAIT
 )
 
 // SettingError reports one invalid setting. Its message is a single line.
@@ -246,6 +247,7 @@ func (c *Config) Print(w io.Writer) {
 		"MIGRATIONS":     c.Migrations,
 
 		"BACKUP_KEEP":          strconv.Itoa(c.BackupKeep),
+		"LOCK_WAIT":            c.LockWait.String(),
 		"SSH_KEY":              c.SSHKey,
 		"SSH_KEY_PASSPHRASE":   c.SSHKeyPassphrase,
 		"SSH_KNOWN_HOSTS":      c.SSHKnownHosts,
@@ -422,7 +424,7 @@ func (l *loader) loadTest() {
 	}
 
 	s = l.get("HEALTH_TIMEOUT", defaultHealthTimeout.String())
-	if d, msg := parseTimeout(s.val); msg != "" {
+	if d, msg := parseDuration(s.val, false, `(use a duration such as "90s" or "2m", or a whole number of seconds)`); msg != "" {
 		l.fail(s, msg)
 	} else {
 		c.HealthTimeout = d
@@ -487,6 +489,13 @@ func (l *loader) loadDeploy() {
 		l.fail(bk, "is not a whole number of 1 or more (how many data backups to keep)")
 	} else {
 		c.BackupKeep = n
+	}
+
+	lw := l.get("LOCK_WAIT", "0")
+	if d, msg := parseDuration(lw.val, true, `(use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`); msg != "" {
+		l.fail(lw, msg)
+	} else {
+		c.LockWait = d
 	}
 
 	c.ComposeFile = l.file(l.get("COMPOSE_FILE", defaultComposeFile), "set COMPOSE_FILE to your production compose file")
@@ -665,12 +674,12 @@ func checkImageName(name string) string {
 	return ""
 }
 
-// parseTimeout parses "90s", "2m" or a bare number of seconds.
-func parseTimeout(v string) (time.Duration, string) {
-	const how = `(use a duration such as "90s" or "2m", or a whole number of seconds)`
-	var d time.Duration
+// parseDuration parses "90s", "2m" or a bare number of seconds, up to 24h
+// and more than zero (or zero too, when zeroOK). On failure msg says what
+// is wrong, followed by how, which gives an example.
+func parseDuration(v string, zeroOK bool, how string) (d time.Duration, msg string) {
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n > int64(maxHealthTimeout/time.Second) {
+		if n > int64(maxDuration/time.Second) {
 			return 0, "is more than 24h " + how
 		}
 		d = time.Duration(n) * time.Second
@@ -678,9 +687,11 @@ func parseTimeout(v string) (time.Duration, string) {
 		return 0, "is not a duration " + how
 	}
 	switch {
-	case d <= 0:
+	case d < 0 && zeroOK:
+		return 0, "is negative " + how
+	case d <= 0 && !zeroOK:
 		return 0, "is not more than zero " + how
-	case d > maxHealthTimeout:
+	case d > maxDuration:
 		return 0, "is more than 24h " + how
 	}
 	return d, ""

@@ -263,6 +263,23 @@ func TestValidation(t *testing.T) {
 		{name: "timeout huge number", env: []string{"HEALTH_TIMEOUT=99999999999999"},
 			want: []string{`environment: HEALTH_TIMEOUT="99999999999999" is more than 24h (use a duration such as "90s" or "2m", or a whole number of seconds)`}},
 
+		// LOCK_WAIT
+		{name: "lock wait default", check: func(t *testing.T, c *Config) { eq(t, c.LockWait, time.Duration(0)) }},
+		{name: "lock wait 30s", dotenv: "LOCK_WAIT=30s\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 30*time.Second) }},
+		{name: "lock wait 2m", env: []string{"LOCK_WAIT=2m"},
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 2*time.Minute) }},
+		{name: "lock wait bare seconds", env: []string{"LOCK_WAIT=45"},
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, 45*time.Second) }},
+		{name: "lock wait zero", dotenv: "LOCK_WAIT=0\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.LockWait, time.Duration(0)) }},
+		{name: "lock wait negative", dotenv: "LOCK_WAIT=-5s\n",
+			want: []string{`.env:1: LOCK_WAIT="-5s" is negative (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+		{name: "lock wait garbage", env: []string{"LOCK_WAIT=forever"},
+			want: []string{`environment: LOCK_WAIT="forever" is not a duration (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+		{name: "lock wait more than a day", env: []string{"LOCK_WAIT=25h"},
+			want: []string{`environment: LOCK_WAIT="25h" is more than 24h (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+
 		// DEPLOY_HOST and DEPLOY_PATH
 		{name: "remote host with defaults", dotenv: "DEPLOY_HOST=ubuntu@203.0.113.10\n",
 			check: func(t *testing.T, c *Config) {
@@ -644,6 +661,21 @@ func TestParseDotenv(t *testing.T) {
 			wantErr: `.env:1: cannot parse "export DB_PASSWORD=****": unterminated quoted value (add the closing quote)`,
 		},
 		{
+			name:    "secret by its ending is redacted",
+			in:      "SMTP_PASS hunter2\n",
+			wantErr: `.env:1: cannot parse "SMTP_PASS ****": expected KEY=VALUE`,
+		},
+		{
+			name:    "password in a URL is hidden",
+			in:      "DATABASE_URL=\"postgres://bob:hunter2@db/x\nX=1\n",
+			wantErr: `.env:1: cannot parse "DATABASE_URL=\"postgres://bob:****@db/x": unterminated quoted value (add the closing quote)`,
+		},
+		{
+			name:    "password in a URL is hidden before the line is shortened",
+			in:      "DATABASE_URL=\"postgres://" + strings.Repeat("u", 40) + ":hunter2hunter2hunter2@db/x\n",
+			wantErr: `.env:1: cannot parse "DATABASE_URL=\"postgres://` + strings.Repeat("u", 40) + `:****@db/x": unterminated quoted value (add the closing quote)`,
+		},
+		{
 			name:    "long line is shortened",
 			in:      "X" + strings.Repeat(" y", 60) + "\n",
 			wantErr: `.env:1: cannot parse "X` + strings.Repeat(" y", 38) + `...": expected KEY=VALUE`,
@@ -735,6 +767,16 @@ func TestRedact(t *testing.T) {
 		{"DATABASE_URL", "postgres://bot@db/care", "postgres://bot@db/care"},
 		{"REDIS_URL", "redis://:pw@cache:6379/0", "redis://:****@cache:6379/0"},
 		{"WEBHOOK", "https://example.com/a:b@c", "https://example.com/a:b@c"},
+		{"SMTP_PASS", "x", "****"},
+		{"BASIC_AUTH", "bob:x", "****"},
+		{"AUTHOR", "Bob", "Bob"},
+		{"DATABASE_URL", "postgres://bob:hunter2@db/x", "postgres://bob:****@db/x"},
+		{"DATABASE_URL", "postgres://bob:p@ss@db/x", "postgres://bob:****@db/x"},
+		{"DATABASE_URL", "postgres://bob:@db/x", "postgres://bob:@db/x"},
+		{"DATABASE_URL", "postgres://bob@db:5432/x", "postgres://bob@db:5432/x"},
+		{"JDBC_URL", "jdbc:postgresql://bob:hunter2@db/x", "jdbc:postgresql://bob:****@db/x"},
+		{"WORKER_ARGS", "--db=postgres://bob:hunter2@db/x --cache redis://:pw@cache", "--db=postgres://bob:****@db/x --cache redis://:****@cache"},
+		{"BROKER_URL", "amqp://guest:guest@mq", "amqp://guest:****@mq"},
 	}
 	for _, tt := range tests {
 		if got := Redact(tt.key, tt.value); got != tt.want {
@@ -906,6 +948,7 @@ COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)
 BACKUP_KEEP=10 (source: default)
+LOCK_WAIT=0s (source: default)
 SSH_KEY= (source: default)
 SSH_KEY_PASSPHRASE= (source: default)
 SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)

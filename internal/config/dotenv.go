@@ -150,14 +150,13 @@ func joinLines(lines []string) string {
 }
 
 // redactLine prepares a .env line for an error message: trimmed, shortened,
-// and, when it mentions a secret-looking name, cut after that name.
+// cut after the name when it mentions a secret-looking name, and with the
+// password of any URL in it hidden.
 func redactLine(line string) string {
 	line = strings.TrimSpace(line)
 	if secretName(line) {
 		rest := strings.TrimPrefix(line, "export ")
-		i := strings.IndexFunc(rest, func(r rune) bool {
-			return !(r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z')
-		})
+		i := strings.IndexFunc(rest, func(r rune) bool { return !isNameRune(r) })
 		if i < 0 {
 			i = len(rest)
 		}
@@ -167,6 +166,7 @@ func redactLine(line string) string {
 		}
 		return line[:len(line)-len(rest)] + name + sep + redacted
 	}
+	line = redactURLPasswords(line) // before shortening, which could cut off the "@" that marks a password
 	const maxLen = 80
 	if r := []rune(line); len(r) > maxLen {
 		return string(r[:maxLen-3]) + "..."

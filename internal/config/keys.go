@@ -41,7 +41,7 @@ var settingKeys = []string{
 	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
 	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
 	"DEPLOY_HOST", "DEPLOY_PATH", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
-	"BACKUP_KEEP",
+	"BACKUP_KEEP", "LOCK_WAIT",
 	"SSH_KEY", "SSH_KEY_PASSPHRASE", "SSH_KNOWN_HOSTS", "SSH_ACCEPT_NEW", "TRANSFER_COMPRESSION",
 	"WSL_DISTRO", "DOCKER_VIA_WSL", "DOCKER_SUDO",
 }
@@ -72,25 +72,50 @@ func Classify(key string) Key {
 
 const redacted = "****"
 
-// secretWords mark a variable name as holding a secret.
-var secretWords = []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"}
+// A name is secret when one of its words (the runs of letters, digits, _
+// and . in it) has one of the markers below, compared in upper case.
+var (
+	// secretWords anywhere in a word: DB_PASSWORD, BOT_TOKEN, MONKEY (better
+	// hidden by mistake than shown by mistake).
+	secretWords = []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "KEY", "CREDENTIAL", "PRIVATE", "COOKIE"}
+	// secretEnds end a word, or are all of it: SMTP_PASS and PASS but not
+	// BYPASS, SENTRY_DSN, BASIC_AUTH and AUTH but not AUTHOR or SSH_AUTH_SOCK.
+	// PWD alone is the shell's working folder, so only _PWD counts.
+	secretEnds  = []string{"_PASS", "_PWD", "_DSN", "AUTH"}
+	secretWhole = []string{"PASS", "DSN"}
+)
 
-// secretName reports whether s, in any case, contains a secret word. It
-// takes a name, or a whole .env line (redactLine).
+// secretName reports whether s names a secret. It takes a name, or a whole
+// .env line (redactLine), where any word naming a secret counts.
 func secretName(s string) bool {
-	s = strings.ToUpper(s)
-	for _, w := range secretWords {
-		if strings.Contains(s, w) {
+	words := strings.FieldsFunc(strings.ToUpper(s), func(r rune) bool { return !isNameRune(r) })
+	for _, w := range words {
+		if slices.Contains(secretWhole, w) {
 			return true
+		}
+		for _, end := range secretEnds {
+			if strings.HasSuffix(w, end) {
+				return true
+			}
+		}
+		for _, sw := range secretWords {
+			if strings.Contains(w, sw) {
+				return true
+			}
 		}
 	}
 	return false
 }
 
+// isNameRune reports whether r may be part of a .env name (see validKey).
+func isNameRune(r rune) bool {
+	return r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z'
+}
+
 // Redact returns value as it may be shown for variable key: "****" (or ""
-// when value is empty) when key is secret (it contains, in any case, TOKEN,
-// SECRET, PASSWORD, PASSWD, KEY or CREDENTIAL); otherwise value, with the
-// password of a URL such as "postgres://user:pass@host/db" replaced by "****".
+// when value is empty) when Classify says key is secret; otherwise value,
+// with the password of every URL in it, as in "postgres://user:pass@host/db",
+// replaced by "****".
 func Redact(key, value string) string {
 	if value == "" {
 		return ""
@@ -98,33 +123,56 @@ func Redact(key, value string) string {
 	if Classify(key).Secret {
 		return redacted
 	}
-	return redactURLPassword(value)
+	return redactURLPasswords(value)
 }
 
-// redactURLPassword hides the password in scheme://user:password@host/...
-func redactURLPassword(v string) string {
-	i := strings.Index(v, "://")
-	if i <= 0 {
-		return v
-	}
-	for _, r := range v[:i] { // must look like a scheme
-		if !(r == '+' || r == '-' || r == '.' || r >= '0' && r <= '9' || unicode.IsLetter(r)) {
-			return v
+// redactURLPasswords hides the password of each scheme://user:password@host
+// in v, wherever it stands: a value may be a URL, or hold one
+// ("--db=postgres://...", "jdbc:postgresql://...").
+func redactURLPasswords(v string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(v, "://")
+		if i < 0 {
+			break
 		}
+		authStart := i + 3
+		// A scheme is letters, digits, + - . before "://", starting with a letter.
+		s := i
+		for s > 0 && isSchemeRune(rune(v[s-1])) {
+			s--
+		}
+		for s < i && !unicode.IsLetter(rune(v[s])) {
+			s++
+		}
+		if s == i {
+			b.WriteString(v[:authStart])
+			v = v[authStart:]
+			continue
+		}
+		// The authority ends at the path, query or fragment, or where the
+		// URL itself does (a space or a quote).
+		authEnd := len(v)
+		if j := strings.IndexFunc(v[authStart:], func(r rune) bool {
+			return strings.ContainsRune("/?#\"'`", r) || unicode.IsSpace(r)
+		}); j >= 0 {
+			authEnd = authStart + j
+		}
+		auth := v[authStart:authEnd]
+		at := strings.LastIndex(auth, "@")
+		colon := strings.Index(auth, ":")
+		if at >= 0 && colon >= 0 && colon < at-1 { // a password, even an empty user's (redis://:pw@host)
+			b.WriteString(v[:authStart+colon+1] + redacted)
+			v = v[authStart+at:]
+			continue
+		}
+		b.WriteString(v[:authEnd])
+		v = v[authEnd:]
 	}
-	authStart := i + 3
-	authEnd := len(v)
-	if j := strings.IndexAny(v[authStart:], "/?#"); j >= 0 {
-		authEnd = authStart + j
-	}
-	at := strings.LastIndex(v[authStart:authEnd], "@")
-	if at < 0 {
-		return v
-	}
-	userinfo := v[authStart : authStart+at]
-	colon := strings.Index(userinfo, ":")
-	if colon < 0 || colon == len(userinfo)-1 {
-		return v
-	}
-	return v[:authStart+colon+1] + redacted + v[authStart+at:]
+	b.WriteString(v)
+	return b.String()
+}
+
+func isSchemeRune(r rune) bool {
+	return r == '+' || r == '-' || r == '.' || r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z'
 }

@@ -15,6 +15,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"IMAGE_NAME", Tool, false},
 		{"APP_PORT", Tool, false},
+		{"LOCK_WAIT", Tool, false},
 		{"SSH_KEY_PASSPHRASE", Tool, true},
 		{"SSH_KEY", Tool, true}, // a path, but redacted as it always was
 		{"SSH_AUTH_SOCK", Tool, false},
@@ -26,6 +27,24 @@ func TestClassify(t *testing.T) {
 		{"LOG_LEVEL", App, false},
 		{"image_name", App, false}, // names are case-sensitive, as in the environment
 		{"BUILD_ARGS", App, false},
+		// Secret by their ending, or being the whole name.
+		{"SMTP_PASS", App, true},
+		{"PASS", App, true},
+		{"db_pass", App, true},
+		{"MYSQL_PWD", App, true},
+		{"SENTRY_DSN", App, true},
+		{"AUTH", App, true},
+		{"BASIC_AUTH", App, true},
+		{"PROXY_AUTH", App, true},
+		{"GPG_PASSPHRASE", App, true},
+		{"JWT_PRIVATE_PEM", App, true},
+		{"SESSION_COOKIE", App, true},
+		{"BYPASS", App, false},
+		{"PASS_THROUGH_HEADERS", App, false},
+		{"AUTHOR", App, false},
+		{"AUTH_MODE", App, false},
+		{"PWD", App, false},
+		{"SESSION_TTL", App, false},
 	}
 	for _, tt := range tests {
 		if got := Classify(tt.key); got.Owner != tt.owner || got.Secret != tt.secret {

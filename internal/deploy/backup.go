@@ -50,11 +50,9 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 		}
 		return Backup{}, err
 	}
-	unlock, err := d.Lock(ctx)
-	if err != nil {
+	if err := d.Lock(ctx); err != nil {
 		return Backup{}, err
 	}
-	defer unlock()
 	b, err := d.snapshot(ctx, "")
 	if err != nil || b.Name == "" {
 		return b, err
@@ -74,9 +72,12 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 // SQLite's online backup API would need the app's help; a pause of a
 // fraction of a second is the price of not needing it.
 //
-// Everything runs as one shell script on the host, so a dropped connection
-// still unpauses the service (trap) and leaves no partial archive; the
-// archive and its checksum appear only when complete.
+// It runs as one step on the host (see stepScript): when the run goes
+// away (Ctrl-C, kill, a cut link) the host stops it, unpauses the service
+// and removes the partial copy by itself; the journal, written before the
+// pause, unpauses it even if the step itself is killed. The archive and
+// its checksum appear only when complete. Names come from the host's
+// clock, so backups sort in the order they were taken there.
 func (d *Deployer) snapshot(ctx context.Context, label string) (Backup, error) {
 	states, err := d.containers(ctx)
 	if err != nil {
@@ -93,42 +94,62 @@ func (d *Deployer) snapshot(ctx context.Context, label string) (Backup, error) {
 	if label != "" {
 		tag = label + "-" + tag
 	}
-	name := d.now().UTC().Format(backupTimeLayout) + "-" + safeName(tag) + ".tar.gz"
-	script := fmt.Sprintf(`set -e
-cd %[1]s
-mkdir -p backups
-n=%[2]s ids=%[3]s stage=backups/.staging-$$ paused=
+	idList := shell.Quote(strings.Join(ids, " "))
+	undo := fmt.Sprintf("# pausing the service for a backup: unpause it\ndocker unpause %s >/dev/null 2>&1; rm -rf %s/backups/.staging-*; true\n", strings.Join(ids, " "), shell.Quote(d.Path))
+	body := fmt.Sprintf(`cd %[1]s && mkdir -p backups || exit 1
+ts=$(date -u +%%Y%%m%%dT%%H%%M%%S.%%3NZ)
+case "$ts" in *N*) ts=$(date -u +%%Y%%m%%dT%%H%%M%%S).000Z ;; esac
+n="$ts-"%[2]s.tar.gz ids=%[3]s stage=backups/.staging-$$ paused= done=
 if [ -e "backups/$n" ]; then echo "backups/$n exists already" >&2; exit 1; fi
-cleanup() { if [ -n "$paused" ]; then docker unpause $ids >/dev/null 2>&1 || true; fi; rm -rf "$stage" "backups/$n.tmp" "backups/$n.sha256.tmp"; }
-trap cleanup EXIT
-trap 'cleanup; exit 1' HUP INT TERM
-if [ -n "$ids" ]; then docker pause $ids >/dev/null; paused=1; fi
-cp -a data "$stage"
-if [ -n "$paused" ]; then docker unpause $ids >/dev/null; paused=; fi
-tar -C "$stage" -czf "backups/$n.tmp" .
+cleanup() {
+	if [ -n "$paused" ]; then docker unpause $ids >/dev/null 2>&1; rm -f "$d/journal"; fi
+	rm -rf "$stage" "backups/$n.tmp" "backups/$n.sha256.tmp"
+	[ -n "$done" ] || rm -f "backups/$n" "backups/$n.sha256"
+}
+if [ -n "$ids" ]; then
+	printf '%%s' %[4]s > "$d/journal" || exit 1
+	paused=1
+	docker pause $ids >/dev/null || exit 1
+fi
+bg cp -a data "$stage" || exit 1
+if [ -n "$paused" ]; then docker unpause $ids >/dev/null || exit 1; paused=; rm -f "$d/journal"; fi
+bg tar -C "$stage" -czf "backups/$n.tmp" . || exit 1
 sum=$(sha256sum "backups/$n.tmp" | cut -d' ' -f1)
-printf '%%s  %%s\n' "$sum" "$n" > "backups/$n.sha256.tmp"
-mv "backups/$n.tmp" "backups/$n"
-mv "backups/$n.sha256.tmp" "backups/$n.sha256"
-echo "$(wc -c < "backups/$n") $sum"`, shell.Quote(d.Path), shell.Quote(name), shell.Quote(strings.Join(ids, " ")))
+printf '%%s  %%s\n' "$sum" "$n" > "backups/$n.sha256.tmp" || exit 1
+mv "backups/$n.tmp" "backups/$n" && mv "backups/$n.sha256.tmp" "backups/$n.sha256" || exit 1
+done=1
+echo "$n $(wc -c < "backups/$n") $sum"`, shell.Quote(d.Path), shell.Quote(safeName(tag)), idList, shell.Quote(undo))
 	start := time.Now()
-	out, err := host.Run(ctx, d.Host, script)
+	out, err := d.step(ctx, body, true)
 	if err != nil {
+		if ctx.Err() != nil {
+			return Backup{}, fmt.Errorf("back up %s/data on %s: interrupted; the host stops the backup, unpauses the service and removes the partial copy by itself: the data and earlier backups are untouched", d.Path, d.Host)
+		}
 		return Backup{}, fmt.Errorf("back up %s/data on %s: %w; the data and earlier backups are untouched", d.Path, d.Host, err)
 	}
 	f := strings.Fields(out)
-	if len(f) != 2 {
+	if len(f) != 3 {
 		return Backup{}, fmt.Errorf("back up %s/data on %s: unexpected output %q", d.Path, d.Host, strings.TrimSpace(out))
 	}
-	size, _ := strconv.ParseInt(f[0], 10, 64)
-	b := Backup{Name: name, Version: tag, Size: size, SHA256: f[1], Time: d.now().UTC()}
-	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, name, text.Bytes(size), time.Since(start).Seconds())
+	size, _ := strconv.ParseInt(f[1], 10, 64)
+	b := Backup{Name: f[0], Version: tag, Size: size, SHA256: f[2], Time: d.now().UTC()}
+	if m := backupName.FindStringSubmatch(f[0]); m != nil {
+		b.Time, _ = time.Parse(backupTimeLayout, m[1])
+	}
+	d.printf("backed up %s/data to backups/%s (%s) in %.1fs\n", d.Path, b.Name, text.Bytes(size), time.Since(start).Seconds())
 	return b, nil
 }
 
+// dataEmpty reports whether the data folder is missing or empty; one that
+// cannot be read is an error, not "nothing to back up".
 func (d *Deployer) dataEmpty(ctx context.Context) (bool, error) {
-	out, err := host.Run(ctx, d.Host, fmt.Sprintf("ls -A %s/data 2>/dev/null | head -n 1", shell.Quote(d.Path)))
-	return strings.TrimSpace(out) == "", err
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf(`cd %s 2>/dev/null && [ -e data ] || { echo empty; exit 0; }
+l=$(ls -A data) || exit 1
+if [ -n "$l" ]; then echo data; else echo empty; fi`, shell.Quote(d.Path)))
+	if err != nil {
+		return false, fmt.Errorf("read %s/data on %s: %w", d.Path, d.Host, err)
+	}
+	return strings.TrimSpace(out) == "empty", nil
 }
 
 // Backups lists the complete backups on the host, oldest first. An archive
@@ -236,17 +257,21 @@ func (d *Deployer) Verify(ctx context.Context, b Backup) error {
 }
 
 // Restore puts backup name (or the newest) back as the data folder: it
-// verifies the archive, takes a safety backup of the current data, stops
-// the service, swaps the folders, starts it again and checks health.
+// verifies the archive, stops every container that uses the data folder
+// (whatever its image or state, paused included), takes a safety backup of
+// the data as they stopped it, swaps the folders, starts them again and
+// checks health.
+//
+// The journal, written before the first stop, puts the data before it
+// back and starts those containers again: the host runs it when the run
+// goes away before the restore is confirmed.
 func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
 	if err := d.Deployed(ctx); err != nil {
 		return Backup{}, err
 	}
-	unlock, err := d.Lock(ctx)
-	if err != nil {
+	if err := d.Lock(ctx); err != nil {
 		return Backup{}, err
 	}
-	defer unlock()
 	list, err := d.Backups(ctx)
 	if err != nil {
 		return Backup{}, err
@@ -258,65 +283,162 @@ func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
 	if err := d.Verify(ctx, b); err != nil {
 		return b, err
 	}
-	var safety Backup
-	if empty, err := d.dataEmpty(ctx); err != nil {
-		return b, err
-	} else if !empty {
-		if safety, err = d.snapshot(ctx, "pre-restore"); err != nil {
-			return b, fmt.Errorf("safety backup before restoring: %w", err)
-		}
-	}
 	serving, err := d.Serving(ctx)
 	if err != nil {
 		return b, err
 	}
-	if serving != "" {
-		if _, err := d.composeRun(ctx, serving, "stop"); err != nil {
-			return b, err
+	users, err := d.dataUsers(ctx)
+	if err != nil {
+		return b, err
+	}
+	var ids, names []string // the containers to start again
+	for _, u := range users {
+		if u.Status == "running" || u.Status == "paused" || u.Status == "restarting" {
+			ids = append(ids, u.ID)
+			names = append(names, u.Name)
+		}
+	}
+	p := shell.Quote(d.Path)
+	idList := strings.Join(ids, " ")
+	start := "true"
+	if len(ids) > 0 {
+		start = "docker start " + idList + " >/dev/null"
+	}
+	undo := fmt.Sprintf(`cd %[1]s || exit 1
+%[2]s
+if [ -d data.replaced ]; then rm -rf data.failed; if [ -d data ]; then mv data data.failed; fi; mv data.replaced data || exit 1; rm -rf data.failed; fi
+rm -rf data.restoring
+%[3]s
+`, p, stopCmd(ids), start)
+	if err := d.intend(ctx, "restoring "+b.Name+": put the data before it back and start what used it", undo); err != nil {
+		return b, err
+	}
+	if len(ids) > 0 {
+		d.printf("stopping %s (using %s/data)\n", strings.Join(names, ", "), d.Path)
+		if _, err := d.step(ctx, stopCmd(ids)+" || { "+start+"; exit 1; }", false); err != nil {
+			_ = d.settle(ctx)
+			return b, fmt.Errorf("restore %s on %s: could not stop every container that uses %s/data (%s): %w; they run as before and nothing was changed", b.Name, d.Host, d.Path, strings.Join(names, ", "), err)
+		}
+	}
+	// A run that goes away from here on leaves the rest to the host, which
+	// runs the journal: say so instead of undoing it twice.
+	gone := func() bool { return ctx.Err() != nil || !d.held() }
+	leftToHost := func(err error) error {
+		d.abandon()
+		return fmt.Errorf("restore %s on %s interrupted (%s): the host puts the data before it back and starts %s again by itself",
+			b.Name, d.Host, text.ErrLine(err), orNone(strings.Join(names, ", ")))
+	}
+	var safety Backup
+	if empty, err := d.dataEmpty(ctx); err != nil {
+		if gone() {
+			return b, leftToHost(err)
+		}
+		d.undoRestore(ctx, undo)
+		return b, err
+	} else if !empty {
+		if safety, err = d.snapshot(ctx, "pre-restore"); err != nil {
+			if gone() {
+				return b, leftToHost(err)
+			}
+			d.undoRestore(ctx, undo)
+			return b, fmt.Errorf("safety backup before restoring: %w", err)
 		}
 	}
 	// Extract beside the data first: if that fails (a full disk), the data
 	// folder was never touched. The swap itself is two renames, and the old
-	// folder stays until the service is healthy with the restored one.
-	p := shell.Quote(d.Path)
-	swap := fmt.Sprintf(`set -e
-cd %[1]s
+	// folder stays until the restored data are confirmed.
+	swap := fmt.Sprintf(`cd %[1]s || exit 1
 rm -rf data.restoring data.replaced
-mkdir data.restoring
-if ! tar -xzf backups/%[2]s -C data.restoring; then rm -rf data.restoring; exit 1; fi
-mv data data.replaced
-mv data.restoring data`, p, shell.Quote(b.Name))
-	ctx = context.WithoutCancel(ctx) // from here the host must not be left half-way
-	if _, err := host.Run(ctx, d.Host, swap); err != nil {
-		if serving != "" {
-			_, _ = d.composeRun(ctx, serving, "up -d")
+mkdir data.restoring || exit 1
+cleanup() { [ -n "$swapped" ] || rm -rf data.restoring; }
+swapped=
+bg tar -xzf backups/%[2]s -C data.restoring || exit 1
+mv data data.replaced && mv data.restoring data || { [ -d data ] || mv data.replaced data; exit 1; }
+swapped=1`, p, shell.Quote(b.Name))
+	if _, err := d.step(ctx, swap, true); err != nil {
+		if gone() {
+			return b, leftToHost(err)
 		}
-		return b, fmt.Errorf("restore %s on %s failed (%v); the data folder is as it was", b.Name, d.Host, err)
+		d.undoRestore(ctx, undo)
+		return b, fmt.Errorf("restore %s on %s failed (%s); the data folder is as it was and %s runs again", b.Name, d.Host, text.ErrLine(err), orNone(strings.Join(names, ", ")))
+	}
+	if len(ids) > 0 {
+		if _, err := d.step(ctx, start, false); err != nil {
+			if gone() {
+				return b, leftToHost(err)
+			}
+			d.undoRestore(ctx, undo)
+			return b, fmt.Errorf("restore %s on %s: start %s again: %w; the data before it was put back", b.Name, d.Host, strings.Join(names, ", "), err)
+		}
 	}
 	if serving != "" {
-		if _, err := d.composeRun(ctx, serving, "up -d"); err != nil {
-			return b, err
-		}
 		if _, err := d.waitHealthy(ctx, serving); err != nil {
+			if gone() {
+				return b, leftToHost(err)
+			}
 			cause := text.ErrLine(err)
-			undo := fmt.Sprintf("cd %s && rm -rf data.failed && mv data data.failed && mv data.replaced data && rm -rf data.failed", p)
-			_, _ = d.composeRun(ctx, serving, "stop")
-			if _, uerr := host.Run(ctx, d.Host, undo); uerr == nil {
-				if _, uerr = d.composeRun(ctx, serving, "up -d"); uerr == nil {
-					if _, uerr = d.waitHealthy(ctx, serving); uerr == nil {
-						return b, fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, serving, cause)
-					}
+			if uerr := d.undoRestore(ctx, undo); uerr == nil {
+				if _, uerr = d.waitHealthy(context.WithoutCancel(ctx), serving); uerr == nil {
+					return b, fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, serving, cause)
 				}
 				cause += "; with the data put back it is not healthy either: " + text.ErrLine(uerr)
+			} else {
+				cause += "; putting the data back failed: " + text.ErrLine(uerr)
 			}
-			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, cause, safety.Name)
+			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, cause, orNone(safety.Name))
 		}
 	}
-	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("rm -rf %s/data.replaced", p)); err != nil {
+	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, fmt.Sprintf("rm -rf %s/data.replaced", p)); err != nil {
 		return b, fmt.Errorf("remove the replaced data folder on %s: %w", d.Host, err)
+	}
+	if err := d.settle(ctx); err != nil {
+		return b, err
 	}
 	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, text.Bytes(b.Size), d.Path, orNone(safety.Name))
 	return b, nil
+}
+
+// undoRestore runs a restore's journal now, from this run, and settles it.
+func (d *Deployer) undoRestore(ctx context.Context, undo string) error {
+	ctx = context.WithoutCancel(ctx)
+	if _, err := d.step(ctx, undo, false); err != nil {
+		return err
+	}
+	return d.settle(ctx)
+}
+
+// stopCmd stops containers, unpausing the paused ones first (a frozen
+// process cannot handle the stop signal).
+func stopCmd(ids []string) string {
+	if len(ids) == 0 {
+		return "true"
+	}
+	l := strings.Join(ids, " ")
+	return fmt.Sprintf(`for c in %s; do [ "$(docker inspect --format '{{.State.Paused}}' $c 2>/dev/null)" = true ] && docker unpause $c >/dev/null; done; docker stop %s >/dev/null`, l, l)
+}
+
+// DataUser is a container that mounts the deployment's data folder.
+type DataUser struct{ ID, Name, Status string }
+
+// dataUsers lists every container, of any image or state, that mounts
+// DEPLOY_PATH/data (by its path, or the path with symlinks resolved).
+func (d *Deployer) dataUsers(ctx context.Context) ([]DataUser, error) {
+	cmd := fmt.Sprintf(`cd %s/data 2>/dev/null || exit 0
+a=$(pwd -L) b=$(pwd -P)
+ids=$(docker ps -aq --no-trunc --filter "volume=$a" --filter "volume=$b") || exit 1
+[ -z "$ids" ] || docker inspect --format '{{.Id}} {{.Name}} {{.State.Status}}' $ids`, shell.Quote(d.Path))
+	out, err := host.Run(ctx, d.Host, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("list the containers that use %s/data on %s: %w", d.Path, d.Host, err)
+	}
+	var users []DataUser
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 {
+			users = append(users, DataUser{ID: f[0], Name: strings.TrimPrefix(f[1], "/"), Status: f[2]})
+		}
+	}
+	return users, nil
 }
 
 // Download copies a backup from the host into dir and checks its checksum.

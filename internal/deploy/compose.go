@@ -188,7 +188,7 @@ func (d *Deployer) Serving(ctx context.Context) (string, error) {
 
 func (d *Deployer) serving(states []ContainerState) string {
 	for _, s := range states {
-		if s.Status == "running" || s.Status == "restarting" {
+		if s.Status == "running" || s.Status == "restarting" || s.Status == "paused" {
 			if tag, ok := strings.CutPrefix(s.Image, d.ImageName+":"); ok {
 				return tag
 			}

@@ -6,6 +6,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/carebot/carebot/internal/text"
@@ -47,10 +49,19 @@ type Deployer struct {
 	Engine      ship.Source
 	Compression string // COMPRESSION: how the image travels (see ship.Options)
 
+	// LockWait is how long a run waits for the deploy lock another run
+	// holds (LOCK_WAIT); 0 refuses at once. LeaseTime is how long the host
+	// keeps the lock of a run whose link went silent (0: Lease).
+	LockWait  time.Duration
+	LeaseTime time.Duration
+
 	Out io.Writer
 	Now func() time.Time
 
 	compose string // the compose command the host has, found once
+
+	lockMu sync.Mutex
+	lease  *lease // the run's hold on the deploy lock, once taken
 }
 
 // Release is what to deploy.
@@ -82,11 +93,9 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	if err := d.prepare(ctx); err != nil {
 		return err
 	}
-	unlock, err := d.Lock(ctx)
-	if err != nil {
+	if err := d.Lock(ctx); err != nil {
 		return err
 	}
-	defer unlock()
 
 	st, err := ship.Image(ctx, d.Engine, d.Host, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
 	if err != nil {
@@ -127,11 +136,9 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 	if err := d.Deployed(ctx); err != nil {
 		return err
 	}
-	unlock, err := d.Lock(ctx)
-	if err != nil {
+	if err := d.Lock(ctx); err != nil {
 		return err
 	}
-	defer unlock()
 	history, err := d.History(ctx)
 	if err != nil {
 		return err
@@ -179,9 +186,18 @@ func (d *Deployer) Deployed(ctx context.Context) error {
 
 // switchTo runs compose up with r and waits for health; if health never
 // comes, it brings fallback back (or stops r when there is none).
+//
+// Before anything changes, the journal on the host says how to put
+// fallback back, so a run that goes away in the middle (killed, its link
+// cut, Ctrl-C) does not leave an unconfirmed release serving: the lock's
+// holder on the host runs the journal as soon as the run is gone, and the
+// next run does when the holder could not.
 func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
 	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup}
-	_, upErr := d.composeRun(ctx, r.Version, "up -d")
+	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback))); err != nil {
+		return err
+	}
+	_, upErr := d.composeStep(ctx, r.Version, "up -d")
 	var st health.Status
 	err := upErr
 	if err == nil {
@@ -190,7 +206,19 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	if err == nil {
 		entry.Result, entry.Serving = ResultOK, r.Version
 		d.printf("%s is serving %s (commit %s) on port %d\n", d.Host, st.Version, orNone(st.Commit), d.AppPort)
-		return d.record(ctx, entry)
+		rerr := d.record(ctx, entry)
+		return errors.Join(rerr, d.settle(ctx))
+	}
+	if ctx.Err() != nil {
+		// Interrupted (Ctrl-C): mage gives us 5 s, and bringing the old
+		// release back may take longer. The host does it: giving the lock
+		// back makes its holder run the journal, and keep the lock until
+		// that is done.
+		d.abandon()
+		if fallback == "" {
+			return fmt.Errorf("interrupted before %s was confirmed healthy: %s stops it by itself (mage status shows when)", r.Version, d.Host)
+		}
+		return fmt.Errorf("interrupted before %s was confirmed healthy: %s puts %s back by itself (mage status shows when)", r.Version, d.Host, fallback)
 	}
 	cause := text.ErrLine(err)
 	entry.Error = cause
@@ -199,9 +227,10 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	// From here on the user's interrupt must not leave the host half-switched.
 	ctx = context.WithoutCancel(ctx)
 	if fallback == "" {
-		_, _ = d.composeRun(ctx, r.Version, "stop")
+		_, _ = d.composeStep(ctx, r.Version, "stop")
 		entry.Result = ResultFailed
 		_ = d.record(ctx, entry)
+		_ = d.settle(ctx)
 		return fmt.Errorf("release %s failed: %s; there is no earlier release to roll back to, so it was stopped", r.Version, cause)
 	}
 	d.printf("release %s failed (%s); rolling back to %s\n", r.Version, cause, fallback)
@@ -210,7 +239,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		err = d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(history, fallback)})
 	}
 	if err == nil {
-		_, err = d.composeRun(ctx, fallback, "up -d")
+		_, err = d.composeStep(ctx, fallback, "up -d")
 	}
 	if err == nil {
 		_, err = d.waitHealthy(ctx, fallback)
@@ -218,12 +247,44 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	if err == nil {
 		entry.Result, entry.Serving = ResultRolledBack, fallback
 		_ = d.record(ctx, entry)
+		_ = d.settle(ctx)
 		return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
 	}
 	cause += "; rollback to " + fallback + " failed too: " + text.ErrLine(err)
 	entry.Result = ResultFailed
 	_ = d.record(ctx, entry)
+	_ = d.settle(ctx)
 	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
+}
+
+func (d *Deployer) switchIntent(r Release, fallback string) string {
+	if fallback == "" {
+		return fmt.Sprintf("switching to %s, the first release: stop it", r.Version)
+	}
+	return fmt.Sprintf("switching from %s to %s: put %s back", fallback, r.Version, fallback)
+}
+
+// undoSwitch is the journal of a switch: serve fallback again as a
+// rollback would (its compose file, its image), or stop the new release
+// when nothing served before; and say so in the history.
+func (d *Deployer) undoSwitch(e Entry, fallback, fallbackID string) string {
+	var b strings.Builder
+	e.Time = d.now()
+	e.Error = "interrupted before it was confirmed healthy"
+	if fallback == "" {
+		e.Result = ResultFailed
+		b.WriteString(d.ComposeCommand(e.Version, "stop") + " || exit 1\n")
+	} else {
+		e.Result, e.Serving = ResultRolledBack, fallback
+		b.WriteString(d.useComposeCmd(fallback) + " || exit 1\n")
+		if fallbackID != "" {
+			b.WriteString(d.retagCmd(fallbackID, fallback) + "\n")
+		}
+		b.WriteString(d.ComposeCommand(fallback, "up -d") + " || exit 1\n")
+	}
+	line, _ := json.Marshal(e)
+	fmt.Fprintf(&b, "printf '%%s\\n' %s >> %s\n", shell.Quote(string(line)), shell.Quote(d.historyPath()))
+	return b.String()
 }
 
 func (d *Deployer) waitHealthy(ctx context.Context, version string) (health.Status, error) {
@@ -352,27 +413,42 @@ func (d *Deployer) keepCompose(ctx context.Context, version string) error {
 // useCompose puts back the compose file version was deployed with, when it
 // was kept (releases deployed before this tool kept them use the current one).
 func (d *Deployer) useCompose(ctx context.Context, version string) error {
-	src, dst := shell.Quote(d.releaseCompose(version)), shell.Quote(d.Path+"/"+d.composeName())
-	cmd := fmt.Sprintf("if [ -f %s ]; then cp -p %s %s.tmp && mv -f %s.tmp %s; fi", src, src, dst, dst, dst)
-	if _, err := host.Run(ctx, d.Host, cmd); err != nil {
+	if _, err := host.Run(ctx, d.Host, d.useComposeCmd(version)); err != nil {
 		return fmt.Errorf("use the compose file of %s on %s: %w", version, d.Host, err)
 	}
 	return nil
 }
 
+func (d *Deployer) useComposeCmd(version string) string {
+	src, dst := shell.Quote(d.releaseCompose(version)), shell.Quote(d.Path+"/"+d.composeName())
+	return fmt.Sprintf("if [ -f %s ]; then cp -p %s %s.tmp && mv -f %s.tmp %s; fi", src, src, dst, dst, dst)
+}
+
+func (d *Deployer) retagCmd(id, version string) string {
+	return fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", shell.Quote(id), shell.Quote(id), shell.Quote(d.ImageName+":"+version))
+}
+
 // retag points name:version back at the image that history recorded for
 // it, in case a later build reused the tag; then checks it exists.
 func (d *Deployer) retag(ctx context.Context, r Release) error {
+	gone := fmt.Errorf("image %s:%s is not on %s any more: deploy it again, or roll back to another version", d.ImageName, r.Version, d.Host)
 	if r.ImageID != "" {
-		ref := shell.Quote(d.ImageName + ":" + r.Version)
-		_, _ = host.Run(ctx, d.Host, fmt.Sprintf("docker image inspect %s >/dev/null 2>&1 && docker tag %s %s", shell.Quote(r.ImageID), shell.Quote(r.ImageID), ref))
+		// The image that served as version, not whatever carries the tag
+		// now: a later build may have reused it.
+		if _, err := host.Run(ctx, d.Host, d.retagCmd(r.ImageID, r.Version)); err != nil {
+			var ce *host.CommandError
+			if errors.As(err, &ce) && strings.TrimSpace(ce.Output) == "" {
+				return gone
+			}
+			return fmt.Errorf("tag %s:%s on %s: %w", d.ImageName, r.Version, d.Host, err)
+		}
 	}
 	id, err := ship.ImageID(ctx, d.Host, d.ImageName+":"+r.Version)
 	if err != nil {
 		return err
 	}
 	if id == "" {
-		return fmt.Errorf("image %s:%s is not on %s any more: deploy it again, or roll back to another version", d.ImageName, r.Version, d.Host)
+		return gone
 	}
 	return nil
 }

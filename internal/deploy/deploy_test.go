@@ -14,6 +14,7 @@ import (
 
 	"github.com/carebot/carebot/internal/health"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 	"github.com/carebot/carebot/internal/ship/shiptest"
 )
 
@@ -184,7 +185,7 @@ func testDeployer(t *testing.T, h host.Host) (*Deployer, *bytes.Buffer) {
 	writeFile(t, filepath.Join(local, "compose.yml"), "services:\n  app:\n    image: ${IMAGE_NAME}:${IMAGE_TAG}\n", 0o644)
 	writeFile(t, filepath.Join(local, "migrations", "001_init.sql"), "CREATE TABLE t (id INTEGER);\n", 0o644)
 	out := &bytes.Buffer{}
-	return &Deployer{
+	d := &Deployer{
 		Host:          h,
 		Path:          filepath.Join(root, "srv", "care bot's deploy"),
 		ComposeFile:   filepath.Join(local, "compose.yml"),
@@ -196,7 +197,9 @@ func testDeployer(t *testing.T, h host.Host) (*Deployer, *bytes.Buffer) {
 		LogLines:      50,
 		Out:           out,
 		Now:           func() time.Time { return t0 },
-	}, out
+	}
+	t.Cleanup(d.Release)
+	return d, out
 }
 
 func writeFile(t *testing.T, p, data string, mode os.FileMode) {
@@ -266,144 +269,186 @@ func TestHistoryRecordAndRead(t *testing.T) {
 	}
 }
 
+// checkSettled checks that d left no journal, and that once its run ends
+// the next run gets the lock.
+func checkSettled(t *testing.T, d *Deployer) {
+	t.Helper()
+	if exists(d.journalPath()) {
+		data, _ := os.ReadFile(d.journalPath())
+		t.Errorf("a journal was left: %q", data)
+	}
+	d.Release()
+	if !exists(d.Path) {
+		return
+	}
+	if err := locker(t, d).Lock(context.Background()); err != nil && !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("the next run cannot take the lock: %v", err)
+	}
+}
+
+// locker is a second run's Deployer on d's host and folder.
+func locker(t *testing.T, d *Deployer) *Deployer {
+	o := &Deployer{Host: d.Host, Path: d.Path, Out: &bytes.Buffer{}, LeaseTime: d.LeaseTime}
+	t.Cleanup(o.Release)
+	return o
+}
+
 func TestLock(t *testing.T) {
 	ctx := context.Background()
 	d, _ := testDeployer(t, host.Local{})
 	if err := os.MkdirAll(d.Path, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := d.Lock(ctx)
-	if err != nil {
+	if err := d.Lock(ctx); err != nil {
 		t.Fatalf("first Lock: %v", err)
 	}
-	owner, err := os.ReadFile(filepath.Join(d.Path, ".deploy.lock", "owner"))
-	if err != nil {
-		t.Fatalf("lock has no owner file: %v", err)
+	if err := d.Lock(ctx); err != nil {
+		t.Fatalf("a run's second Lock: %v (it holds the lock already)", err)
 	}
-	wantOwner := fmt.Sprintf("%s pid %d at %s\n", whoami(), os.Getpid(), t0.Format(time.RFC3339))
-	if string(owner) != wantOwner {
-		t.Errorf("owner file %q, want %q", owner, wantOwner)
+	holder, err := os.ReadFile(filepath.Join(d.stateDir(), "holder"))
+	if err != nil {
+		t.Fatalf("no holder file: %v", err)
+	}
+	if want := fmt.Sprintf("%s pid %d|", whoami(), os.Getpid()); !strings.HasPrefix(string(holder), want) {
+		t.Errorf("holder %q, want it to start with %q", holder, want)
 	}
 
+	other := locker(t, d)
 	for i := 0; i < 2; i++ { // a failed Lock leaves the holder's lock alone
-		_, err = d.Lock(ctx)
+		start := time.Now()
+		err := other.Lock(ctx)
 		if !errors.Is(err, ErrLocked) {
-			t.Fatalf("second Lock: %v, want ErrLocked", err)
+			t.Fatalf("second run's Lock: %v, want ErrLocked", err)
+		}
+		if waited := time.Since(start); waited > lockGrace+3*time.Second {
+			t.Errorf("LOCK_WAIT=0 waited %s", waited)
 		}
 		msg := err.Error()
-		for _, want := range []string{strings.TrimSpace(wantOwner), d.lockPath(), "another deploy is running", "on " + d.Host.String()} {
+		for _, want := range []string{fmt.Sprintf("%s pid %d since ", whoami(), os.Getpid()), "another run holds the deploy lock on " + d.Host.String(), "LOCK_WAIT="} {
 			if !strings.Contains(msg, want) {
 				t.Errorf("locked error %q does not say %q", msg, want)
 			}
 		}
-		if strings.Contains(msg, "stale") {
-			t.Errorf("a fresh lock is called stale: %q", msg)
-		}
 	}
 
-	unlock()
-	if exists(d.lockPath()) {
-		t.Fatalf("unlock left %s", d.lockPath())
-	}
-	unlock2, err := d.Lock(ctx)
-	if err != nil {
-		t.Fatalf("Lock after unlock: %v", err)
-	}
-	unlock2()
-}
-
-func TestLockAge(t *testing.T) {
-	tests := []struct {
-		age   time.Duration
-		stale bool
-		ago   string
-	}{
-		{0, false, ""},
-		{29 * time.Minute, false, ""},
-		{31 * time.Minute, true, "31m0s ago"},
-		{2 * time.Hour, true, "2h0m0s ago"},
-		{26*time.Hour + 20*time.Second, true, "26h0m0s ago"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.age.String(), func(t *testing.T) {
-			ctx := context.Background()
-			d, _ := testDeployer(t, host.Local{})
-			if err := os.MkdirAll(d.Path, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			unlock, err := d.Lock(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unlock()
-			d.Now = func() time.Time { return t0.Add(tc.age) }
-			_, err = d.Lock(ctx)
-			if !errors.Is(err, ErrLocked) {
-				t.Fatalf("Lock: %v, want ErrLocked", err)
-			}
-			msg := err.Error()
-			if got := strings.Contains(msg, "stale"); got != tc.stale {
-				t.Errorf("stale=%v, want %v: %q", got, tc.stale, msg)
-			}
-			if !strings.Contains(msg, "remove "+d.lockPath()) {
-				t.Errorf("error %q does not say to remove %s", msg, d.lockPath())
-			}
-			if tc.ago != "" && !strings.Contains(msg, tc.ago) {
-				t.Errorf("error %q does not say %q", msg, tc.ago)
-			}
-		})
+	d.Release()
+	if err := other.Lock(ctx); err != nil {
+		t.Fatalf("Lock after the first run released it: %v", err)
 	}
 }
 
-func TestLockWithoutOwner(t *testing.T) {
-	tests := []struct {
-		name  string
-		owner *string // nil: no owner file
-	}{
-		{"no owner file", nil},
-		{"empty owner file", new(string)},
-		{"owner without a time", func() *string { s := "someone else\n"; return &s }()},
+// A run that stops talking (a half-open link) loses the lock after the
+// lease; one that waits with LOCK_WAIT gets it then.
+func TestLockLeaseAndWait(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	d.LeaseTime = 2 * time.Second
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			d, _ := testDeployer(t, host.Local{})
-			if err := os.MkdirAll(d.lockPath(), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			want := "an unknown deploy"
-			if tc.owner != nil {
-				writeFile(t, filepath.Join(d.lockPath(), "owner"), *tc.owner, 0o644)
-				if s := strings.TrimSpace(*tc.owner); s != "" {
-					want = s
-				}
-			}
-			d.Now = func() time.Time { return t0.Add(100 * time.Hour) }
-			_, err := d.Lock(context.Background())
-			if !errors.Is(err, ErrLocked) {
-				t.Fatalf("Lock: %v, want ErrLocked", err)
-			}
-			if !strings.Contains(err.Error(), "held by "+want) || strings.Contains(err.Error(), "stale") {
-				t.Errorf("error %q: want held by %q, not stale", err, want)
-			}
-			if !exists(d.lockPath()) {
-				t.Errorf("a failed Lock removed the other deploy's lock")
-			}
-		})
+	if err := d.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // beyond the lease: the heartbeats keep it
+	if err := locker(t, d).Lock(ctx); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a heartbeating run's lock after its lease: %v, want ErrLocked", err)
+	}
+	silent, _ := testDeployer(t, host.Local{})
+	silent.Path, silent.LeaseTime = t.TempDir(), 2*time.Second
+	if err := silent.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	silent.lease.once.Do(func() { close(silent.lease.stop) }) // the link goes silent: no more heartbeats, no EOF
+	waiter := locker(t, silent)
+	waiter.LockWait = 20 * time.Second
+	start := time.Now()
+	if err := waiter.Lock(ctx); err != nil {
+		t.Fatalf("Lock with LOCK_WAIT behind a silent run: %v", err)
+	}
+	t.Logf("the silent run's lock was free after %s", time.Since(start).Round(100*time.Millisecond))
+	if !strings.Contains(waiter.Out.(*bytes.Buffer).String(), "waiting up to 20s") {
+		t.Errorf("the waiting run did not say it waits: %q", waiter.Out)
+	}
+	if err := silent.Lock(ctx); err == nil || !strings.Contains(err.Error(), "was lost") {
+		t.Errorf("the silent run's next step: %v, want the lock lost", err)
+	}
+}
+
+// The holder runs the journal when its run goes away, and keeps the lock
+// until that is done; a journal nobody ran is run by the next Lock.
+func TestLockRunsTheJournal(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	done := filepath.Join(d.Path, "undone")
+	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	d.abandon() // the run goes away
+	other := locker(t, d)
+	if err := other.Lock(ctx); err != nil {
+		t.Fatalf("Lock while the holder runs the journal: %v", err)
+	}
+	if !exists(done) {
+		t.Fatal("the journal did not run before the lock was free")
+	}
+	if exists(d.journalPath()) {
+		t.Error("the journal is still there after it ran")
+	}
+	other.Release()
+
+	writeFile(t, d.journalPath(), "# testing: left behind\necho again >> "+shell.Quote(done)+"\n", 0o600)
+	next := locker(t, d)
+	if err := next.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(done); string(data) != "yes\nagain\n" {
+		t.Errorf("the left journal did not run: %q", data)
+	}
+	if out := next.Out.(*bytes.Buffer).String(); !strings.Contains(out, "interrupted while testing: left behind") {
+		t.Errorf("the next run did not say what it finished: %q", out)
+	}
+	if what, err := next.Interrupted(ctx); err != nil || what != "" {
+		t.Errorf("Interrupted after recovery = %q, %v", what, err)
+	}
+}
+
+func TestLockLegacyFolder(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(d.legacyLock(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(d.legacyLock(), "owner"), "ci@runner pid 1 at 2026-01-01T00:00:00Z\n", 0o644)
+	err := d.Lock(ctx)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "earlier version") || !strings.Contains(err.Error(), "ci@runner pid 1") {
+		t.Fatalf("Lock beside a fresh .deploy.lock: %v", err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(d.legacyLock(), old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Lock(ctx); err != nil {
+		t.Fatalf("Lock beside an hour-old .deploy.lock: %v", err)
+	}
+	if exists(d.legacyLock()) {
+		t.Error("the old lock folder is still there")
 	}
 }
 
 func TestLockMissingPath(t *testing.T) {
 	d, _ := testDeployer(t, host.Local{}) // d.Path is not created
-	unlock, err := d.Lock(context.Background())
+	err := d.Lock(context.Background())
 	if err == nil {
-		unlock()
 		t.Fatal("Lock in a missing folder succeeded")
 	}
 	if errors.Is(err, ErrLocked) {
 		t.Errorf("Lock in a missing folder says it is locked: %v", err)
 	}
-	if !strings.Contains(err.Error(), "take the deploy lock") || !strings.Contains(err.Error(), d.lockPath()) {
-		t.Errorf("error %q should say the lock could not be taken, and where", err)
+	if !strings.Contains(err.Error(), "take the deploy lock") || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("error %q should say the lock could not be taken, and why", err)
 	}
 	if exists(d.Path) {
 		t.Errorf("Lock created %s", d.Path)
@@ -993,7 +1038,7 @@ func TestDeploy(t *testing.T) {
 			locked:      true,
 			release:     Release{Version: "v2", ImageID: id2},
 			wantLocked:  true,
-			wantErr:     []string{"another deploy is running"},
+			wantErr:     []string{"another run holds the deploy lock"},
 			wantServing: "v1",
 			wantNoSync:  true,
 		},
@@ -1023,10 +1068,12 @@ func TestDeploy(t *testing.T) {
 			}
 			d.Engine = eng
 			if tc.locked {
-				if err := os.Mkdir(d.lockPath(), 0o755); err != nil {
+				if err := os.MkdirAll(d.Path, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				writeFile(t, filepath.Join(d.lockPath(), "owner"), "ci@runner pid 1 at "+t0.Format(time.RFC3339)+"\n", 0o644)
+				if err := locker(t, d).Lock(ctx); err != nil {
+					t.Fatal(err)
+				}
 			}
 			hostCompose := filepath.Join(d.Path, "compose.yml")
 			oldCompose, _ := os.ReadFile(hostCompose)
@@ -1062,8 +1109,8 @@ func TestDeploy(t *testing.T) {
 					t.Errorf("%s is %s after, want %s", tag, images[tag], id)
 				}
 			}
-			if exists(d.lockPath()) != tc.locked {
-				t.Errorf("lock exists after: %v, want %v", exists(d.lockPath()), tc.locked)
+			if !tc.locked {
+				checkSettled(t, d)
 			}
 
 			after, _ := d.History(ctx)
@@ -1147,9 +1194,10 @@ func TestDeployShipsTheImage(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("Deploy = %v, want %q", err, tc.wantErr)
 			}
-			if running != "v1" || len(history) != 0 || exists(d.lockPath()) {
-				t.Errorf("serving %q, history %+v, lock held %v: a refused image must change nothing", running, history, exists(d.lockPath()))
+			if running != "v1" || len(history) != 0 {
+				t.Errorf("serving %q, history %+v: a refused image must change nothing", running, history)
 			}
+			checkSettled(t, d)
 		})
 	}
 }
@@ -1257,9 +1305,7 @@ func TestRollback(t *testing.T) {
 					t.Errorf("%s is %s after, want %s", tag, images[tag], id)
 				}
 			}
-			if exists(d.lockPath()) {
-				t.Errorf("Rollback left the lock behind")
-			}
+			checkSettled(t, d)
 			after, _ := d.History(ctx)
 			if tc.wantEntry == nil {
 				if len(after) != len(before) {

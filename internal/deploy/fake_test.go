@@ -32,6 +32,11 @@ type fakeHost struct {
 var _ host.Host = (*fakeHost)(nil)
 
 func (f *fakeHost) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if i := strings.Index(cmd, stepMarker); i >= 0 {
+		// A step: its body is the command; the prologue that guards it on
+		// a real host (step lock, stdin watch) has nothing to guard here.
+		cmd, stdin = strings.TrimSpace(cmd[i+len(stepMarker):]), nil
+	}
 	f.mu.Lock()
 	f.cmds = append(f.cmds, cmd)
 	f.mu.Unlock()

@@ -105,3 +105,14 @@ func (d *Deployer) record(ctx context.Context, e Entry) error {
 	}
 	return nil
 }
+
+// Confirmed is the version the history last recorded as serving healthy,
+// "" when none.
+func Confirmed(history []Entry) string {
+	for i := len(history) - 1; i >= 0; i-- {
+		if e := history[i]; e.Serving != "" && (e.Result == ResultOK || e.Result == ResultRolledBack) {
+			return e.Serving
+		}
+	}
+	return ""
+}

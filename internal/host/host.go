@@ -7,6 +7,7 @@ package host
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -52,7 +53,14 @@ type CommandError struct {
 	Err    error
 }
 
+// Error is one line: the program and the last line of its output (or the
+// error, when it printed nothing). A lost connection is only that: the
+// command did not fail, it was cut off.
 func (e *CommandError) Error() string {
+	var lost *ConnLostError
+	if errors.As(e.Err, &lost) {
+		return lost.Error()
+	}
 	out := strings.TrimSpace(e.Output)
 	if i := strings.LastIndexByte(out, '\n'); i >= 0 {
 		out = strings.TrimSpace(out[i+1:]) // the last line says what went wrong
@@ -74,25 +82,23 @@ func (e *CommandError) ExitStatus() int {
 	return 1
 }
 
-// firstWord names the program a command line runs, for messages: past a
-// leading "cd DIR &&" and VAR=value assignments.
-func firstWord(cmd string) string {
-	rest := strings.TrimSpace(cmd)
-	if strings.HasPrefix(rest, "cd ") {
-		if i := strings.Index(rest, " && "); i >= 0 {
-			rest = rest[i+4:]
-		}
-	}
-	for _, w := range strings.Fields(rest) {
-		if !strings.Contains(w, "=") && !strings.HasPrefix(w, "'") {
-			return w
-		}
-	}
-	if f := strings.Fields(cmd); len(f) > 0 {
-		return f[0]
-	}
-	return cmd
+// ConnLostError is the connection to a server failing under a command:
+// whether the command ran, and how it ended, is not known.
+type ConnLostError struct {
+	Host string // user@host:port
+	Err  error  // why: a network error, io.EOF (the server hung up), no answer to keepalives
 }
+
+// Error is "connection to user@host:port lost: connection reset by peer".
+func (e *ConnLostError) Error() string {
+	why := "the server closed the connection"
+	if e.Err != nil && !errors.Is(e.Err, io.EOF) {
+		why = NetReason(e.Err)
+	}
+	return fmt.Sprintf("connection to %s lost: %s", e.Host, why)
+}
+
+func (e *ConnLostError) Unwrap() error { return e.Err }
 
 // Synced wraps writers so that they share one lock: a command's two output
 // streams are copied by two goroutines, often into one buffer.

@@ -3,10 +3,15 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestFiles(t *testing.T) {
@@ -88,6 +93,97 @@ func TestFiles(t *testing.T) {
 				t.Errorf("after AppendFile: ReadFile = %q, %v, %v; want %q", data, ok, err, want)
 			}
 		})
+	}
+}
+
+// TestShellWriteCmd: WriteFile without SFTP never lets others read the
+// data on its way (the temp file is private until complete, even when an
+// earlier run left one readable), and leaves no temp file when it fails.
+func TestShellWriteCmd(t *testing.T) {
+	const data = "BOT_TOKEN=secret\n"
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.env")
+	tmp := p + ".tmp"
+	noTemp := func(when string) {
+		t.Helper()
+		if _, err := os.Stat(tmp); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: the temp file is left (%v)", when, err)
+		}
+	}
+	// start runs the command on a stdin that the test feeds, and waits for
+	// the temp file to hold what it was fed first.
+	start := func(ctx context.Context, first string) (*io.PipeWriter, <-chan error) {
+		t.Helper()
+		in, feed := io.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- Local{}.Exec(ctx, shellWriteCmd(p, len(data), 0o640), in, nil, nil) }()
+		if _, err := feed.Write([]byte(first)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if b, _ := os.ReadFile(tmp); string(b) == first {
+				return feed, done
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the temp file never held %q", first)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	if err := os.WriteFile(tmp, []byte("left by an earlier run"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	feed, done := start(context.Background(), data[:10])
+	if fi, err := os.Stat(tmp); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("halfway, the temp file is %v (%v), want -rw-------", fi.Mode(), err)
+	}
+	_, _ = feed.Write([]byte(data[10:]))
+	feed.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != data {
+		t.Errorf("the file holds %q (%v), want %q", b, err, data)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("the file is %v (%v), want -rw-r-----", fi.Mode(), err)
+	}
+	noTemp("after a write")
+
+	// Short input: refused, the file stays as it was.
+	var out strings.Builder
+	err := Local{}.Exec(context.Background(), shellWriteCmd(p, len(data), 0o640), strings.NewReader("BOT"), &out, &out)
+	if err == nil || !strings.Contains(out.String(), "incomplete upload") {
+		t.Errorf("short input: %v, %q", err, out.String())
+	}
+	if b, _ := os.ReadFile(p); string(b) != data {
+		t.Errorf("short input replaced the file with %q", b)
+	}
+	noTemp("after short input")
+
+	// Cancelled halfway: the signal, not an end of input, stops it (Exec
+	// returns only once its input ends too, so that comes after).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	feed, done = start(ctx, data[:3])
+	cancel()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(tmp); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
+	noTemp("after a cancel")
+	feed.Close()
+	if err := <-done; err == nil {
+		t.Error("a cancelled write succeeded")
+	}
+
+	// A folder that is not there: cat fails before the file exists.
+	err = WriteFile(context.Background(), Local{}, filepath.Join(dir, "missing", "f"), []byte(data), 0o600)
+	if err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("into a missing folder: %v", err)
 	}
 }
 
@@ -207,6 +303,11 @@ func TestCommandErrorWithoutExecError(t *testing.T) {
 		{&CommandError{Cmd: "docker ps", Output: "  \n\n", Err: base}, "docker: connection lost", 1},
 		{&CommandError{Cmd: "docker ps", Output: "Error: daemon down\n", Err: statusErr(9)}, "docker: Error: daemon down", 9},
 		{&CommandError{Cmd: "IMAGE_TAG=v1 docker compose up", Output: "x\ny\n", Err: base}, "docker: y", 1},
+		// Cut off: neither the program nor its last words, which are not why it stopped.
+		{&CommandError{Cmd: "if [ -e f ]; then cat f; fi", Output: "half of f\n", Err: &ConnLostError{Host: "u@h:22", Err: syscall.ECONNRESET}},
+			"connection to u@h:22 lost: connection reset by peer", 1},
+		{&CommandError{Cmd: "docker ps", Err: fmt.Errorf("wait: %w", &ConnLostError{Host: "u@h:22", Err: io.EOF})},
+			"connection to u@h:22 lost: the server closed the connection", 1},
 	}
 	for _, tc := range tests {
 		if got := tc.err.Error(); got != tc.msg {
@@ -217,6 +318,50 @@ func TestCommandErrorWithoutExecError(t *testing.T) {
 		}
 		if !errors.Is(tc.err, tc.err.Err) {
 			t.Errorf("%q does not wrap its cause", tc.msg)
+		}
+	}
+}
+
+func TestFirstWord(t *testing.T) {
+	tests := []struct{ cmd, want string }{
+		{"docker ps", "docker"},
+		{"  docker ps  ", "docker"},
+		{"IMAGE_TAG=v1 docker compose up", "docker"},
+		{"FOO='a b c' BAR=\"x y\" docker ps", "docker"},
+		{"cd '/srv/app dir' && docker compose up -d", "docker"},
+		{"cd /srv; tar -czf x.tgz data", "tar"},
+		{"set -e; cd /srv && rm -rf data.replaced", "rm"},
+		{"set -eu && umask 077 && cat > f", "cat"},
+		{"if docker compose version 2>/dev/null; then echo 'docker compose'; fi", "docker"},
+		{"if [ -f a ]; then cp -p a b.tmp && mv -f b.tmp b; fi", "cp"},
+		{"if ! mkdir /l 2>/dev/null; then exit 1; fi", "mkdir"},
+		{"[ -d /srv ] || mkdir -p /srv", "mkdir"},
+		{"[[ -d /srv ]] && ls /srv", "ls"},
+		{"test -e f && rm f", "rm"},
+		{"for f in a b; do rm -f \"$f\"; done", "rm"},
+		{"while read -r l; do echo \"$l\"; done", "read"},
+		{"{ docker ps; docker images; } 2>&1", "docker"},
+		{"(cd /srv && docker compose down)", "docker"},
+		{"exec docker load", "docker"},
+		{"sudo -n docker ps", "docker"},
+		{"trap 'rm -f \"$t\"; exit 1' TERM; sleep 30", "sleep"},
+		{"t='/x y.tmp' && trap 'rm -f \"$t\"' EXIT && cat > \"$t\"", "cat"},
+		{"2>/dev/null docker ps", "docker"},
+		{"> /tmp/out docker ps", "docker"},
+		{"p=$(dirname \"$p\"); df -Pk \"$p\"", "df"},
+		{"x=`pwd`; ls", "ls"},
+		{"docker ps # if", "docker"},
+		{"'my prog' --flag", "my prog"},
+		{"cd /x", "cd"},
+		{"[ -e f ]", "["},
+		{"exit 4", "exit"},
+		{"", "command"},
+		{"set -e\ncd /srv\ndocker pause x", "script"},
+		{"\n  docker ps  \n", "docker"},
+	}
+	for _, tt := range tests {
+		if got := firstWord(tt.cmd); got != tt.want {
+			t.Errorf("firstWord(%q) = %q, want %q", tt.cmd, got, tt.want)
 		}
 	}
 }

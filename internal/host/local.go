@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"time"
 )
 
 // Local is this machine: commands run under /bin/sh, dials go straight out.
@@ -13,10 +14,32 @@ type Local struct{}
 
 var _ Host = Local{}
 
+// localWaitDelay is how long a cancelled command has to end after SIGTERM
+// before it is killed.
+var localWaitDelay = 10 * time.Second // a variable for the tests
+
+// Exec runs cmd under /bin/sh. The shell gets a process group of its own,
+// so a Ctrl-C in the terminal reaches only us, and we decide what the
+// command gets: when ctx ends, SIGTERM to the whole group (the shell and
+// what it started), which lets a script's trap clean up (a backup unpauses
+// the service); whatever is left after localWaitDelay is killed. Mage gives
+// a target 5s after Ctrl-C before it exits itself; a trap still running then
+// finishes on its own.
 func (Local) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
 	c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
 	c.Stdin, c.Stdout, c.Stderr = stdin, stdout, stderr
-	return c.Run()
+	c.SysProcAttr = ownProcessGroup()
+	var kill *time.Timer
+	c.Cancel = func() error {
+		kill = time.AfterFunc(localWaitDelay, func() { _ = signalGroup(c.Process, true) })
+		return signalGroup(c.Process, false)
+	}
+	c.WaitDelay = localWaitDelay // then Go kills the shell and stops waiting for its output
+	err := c.Run()
+	if kill != nil { // Cancel ran in Run's own goroutine, which Run has waited for
+		kill.Stop()
+	}
+	return err
 }
 
 func (Local) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -54,12 +54,13 @@ type SSH struct {
 	name   string // user@host:port
 
 	done      chan struct{} // closed by Close: stops the keepalive
+	ended     chan struct{} // closed when the connection has ended, lost set if we did not end it
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
 
 	mu   sync.Mutex
-	lost error // why the connection was dropped under us
+	lost error // why the connection was dropped under us: a *ConnLostError
 }
 
 var _ Host = (*SSH)(nil)
@@ -101,7 +102,9 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 		}
 		return nil, c.connectError(ctx, err)
 	}
-	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{})}
+	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{}), ended: make(chan struct{})}
+	s.wg.Add(1)
+	go s.watch()
 	if c.Keepalive > 0 {
 		s.wg.Add(1)
 		go s.keepalive(c.Keepalive)
@@ -266,13 +269,13 @@ func (s *SSH) keepalive(every time.Duration) {
 		case err := <-replies:
 			waiting, missed = false, 0
 			if err != nil {
-				s.drop(fmt.Errorf("connection to %s lost: %v", s.name, err))
+				s.drop(&ConnLostError{Host: s.name, Err: err})
 				return
 			}
 		case <-t.C:
 			if waiting {
 				if missed++; missed >= keepaliveMaxMissed {
-					s.drop(fmt.Errorf("connection to %s lost: no answer to keepalives for %s", s.name, time.Duration(missed)*every))
+					s.drop(&ConnLostError{Host: s.name, Err: fmt.Errorf("no answer to keepalives for %s", time.Duration(missed)*every)})
 					return
 				}
 				continue
@@ -286,8 +289,21 @@ func (s *SSH) keepalive(every time.Duration) {
 	}
 }
 
+// watch waits for the connection to end, and when that was not our doing
+// (the server went away, the link broke) records why.
+func (s *SSH) watch() {
+	defer s.wg.Done()
+	defer close(s.ended)
+	err := s.client.Wait()
+	select {
+	case <-s.done: // Close
+	default:
+		s.drop(&ConnLostError{Host: s.name, Err: err})
+	}
+}
+
 // drop closes the connection under its users and remembers why.
-func (s *SSH) drop(why error) {
+func (s *SSH) drop(why *ConnLostError) {
 	s.mu.Lock()
 	if s.lost == nil {
 		s.lost = why
@@ -296,8 +312,17 @@ func (s *SSH) drop(why error) {
 	_ = s.client.Client.Close()
 }
 
-// connErr explains an error from a connection that may have been dropped.
+// lostGrace is how long connErr waits to learn whether the connection has
+// ended: a broken link fails its sessions a moment before watch hears why.
+const lostGrace = 250 * time.Millisecond
+
+// connErr explains an error from a connection that may have been dropped:
+// a *ConnLostError when it was.
 func (s *SSH) connErr(err error) error {
+	select {
+	case <-s.ended:
+	case <-time.After(lostGrace):
+	}
 	s.mu.Lock()
 	lost := s.lost
 	s.mu.Unlock()
@@ -578,11 +603,15 @@ func (s *SSH) writeFileShell(ctx context.Context, path string, data []byte, mode
 
 // shellWriteCmd stores size bytes of stdin at path, atomically. The size
 // check matters: if our side fails mid-stream, sshd gives cat an EOF, and a
-// short file must not be renamed into place.
+// short file must not be renamed into place. The temp file is made private
+// (umask 077, after removing one an earlier run left with its own mode) and
+// gets its mode only once complete, so a secret is never readable by others
+// on the way; the EXIT trap removes it on any failure, and the signal trap
+// turns a SIGTERM (a cancelled command) into an exit that runs it.
 func shellWriteCmd(path string, size int, mode uint32) string {
-	tmp := shell.Quote(path + ".tmp")
-	return fmt.Sprintf("cat > %[1]s && if [ $(($(wc -c < %[1]s))) -ne %[3]d ]; then rm -f %[1]s; echo %[4]s >&2; exit 1; fi && chmod %[5]o %[1]s && mv -f %[1]s %[2]s",
-		tmp, shell.Quote(path), size, shell.Quote(path+": incomplete upload"), mode)
+	const script = `umask 077 && t=%[1]s && trap 'rm -f "$t"' EXIT && trap 'exit 1' HUP INT TERM && rm -f "$t" && cat > "$t" && ` +
+		`if [ $(($(wc -c < "$t"))) -ne %[3]d ]; then echo %[4]s >&2; exit 1; fi && chmod %[5]o "$t" && mv -f "$t" %[2]s`
+	return fmt.Sprintf(script, shell.Quote(path+".tmp"), shell.Quote(path), size, shell.Quote(path+": incomplete upload"), mode)
 }
 
 // String is "user@host:port".

@@ -135,6 +135,19 @@ func (s *testServer) waitIdle(t *testing.T) {
 	}
 }
 
+// cut resets every connection, as a server that reboots or a firewall
+// that forgets the connection does.
+func (s *testServer) cut() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // close with RST
+		}
+		c.Close()
+	}
+}
+
 // hostKey is the server's ED25519 host key.
 func (s *testServer) hostKey() ssh.PublicKey { return s.hostKeys[0].PublicKey() }
 
@@ -703,6 +716,45 @@ func TestSSHExecCancel(t *testing.T) {
 	// The connection is still good.
 	if out, err := Run(context.Background(), s, "echo still here"); err != nil || out != "still here\n" {
 		t.Errorf("after cancel: %q, %v", out, err)
+	}
+}
+
+// TestSSHConnectionCut: a command whose connection is cut under it fails
+// with that, not as if it had failed itself, and not named by the keyword
+// its line starts with.
+func TestSSHConnectionCut(t *testing.T) {
+	f := newFixture(t)
+	s := dialOK(t, f.cfg)
+	ready := filepath.Join(t.TempDir(), "ready")
+	errc := make(chan error, 1)
+	go func() {
+		_, err := Run(context.Background(), s, "if true; then echo started; echo > "+shell.Quote(ready)+"; sleep 30; fi")
+		errc <- err
+	}()
+	waitForLine(t, ready)
+	f.srv.cut()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of the cut")
+	}
+	want := "connection to " + s.String() + " lost: "
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("err = %v, want it to start with %q", err, want)
+	}
+	var lost *ConnLostError
+	if !errors.As(err, &lost) {
+		t.Errorf("err = %v (%T), want a *ConnLostError in it", err, err)
+	}
+	t.Log(err)
+	// The next command is told the same, at once.
+	start := time.Now()
+	if _, err := Run(context.Background(), s, "true"); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("after the cut: %v, want it to start with %q", err, want)
+	}
+	if took := time.Since(start); took > lostGrace {
+		t.Errorf("after the cut, Run took %v to fail", took)
 	}
 }
 

@@ -21,6 +21,7 @@ func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, erro
 	if err != nil {
 		return deploy.Backup{}, err
 	}
+	defer r.taskDone(d)
 	b, err := d.Backup(ctx, r.Cfg.BackupKeep)
 	if err != nil || b.Name == "" || !download {
 		return b, err
@@ -53,6 +54,7 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 		}
 		return nil
 	}
+	defer r.taskDone(d)
 	_, err = d.Restore(ctx, name)
 	return err
 }
@@ -65,6 +67,12 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return err
+	}
+	if !dryRun { // not while a deploy of another run loads or switches images
+		if err := d.Lock(ctx); err != nil {
+			return err
+		}
+		defer r.taskDone(d)
 	}
 	protect, err := d.Protected(ctx)
 	if err != nil {

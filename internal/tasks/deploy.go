@@ -31,6 +31,7 @@ func (r *Runner) Deploy(ctx context.Context, backup string) error {
 	if err != nil {
 		return err
 	}
+	defer r.taskDone(d)
 	return d.Deploy(ctx, deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit, Backup: backup})
 }
 
@@ -41,6 +42,7 @@ func (r *Runner) Rollback(ctx context.Context, version string) error {
 	if err != nil {
 		return err
 	}
+	defer r.taskDone(d)
 	return d.Rollback(ctx, version)
 }
 
@@ -55,6 +57,13 @@ func (r *Runner) Status(ctx context.Context) error {
 		return err
 	}
 	r.printf("deployment %s on %s\n", d.Path, d.Host)
+	interrupted, err := d.Interrupted(ctx)
+	if err != nil {
+		return err
+	}
+	if interrupted != "" {
+		r.printf("UNSETTLED  %s\n", interrupted)
+	}
 	states, err := d.Containers(ctx)
 	if err != nil {
 		return err
@@ -83,6 +92,12 @@ func (r *Runner) Status(ctx context.Context) error {
 	if herr != nil {
 		return fmt.Errorf("the service on %s is not healthy: %v", d.Host, herr)
 	}
+	if interrupted != "" {
+		return fmt.Errorf("%s is not settled: %s", d.Host, interrupted)
+	}
+	if confirmed := deploy.Confirmed(history); st.Version != confirmed {
+		return fmt.Errorf("%s serves %s, but the last release confirmed healthy there is %s: run mage deploy or mage rollback", d.Host, st.Version, orNone(confirmed))
+	}
 	return nil
 }
 
@@ -104,4 +119,11 @@ func (r *Runner) Logs(ctx context.Context, lines int, follow bool) error {
 		return fmt.Errorf("logs on %s: %w", d.Host, err)
 	}
 	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

@@ -24,6 +24,10 @@ type Runner struct {
 	Cfg     *config.Config
 	Out     io.Writer
 	Verbose bool // show build output even when not on a terminal
+	// HoldLock keeps the deploy lock from the first task that takes it
+	// until Close, so one lock covers a whole run (mage backup deploy);
+	// without it each task gives the lock back when it ends.
+	HoldLock bool
 
 	mu      sync.Mutex
 	eng     *engine.Engine
@@ -143,7 +147,7 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
-		Engine: buildEngine{r}, Compression: c.Compression,
+		Engine: buildEngine{r}, Compression: c.Compression, LockWait: c.LockWait,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
@@ -179,6 +183,14 @@ func sshConfig(c *config.Config, t config.Target, log io.Writer) host.SSHConfig 
 	}
 }
 
+// taskDone gives the deploy lock back after a task, unless the run holds
+// it to its end.
+func (r *Runner) taskDone(d *deploy.Deployer) {
+	if !r.HoldLock {
+		d.Release()
+	}
+}
+
 // Close ends the run's connections, to the deploy host and to the build
 // engine; tasks that need the deploy host afterwards fail rather than dial
 // again.
@@ -189,6 +201,7 @@ func (r *Runner) Close() error {
 	r.hostMu.Unlock()
 	var errs []error
 	if dep != nil {
+		dep.Release()
 		errs = append(errs, dep.Host.Close())
 	}
 	r.mu.Lock()
