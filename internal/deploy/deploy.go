@@ -347,9 +347,22 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
 	if entries, err := os.ReadDir(d.Migrations); err == nil {
 		for _, e := range entries {
-			if e.Type().IsRegular() {
-				files[d.Path+"/migrations/"+e.Name()] = filepath.Join(d.Migrations, e.Name())
+			src := filepath.Join(d.Migrations, e.Name())
+			if e.Type()&os.ModeSymlink != 0 {
+				// A link is copied as the file it points to: the host
+				// gets the contents, not a link into this machine.
+				fi, err := os.Stat(src)
+				if err != nil {
+					return fmt.Errorf("migration %s is a broken link (%v): fix it or remove it; nothing was changed", src, err)
+				}
+				if !fi.Mode().IsRegular() {
+					return fmt.Errorf("migration %s links to something that is not a file: link a file or remove it; nothing was changed", src)
+				}
+			} else if !e.Type().IsRegular() {
+				d.printf("skipped %s: only files in %s are copied\n", src, d.Migrations)
+				continue
 			}
+			files[d.Path+"/migrations/"+e.Name()] = src
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("migrations: %w", err)
