@@ -194,7 +194,9 @@ func (d *Deployer) Deployed(ctx context.Context) error {
 // next run does when the holder could not.
 func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
 	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup}
-	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback))); err != nil {
+	// The run confirms within its own health wait, a rollback's, and slack.
+	confirm := 2*d.HealthTimeout + 2*time.Minute
+	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback)), confirm); err != nil {
 		return err
 	}
 	_, upErr := d.composeStep(ctx, r.Version, "up -d")

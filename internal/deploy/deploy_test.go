@@ -383,7 +383,7 @@ func TestLockRunsTheJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := filepath.Join(d.Path, "undone")
-	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n"); err != nil {
+	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n", 0); err != nil {
 		t.Fatal(err)
 	}
 	d.abandon() // the run goes away
@@ -1365,5 +1365,31 @@ func TestSyncFilesFollowsLinks(t *testing.T) {
 	err = d.syncFiles(ctx)
 	if err == nil || !strings.Contains(err.Error(), "003_broken.sql is a broken link") {
 		t.Fatalf("syncFiles with a broken link: %v", err)
+	}
+}
+
+// A step the run must confirm in time is undone by the host when the time
+// is up, though the run still sends its heartbeat (it is stuck).
+func TestLockUndoesAnUnconfirmedStep(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	d.LeaseTime = 3 * time.Second
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	done := filepath.Join(d.Path, "undone")
+	if err := d.intend(ctx, "testing: confirm me", "echo yes > "+shell.Quote(done)+"\n", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !exists(done) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !exists(done) {
+		t.Fatal("the host did not undo a step left unconfirmed past its time")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := d.Lock(ctx); err == nil || !strings.Contains(err.Error(), "was lost") {
+		t.Errorf("the stuck run's next step: %v, want the lock lost", err)
 	}
 }

@@ -151,6 +151,10 @@ case "$(cat "/proc/$PPID/comm" 2>/dev/null)" in sshd*) io() { sed -n 's/^rchar: 
 last=$(io)
 while :; do
 	c=$(timeout "$lease" head -c 1); rc=$?
+	# A dead-man switch: a step the run must confirm in time (a release's
+	# health) is undone when the time is up, even if the run still talks.
+	ttl=$(sed -n 's/^# confirm within //p' "$d/journal" 2>/dev/null)
+	if [ -n "$ttl" ] && [ $(( $(date +%%s) - $(stat -c %%Y "$d/journal" 2>/dev/null || date +%%s) )) -gt "$ttl" ]; then break; fi
 	if [ -n "$c" ]; then last=$(io); continue; fi
 	[ "$rc" = 124 ] || break
 	now=$(io)
