@@ -310,7 +310,7 @@ if [ -d data.replaced ]; then rm -rf data.failed; if [ -d data ]; then mv data d
 rm -rf data.restoring
 %[3]s
 `, p, stopCmd(ids), start)
-	if err := d.intend(ctx, "restoring "+b.Name+": put the data before it back and start what used it", undo); err != nil {
+	if err := d.intend(ctx, "restoring "+b.Name+": put the data before it back and start what used it", undo, 0); err != nil {
 		return b, err
 	}
 	if len(ids) > 0 {

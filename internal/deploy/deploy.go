@@ -194,7 +194,9 @@ func (d *Deployer) Deployed(ctx context.Context) error {
 // next run does when the holder could not.
 func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
 	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup}
-	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback))); err != nil {
+	// The run confirms within its own health wait, a rollback's, and slack.
+	confirm := 2*d.HealthTimeout + 2*time.Minute
+	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback)), confirm); err != nil {
 		return err
 	}
 	_, upErr := d.composeStep(ctx, r.Version, "up -d")
@@ -347,9 +349,22 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
 	if entries, err := os.ReadDir(d.Migrations); err == nil {
 		for _, e := range entries {
-			if e.Type().IsRegular() {
-				files[d.Path+"/migrations/"+e.Name()] = filepath.Join(d.Migrations, e.Name())
+			src := filepath.Join(d.Migrations, e.Name())
+			if e.Type()&os.ModeSymlink != 0 {
+				// A link is copied as the file it points to: the host
+				// gets the contents, not a link into this machine.
+				fi, err := os.Stat(src)
+				if err != nil {
+					return fmt.Errorf("migration %s is a broken link (%v): fix it or remove it; nothing was changed", src, err)
+				}
+				if !fi.Mode().IsRegular() {
+					return fmt.Errorf("migration %s links to something that is not a file: link a file or remove it; nothing was changed", src)
+				}
+			} else if !e.Type().IsRegular() {
+				d.printf("skipped %s: only files in %s are copied\n", src, d.Migrations)
+				continue
 			}
+			files[d.Path+"/migrations/"+e.Name()] = src
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("migrations: %w", err)

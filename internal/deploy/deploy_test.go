@@ -383,7 +383,7 @@ func TestLockRunsTheJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := filepath.Join(d.Path, "undone")
-	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n"); err != nil {
+	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n", 0); err != nil {
 		t.Fatal(err)
 	}
 	d.abandon() // the run goes away
@@ -688,10 +688,14 @@ func TestSyncFiles(t *testing.T) {
 		"migrations/001_init.sql":      {filepath.Join(d.Migrations, "001_init.sql"), 0o644},
 		"migrations/002_add_users.sql": {filepath.Join(d.Migrations, "002_add_users.sql"), 0o600},
 		"migrations/003_hook.sh":       {filepath.Join(d.Migrations, "003_hook.sh"), 0o755},
+		"migrations/link.sql":          {filepath.Join(d.Migrations, "001_init.sql"), 0o644}, // the file a link names
 	}
 
 	if err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("first syncFiles: %v", err)
+	}
+	if !strings.Contains(out.String(), "skipped "+filepath.Join(d.Migrations, "subdir")+": only files") {
+		t.Errorf("the skipped folder went without a word:\n%s", out)
 	}
 	for name, w := range want {
 		dst := filepath.Join(d.Path, name)
@@ -714,7 +718,7 @@ func TestSyncFiles(t *testing.T) {
 	if n := strings.Count(out.String(), "updated "); n != len(want) {
 		t.Errorf("%d updated lines, want %d:\n%s", n, len(want), out)
 	}
-	for _, name := range []string{"migrations/subdir", "migrations/link.sql"} {
+	for _, name := range []string{"migrations/subdir"} {
 		if exists(filepath.Join(d.Path, name)) {
 			t.Errorf("%s was copied", name)
 		}
@@ -731,7 +735,7 @@ func TestSyncFiles(t *testing.T) {
 	if err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("second syncFiles: %v", err)
 	}
-	if out.Len() != 0 {
+	if strings.Contains(out.String(), "updated ") {
 		t.Errorf("second syncFiles wrote files:\n%s", out)
 	}
 
@@ -740,8 +744,11 @@ func TestSyncFiles(t *testing.T) {
 	if err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("third syncFiles: %v", err)
 	}
-	if got, want := out.String(), "updated "+filepath.Join(d.Path, "migrations", "001_init.sql")+"\n"; got != want {
-		t.Errorf("third syncFiles said %q, want %q", got, want)
+	// link.sql names 001_init.sql: it changed too.
+	if got := strings.Count(out.String(), "updated "); got != 2 ||
+		!strings.Contains(out.String(), "updated "+filepath.Join(d.Path, "migrations", "001_init.sql")+"\n") ||
+		!strings.Contains(out.String(), "updated "+filepath.Join(d.Path, "migrations", "link.sql")+"\n") {
+		t.Errorf("third syncFiles said %q, want 001_init.sql and link.sql updated", out)
 	}
 	if data, _ := os.ReadFile(filepath.Join(d.Path, "migrations", "001_init.sql")); !strings.Contains(string(data), "name TEXT") {
 		t.Errorf("changed migration not copied: %q", data)
@@ -1325,5 +1332,64 @@ func TestRollback(t *testing.T) {
 				t.Errorf("output does not say what it rolls back:\n%s", out)
 			}
 		})
+	}
+}
+
+// A migration that is a link is copied as the file it points to; a
+// broken one stops the deploy before anything changes on the host.
+func TestSyncFilesFollowsLinks(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(filepath.Join(d.Path, "migrations"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "002_real.sql")
+	writeFile(t, target, "CREATE TABLE linked (id INTEGER);\n", 0o644)
+	if err := os.Symlink(target, filepath.Join(d.Migrations, "002_linked.sql")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.syncFiles(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(d.Path, "migrations", "002_linked.sql"))
+	if err != nil || string(got) != "CREATE TABLE linked (id INTEGER);\n" {
+		t.Fatalf("linked migration on the host: %q, %v", got, err)
+	}
+	if fi, _ := os.Lstat(filepath.Join(d.Path, "migrations", "002_linked.sql")); fi.Mode()&os.ModeSymlink != 0 {
+		t.Error("the host got a link into this machine, not the file")
+	}
+
+	if err := os.Symlink(filepath.Join(t.TempDir(), "gone.sql"), filepath.Join(d.Migrations, "003_broken.sql")); err != nil {
+		t.Fatal(err)
+	}
+	err = d.syncFiles(ctx)
+	if err == nil || !strings.Contains(err.Error(), "003_broken.sql is a broken link") {
+		t.Fatalf("syncFiles with a broken link: %v", err)
+	}
+}
+
+// A step the run must confirm in time is undone by the host when the time
+// is up, though the run still sends its heartbeat (it is stuck).
+func TestLockUndoesAnUnconfirmedStep(t *testing.T) {
+	ctx := context.Background()
+	d, _ := testDeployer(t, host.Local{})
+	d.LeaseTime = 3 * time.Second
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	done := filepath.Join(d.Path, "undone")
+	if err := d.intend(ctx, "testing: confirm me", "echo yes > "+shell.Quote(done)+"\n", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !exists(done) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !exists(done) {
+		t.Fatal("the host did not undo a step left unconfirmed past its time")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := d.Lock(ctx); err == nil || !strings.Contains(err.Error(), "was lost") {
+		t.Errorf("the stuck run's next step: %v, want the lock lost", err)
 	}
 }

@@ -22,12 +22,18 @@ import (
 func (d *Deployer) journalPath() string { return d.stateDir() + "/journal" }
 
 // intend records how to undo the step about to start. It fails, and the
-// step must not start, when the lock is not held any more.
-func (d *Deployer) intend(ctx context.Context, what, undo string) error {
+// step must not start, when the lock is not held any more. With confirm >
+// 0 the holder undoes the step by itself when the run has not settled it
+// that long after: the run is there but stuck.
+func (d *Deployer) intend(ctx context.Context, what, undo string, confirm time.Duration) error {
 	if err := d.Lock(ctx); err != nil {
 		return err
 	}
-	script := "# " + what + "\n" + undo
+	script := "# " + what + "\n"
+	if confirm > 0 {
+		script += fmt.Sprintf("# confirm within %d\n", int(confirm.Seconds()))
+	}
+	script += undo
 	if err := host.WriteFile(ctx, d.Host, d.journalPath(), []byte(script), 0o600); err != nil {
 		return fmt.Errorf("record what to undo on %s before %s: %w; nothing was changed", d.Host, what, err)
 	}

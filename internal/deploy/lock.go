@@ -144,7 +144,23 @@ if [ -d "$p/.deploy.lock" ]; then
 fi
 printf '%%s|%%s|holding\n' "$owner" "$(date +%%s)" > "$d/holder.tmp" && mv -f "$d/holder.tmp" "$d/holder" || exit 3
 echo locked
-while c=$(timeout "$lease" head -c 1); [ -n "$c" ]; do :; done
+# A heartbeat can wait behind a transfer's data on a slow link: bytes the
+# run's sshd still reads from the network (its rchar) count as a sign of life.
+io() { :; }
+case "$(cat "/proc/$PPID/comm" 2>/dev/null)" in sshd*) io() { sed -n 's/^rchar: //p' "/proc/$PPID/io" 2>/dev/null; } ;; esac
+last=$(io)
+while :; do
+	c=$(timeout "$lease" head -c 1); rc=$?
+	# A dead-man switch: a step the run must confirm in time (a release's
+	# health) is undone when the time is up, even if the run still talks.
+	ttl=$(sed -n 's/^# confirm within //p' "$d/journal" 2>/dev/null)
+	if [ -n "$ttl" ] && [ $(( $(date +%%s) - $(stat -c %%Y "$d/journal" 2>/dev/null || date +%%s) )) -gt "$ttl" ]; then break; fi
+	if [ -n "$c" ]; then last=$(io); continue; fi
+	[ "$rc" = 124 ] || break
+	now=$(io)
+	if [ -n "$now" ] && [ "$now" != "$last" ]; then last=$now; continue; fi
+	break
+done
 # The run is gone, or gave the lock back. Let a step it started end (it
 # undoes itself when its client goes), then put back what the run left
 # half-done, holding the lock until that is over.

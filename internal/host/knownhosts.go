@@ -229,7 +229,7 @@ func CheckHostKey(ctx context.Context, c SSHConfig) (HostKey, error) {
 		return HostKey{}, err
 	}
 	h.probe = true
-	_, _, _, err = handshake(ctx, addr, c.ConnectTimeout, &ssh.ClientConfig{
+	_, _, _, _, err = handshake(ctx, addr, c.ConnectTimeout, &ssh.ClientConfig{
 		User:              c.User,
 		HostKeyCallback:   h.callback,
 		HostKeyAlgorithms: h.algos,

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,6 +52,7 @@ const (
 // go out through direct-tcpip channels, files are written over SFTP.
 type SSH struct {
 	client *goph.Client
+	conn   *meteredConn
 	name   string // user@host:port
 
 	done      chan struct{} // closed by Close: stops the keepalive
@@ -90,7 +92,7 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 		Timeout:  c.ConnectTimeout,
 		Callback: hk.callback,
 	}
-	client, err := dial(ctx, cfg, hk.algos)
+	client, conn, err := dial(ctx, cfg, hk.algos)
 	if err != nil {
 		if ctx.Err() == nil {
 			if r := hk.refusal(); r != nil {
@@ -102,7 +104,7 @@ func DialSSH(ctx context.Context, c SSHConfig) (*SSH, error) {
 		}
 		return nil, c.connectError(ctx, err)
 	}
-	s := &SSH{client: client, name: c.User + "@" + addr, done: make(chan struct{}), ended: make(chan struct{})}
+	s := &SSH{client: client, conn: conn, name: c.User + "@" + addr, done: make(chan struct{}), ended: make(chan struct{})}
 	s.wg.Add(1)
 	go s.watch()
 	if c.Keepalive > 0 {
@@ -184,9 +186,9 @@ func (e *dialError) Unwrap() error { return e.err }
 // dial is goph.NewConn, except that the connect timeout covers the SSH
 // handshake as well as the TCP dial, ctx is honoured, and we choose which
 // host key algorithms to offer.
-func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.Client, error) {
+func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.Client, *meteredConn, error) {
 	addr := net.JoinHostPort(cfg.Addr, strconv.FormatUint(uint64(cfg.Port), 10))
-	c, chans, reqs, err := handshake(ctx, addr, cfg.Timeout, &ssh.ClientConfig{
+	c, mc, chans, reqs, err := handshake(ctx, addr, cfg.Timeout, &ssh.ClientConfig{
 		User:              cfg.User,
 		Auth:              cfg.Auth,
 		HostKeyCallback:   cfg.Callback,
@@ -195,33 +197,49 @@ func dial(ctx context.Context, cfg *goph.Config, hostKeyAlgos []string) (*goph.C
 		Timeout:           cfg.Timeout,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &goph.Client{Client: ssh.NewClient(c, chans, reqs), Config: cfg}, nil
+	return &goph.Client{Client: ssh.NewClient(c, chans, reqs), Config: cfg}, mc, nil
+}
+
+// meteredConn counts the bytes the server sends: a link that still
+// delivers them is alive even when a keepalive's answer waits behind a
+// transfer's data (the server's window adjustments keep arriving). Bytes
+// written do not count: the kernel takes them on a dead link too.
+type meteredConn struct {
+	net.Conn
+	moved atomic.Int64
+}
+
+func (m *meteredConn) Read(p []byte) (int, error) {
+	n, err := m.Conn.Read(p)
+	m.moved.Add(int64(n))
+	return n, err
 }
 
 // handshake dials addr and runs the SSH handshake, both within timeout
 // (goph's timeout, like ssh.Dial's, covers only the dial) and ctx. A
 // failed dial is a *dialError.
-func handshake(ctx context.Context, addr string, timeout time.Duration, cc *ssh.ClientConfig) (ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
+func handshake(ctx context.Context, addr string, timeout time.Duration, cc *ssh.ClientConfig) (ssh.Conn, *meteredConn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
 	deadline := time.Now().Add(timeout)
 	d := net.Dialer{Deadline: deadline}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, nil, nil, &dialError{err}
+		return nil, nil, nil, nil, &dialError{err}
 	}
+	conn := &meteredConn{Conn: raw}
 	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cc)
 	if !stop() && err == nil { // ctx ended just as the handshake finished
 		c.Close()
-		return nil, nil, nil, context.Cause(ctx)
+		return nil, nil, nil, nil, context.Cause(ctx)
 	}
 	if err != nil {
-		return nil, nil, nil, err // NewClientConn closed conn
+		return nil, nil, nil, nil, err // NewClientConn closed conn
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return c, chans, reqs, nil
+	return c, conn, chans, reqs, nil
 }
 
 // NetReason is the part of a network error a person can act on:
@@ -262,6 +280,7 @@ func (s *SSH) keepalive(every time.Duration) {
 	defer t.Stop()
 	replies := make(chan error, 1)
 	waiting, missed := false, 0
+	moved := s.conn.moved.Load()
 	for {
 		select {
 		case <-s.done:
@@ -273,6 +292,15 @@ func (s *SSH) keepalive(every time.Duration) {
 				return
 			}
 		case <-t.C:
+			// Bytes that arrived since the last tick are as good as an
+			// answer: on a busy link the answer queues behind the data.
+			m := s.conn.moved.Load()
+			busy := m != moved
+			moved = m
+			if waiting && busy {
+				missed = 0
+				continue
+			}
 			if waiting {
 				if missed++; missed >= keepaliveMaxMissed {
 					s.drop(&ConnLostError{Host: s.name, Err: fmt.Errorf("no answer to keepalives for %s", time.Duration(missed)*every)})
