@@ -53,7 +53,7 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 	if err := d.Lock(ctx); err != nil {
 		return Backup{}, err
 	}
-	b, err := d.snapshot(ctx, "")
+	b, err := d.snapshot(ctx, "", "")
 	if err != nil || b.Name == "" {
 		return b, err
 	}
@@ -78,12 +78,14 @@ func (d *Deployer) Backup(ctx context.Context, keep int) (Backup, error) {
 // pause, unpauses it even if the step itself is killed. The archive and
 // its checksum appear only when complete. Names come from the host's
 // clock, so backups sort in the order they were taken there.
-func (d *Deployer) snapshot(ctx context.Context, label string) (Backup, error) {
+func (d *Deployer) snapshot(ctx context.Context, label, version string) (Backup, error) {
 	states, err := d.containers(ctx)
 	if err != nil {
 		return Backup{}, err
 	}
-	version := d.serving(states)
+	if version == "" { // else the caller knows: it stopped the service
+		version = d.serving(states)
+	}
 	var ids []string // the containers to pause
 	for _, s := range states {
 		if s.Status == "running" {
@@ -336,7 +338,7 @@ rm -rf data.restoring
 		d.undoRestore(ctx, undo)
 		return b, err
 	} else if !empty {
-		if safety, err = d.snapshot(ctx, "pre-restore"); err != nil {
+		if safety, err = d.snapshot(ctx, "pre-restore", serving); err != nil {
 			if gone() {
 				return b, leftToHost(err)
 			}
