@@ -215,6 +215,7 @@ func checkSurvived(t *testing.T, o outcome) {
 				t.Errorf("the run failed without a one-line cause as its last line: %q", m.lastLines(3))
 			} else {
 				t.Logf("cause: %s", line)
+				fmt.Printf("%s: cause: %s\n", t.Name(), line)
 				if len(o.causeHas) > 0 {
 					found := false
 					for _, w := range o.causeHas {
@@ -268,6 +269,7 @@ func checkSurvived(t *testing.T, o outcome) {
 			t.Errorf("recovery: %s failed after %.1fs: %s", cmd, m.took.Seconds(), strings.Join(lastLines(out, 3), " | "))
 		} else {
 			t.Logf("recovery: %s took %.1fs (%d tries, done %.1fs after the fault)", cmd, m.took.Seconds(), tries, time.Since(o.faultAt).Seconds())
+			fmt.Printf("%s: recovery: %s took %.1fs (%d tries, done %.1fs after the fault)\n", t.Name(), cmd, m.took.Seconds(), tries, time.Since(o.faultAt).Seconds())
 		}
 		if strings.Contains(out, "locked") {
 			t.Errorf("recovery ran into the lock: %s", strings.Join(lastLines(out, 2), " | "))
