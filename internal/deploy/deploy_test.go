@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -1392,4 +1393,33 @@ func TestLockUndoesAnUnconfirmedStep(t *testing.T) {
 	if err := d.Lock(ctx); err == nil || !strings.Contains(err.Error(), "was lost") {
 		t.Errorf("the stuck run's next step: %v, want the lock lost", err)
 	}
+}
+
+// A full disk while taking the lock says so; it is not "locked".
+func TestLockOnAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	d, _ := testDeployer(t, host.Local{})
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "carebot-test", d.Path).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", d.Path).Run() })
+	fill, _ := os.Create(filepath.Join(d.Path, "fill"))
+	_, _ = fill.Write(make([]byte, 128<<10)) // until the disk is full
+	fill.Close()
+	err := d.Lock(context.Background())
+	if err == nil {
+		t.Fatal("Lock on a full disk succeeded")
+	}
+	if errors.Is(err, ErrLocked) || strings.Contains(err.Error(), "another run") {
+		t.Errorf("a full disk reads as a lock held by another run: %v", err)
+	}
+	if !strings.Contains(err.Error(), "No space left") || !strings.Contains(err.Error(), "free some space") {
+		t.Errorf("error %q does not say the disk is full and what to do", err)
+	}
+	t.Logf("full disk: %v", err)
 }

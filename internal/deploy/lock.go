@@ -142,7 +142,8 @@ if [ -d "$p/.deploy.lock" ]; then
 	if [ "$age" -lt "$legacy" ]; then echo "legacy $age $(head -n 1 "$p/.deploy.lock/owner" 2>/dev/null)"; exit 76; fi
 	rm -rf "$p/.deploy.lock" && echo "removed-legacy $age"
 fi
-printf '%%s|%%s|holding\n' "$owner" "$(date +%%s)" > "$d/holder.tmp" && mv -f "$d/holder.tmp" "$d/holder" || exit 3
+full() { [ "$(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')" = 0 ] && echo "cannot write in $d: No space left on device" >&2; exit 3; }
+printf '%%s|%%s|holding\n' "$owner" "$(date +%%s)" > "$d/holder.tmp" && mv -f "$d/holder.tmp" "$d/holder" || full
 echo locked
 # A heartbeat can wait behind a transfer's data on a slow link: bytes the
 # run's sshd still reads from the network (its rchar) count as a sign of life.
