@@ -651,3 +651,23 @@ func TestDoctorVersionLess(t *testing.T) {
 		}
 	}
 }
+
+func TestTools(t *testing.T) {
+	r := Tools(context.Background(), host.Local{})
+	if r.Status != OK || !strings.Contains(r.Detail, "flock, timeout, sha256sum, tar") {
+		t.Errorf("Tools on this machine = %+v", r)
+	}
+	bin := t.TempDir() // a PATH with only sh: everything else is missing
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := os.Symlink(sh, filepath.Join(bin, "sh")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin)
+	r = Tools(context.Background(), host.Local{})
+	if r.Status != Fail || !strings.Contains(r.Detail, "flock, timeout, sha256sum, tar missing") || r.Fix != "install them there: sudo apt-get install util-linux coreutils tar" {
+		t.Errorf("Tools without them = %+v", r)
+	}
+}

@@ -115,6 +115,40 @@ func Compose(ctx context.Context, h host.Host) Result {
 	return Result{Status: OK, Detail: fmt.Sprintf("%s on %s", c, h)}
 }
 
+// hostTools are the programs the deploy's shell steps need on the host
+// besides Docker: the lock (flock, timeout), backups (tar, sha256sum).
+var hostTools = []struct{ name, pkg string }{
+	{"flock", "util-linux"}, {"timeout", "coreutils"}, {"sha256sum", "coreutils"}, {"tar", "tar"},
+}
+
+// Tools checks that h has the programs the deploy runs there.
+func Tools(ctx context.Context, h host.Host) Result {
+	var names []string
+	for _, t := range hostTools {
+		names = append(names, t.name)
+	}
+	out, err := host.Run(ctx, h, "for p in "+strings.Join(names, " ")+`; do command -v "$p" >/dev/null 2>&1 || echo "$p"; done`)
+	if err != nil {
+		return Result{Status: Fail, Detail: fmt.Sprintf("cannot look for %s on %s: %s", strings.Join(names, ", "), h, commandOutput(out, err)), Fix: "check the login"}
+	}
+	missing := strings.Fields(out)
+	if len(missing) == 0 {
+		return Result{Status: OK, Detail: fmt.Sprintf("%s on %s", strings.Join(names, ", "), h)}
+	}
+	pkgs := map[string]bool{}
+	var install []string
+	for _, m := range missing {
+		for _, t := range hostTools {
+			if t.name == m && !pkgs[t.pkg] {
+				pkgs[t.pkg] = true
+				install = append(install, t.pkg)
+			}
+		}
+	}
+	return Result{Status: Fail, Detail: fmt.Sprintf("%s missing on %s (the deploy lock and backups need them)", strings.Join(missing, ", "), h),
+		Fix: "install them there: sudo apt-get install " + strings.Join(install, " ")}
+}
+
 // Disk thresholds for the deploy folder's file system: images, backups
 // and the database live there.
 const (

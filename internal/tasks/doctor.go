@@ -191,6 +191,7 @@ func (d *doctorRun) serverChecks() []doctor.Check {
 		}},
 		{Name: "server engine", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.ssh) }},
 		{Name: "compose", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.ssh) }},
+		{Name: "tools", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, d.ssh) }},
 		{Name: "disk", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, d.ssh, c.DeployPath) }},
 		{Name: "server .env", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEnv(ctx, d.ssh, c.DeployPath) }},
 		{Name: "app port", Needs: login, Run: func(ctx context.Context) doctor.Result {
@@ -213,6 +214,7 @@ func (d *doctorRun) localDeployChecks() []doctor.Check {
 	local := host.Local{}
 	return []doctor.Check{
 		{Name: "compose", Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, local) }},
+		{Name: "tools", Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, local) }},
 		{Name: "disk", Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, local, c.DeployPath) }},
 		{Name: "deploy .env", Run: func(context.Context) doctor.Result { return doctor.LocalEnv(c.DeployPath, c.EnvFile) }},
 	}

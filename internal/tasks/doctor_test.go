@@ -77,6 +77,7 @@ func TestDoctorBrokenSetup(t *testing.T) {
 		"ssh login":     {"skip", "needs ssh key"},
 		"server engine": {"skip", "needs ssh login"},
 		"server .env":   {"skip", "needs ssh login"},
+		"tools":         {"skip", "needs ssh login"},
 		"test port":     {"ok", "is free"},
 		"app port":      {"skip", "needs ssh login"},
 	} {
