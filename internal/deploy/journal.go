@@ -36,7 +36,8 @@ func (d *Deployer) intend(ctx context.Context, what, undo string, confirm time.D
 	script += undo
 	if err := host.WriteFile(ctx, d.Host, d.journalPath(), []byte(script), 0o600); err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted on %s before %s; nothing was changed", d.Host, what)
+			step, _, _ := strings.Cut(what, ":")
+			return fmt.Errorf("interrupted on %s before %s; nothing was changed", d.Host, step)
 		}
 		return fmt.Errorf("record what to undo on %s before %s: %w; nothing was changed", d.Host, what, err)
 	}
