@@ -271,7 +271,7 @@ func checkSurvived(t *testing.T, o outcome) {
 			t.Logf("recovery: %s took %.1fs (%d tries, done %.1fs after the fault)", cmd, m.took.Seconds(), tries, time.Since(o.faultAt).Seconds())
 			fmt.Printf("%s: recovery: %s took %.1fs (%d tries, done %.1fs after the fault)\n", t.Name(), cmd, m.took.Seconds(), tries, time.Since(o.faultAt).Seconds())
 		}
-		if strings.Contains(out, "locked") {
+		if strings.Contains(out, "Error: locked") {
 			t.Errorf("recovery ran into the lock: %s", strings.Join(lastLines(out, 2), " | "))
 		}
 		if o.nextServing != "" {
@@ -347,9 +347,11 @@ func (s *faultSuite) linkFault(t *testing.T, pct int, silent bool) {
 	}
 	if silent {
 		// The run hangs until its keepalive gives up; meanwhile the
-		// server's lease on the lock runs out: the next deploy, through a
-		// fresh connection, is let in within 60 s of the silence.
-		o.retryNext = 60 * time.Second
+		// server's lease on the lock runs out, 30 s after the last byte of
+		// the run reached the server (sshd may still be handing docker load
+		// what arrived before the silence): the next deploy, through a
+		// fresh connection, is let in within 90 s of the silence.
+		o.retryNext = 90 * time.Second
 		o.causeHas = []string{"keepalive", "lost", "timeout", "timed out"}
 		checkSurvivedBeforeRunEnds(t, &o)
 		p.proxy.Cut() // closes the silenced connections
