@@ -277,7 +277,7 @@ func (d *Deployer) lockError(busy string, err error, stderr string) error {
 	word, rest, _ := strings.Cut(busy, " ")
 	switch {
 	case word == "busy":
-		return fmt.Errorf("%w: another run holds the deploy lock on %s: %s; it is freed when that run ends (or %s after its link goes silent): wait, or set LOCK_WAIT=2m to queue behind it",
+		return fmt.Errorf("%w: another run holds the deploy lock on %s: %s; it is freed when that run ends (or %s after the last byte of its link reached the server, if the link went silent): wait, or set LOCK_WAIT=2m to queue behind it",
 			ErrLocked, d.Host, d.describeHolder(rest), d.lease0())
 	case word == "legacy":
 		secs, owner, _ := strings.Cut(rest, " ")
