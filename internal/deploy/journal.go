@@ -54,16 +54,7 @@ func (d *Deployer) settle(ctx context.Context) error {
 
 // abandon gives the lock back without waiting: the run was interrupted and
 // leaves what is left to do (the journal) to the host.
-func (d *Deployer) abandon() {
-	d.lockMu.Lock()
-	l := d.lease
-	d.lease = nil
-	d.lockMu.Unlock()
-	if l != nil {
-		l.once.Do(func() { close(l.stop) })
-		l.hb.Close()
-	}
-}
+func (d *Deployer) abandon() { d.letGo() }
 
 // recoverJournal runs a journal that an interrupted run left and its
 // holder could not run (the holder was killed too, or the host rebooted).

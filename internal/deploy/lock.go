@@ -95,19 +95,28 @@ func (d *Deployer) Lock(ctx context.Context) error {
 // Release gives the lock back and waits (briefly) until the host has
 // freed it, so the next run does not find it still held.
 func (d *Deployer) Release() {
-	d.lockMu.Lock()
-	l := d.lease
-	d.lease = nil
-	d.lockMu.Unlock()
+	l := d.letGo()
 	if l == nil {
 		return
 	}
-	l.once.Do(func() { close(l.stop) })
-	l.hb.Close()
 	select {
 	case <-l.done:
 	case <-time.After(10 * time.Second):
 	}
+}
+
+// letGo stops the heartbeat and closes the holder's input, which tells it
+// the run is over; it returns the lease it let go, nil when none was held.
+func (d *Deployer) letGo() *lease {
+	d.lockMu.Lock()
+	l := d.lease
+	d.lease = nil
+	d.lockMu.Unlock()
+	if l != nil {
+		l.once.Do(func() { close(l.stop) })
+		l.hb.Close()
+	}
+	return l
 }
 
 func (l *lease) check(d *Deployer) error {
