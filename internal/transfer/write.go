@@ -31,7 +31,15 @@ type Options struct {
 	Layers []string // the image's diff IDs, base first (from engine.Image); required
 	Skip   int      // how many leading layers the server has (from Present); 0 = send all
 
-	Compress string // Gzip, Zstd or None; "" = Gzip
+	// Compress is Gzip, Zstd or None for the whole archive as one stream
+	// ("" = Gzip), or Auto: a plain tar whose layers are each sent raw or
+	// compressed with Codec (Gzip or Zstd; "" = Gzip), as the link and this
+	// machine's compressor are measured while sending (see Auto).
+	Compress string
+	Codec    string
+
+	// decide, if set, fixes Auto's choice for the layer at an index (tests).
+	decide func(layer int) string
 
 	// Progress, if set, receives a progress line of the bytes on the wire
 	// (redrawn on a terminal, every 5 s elsewhere); Estimate is how many
@@ -50,8 +58,12 @@ type Options struct {
 type Stats struct {
 	Layers    int   // layers of the image
 	Sent      int   // layer blobs in the archive
-	RawBytes  int64 // the archive before compression
+	RawBytes  int64 // the archive before compression (with Auto: as if no layer were compressed)
 	WireBytes int64 // the archive as written to w
+	// With Auto: how each layer sent went, in the order sent, and the bytes
+	// of filler sent to measure the link.
+	Choices    []Choice
+	ProbeBytes int64
 	// The image ID the server will show after the load: Config (the config's
 	// digest) on the classic store, Manifest (of the OCI image manifest in
 	// the archive) on the containerd store. Config is also the local image
@@ -96,10 +108,26 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		prog = NewProgress(w, o.Progress, o.Estimate)
 		w = prog
 	}
-	wire := &Counter{W: w}
-	zw, err := compressor(wire, o.Compress)
-	if err != nil {
-		return Stats{}, err
+	link := &meter{w: w, now: time.Now}
+	wire := &Counter{W: link}
+	var auto *adaptive
+	var zw io.WriteCloser
+	if o.Compress == Auto {
+		auto = &adaptive{codec: o.Codec, workers: encoders(), link: link, now: time.Now, decide: o.decide}
+		if auto.codec == "" {
+			auto.codec = Gzip
+		}
+		var err error
+		if auto.encode, auto.release, err = newEncode(auto.codec, auto.workers); err != nil {
+			return Stats{}, fmt.Errorf("transfer: %w", err)
+		}
+		defer auto.close()
+		zw = nopCloser{wire}
+	} else {
+		var err error
+		if zw, err = compressor(wire, o.Compress); err != nil {
+			return Stats{}, err
+		}
 	}
 	raw := &Counter{W: zw}
 	x := &rewriter{
@@ -113,6 +141,8 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		links:  map[string]string{},
 		meta:   map[string][]byte{},
 		blobs:  map[string]bool{},
+		auto:   auto,
+		blobOf: map[string]descriptor{},
 	}
 	for i, d := range o.Layers {
 		x.ours[d] = true
@@ -120,7 +150,7 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 			x.need[d] = true
 		}
 	}
-	err = x.read(ctx, save)
+	err := x.read(ctx, save)
 	if err == nil {
 		err = x.finish()
 	}
@@ -136,7 +166,8 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 	if err != nil {
 		return Stats{}, err
 	}
-	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N, WireBytes: wire.N, Config: x.configDigest, Manifest: x.manifestDigest}, nil
+	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N + x.saved - x.probed, WireBytes: wire.N,
+		Choices: x.choices, ProbeBytes: x.probed, Config: x.configDigest, Manifest: x.manifestDigest}, nil
 }
 
 // rewriter is the state of one Write.
@@ -161,6 +192,12 @@ type rewriter struct {
 	configDigest   string
 	manifestDigest string          // of the OCI manifest written
 	blobs          map[string]bool // digests named by blobs/sha256/ in the save
+
+	auto    *adaptive             // nil unless Options.Compress is Auto
+	blobOf  map[string]descriptor // diff ID -> the compressed blob sent for it
+	choices []Choice
+	saved   int64 // bytes compression took off the layers sent
+	probed  int64 // bytes of filler sent to measure the link
 }
 
 // read goes once through the save archive, sending needed layers as it meets them.
@@ -260,9 +297,18 @@ func (x *rewriter) layer(r io.Reader, name, digest string) error {
 	return x.send(diffID, n, f)
 }
 
-// send writes a layer to the archive as blobs/sha256/<diff ID>, and checks
-// that the bytes hash to it.
+// send writes a layer to the archive: as it is (see sendRaw), or with Auto
+// as Auto decides.
 func (x *rewriter) send(diffID string, size int64, r io.Reader) error {
+	if x.auto != nil {
+		return x.sendAuto(diffID, size, r)
+	}
+	return x.sendRaw(diffID, size, r)
+}
+
+// sendRaw writes a layer to the archive as blobs/sha256/<diff ID>, and
+// checks that the bytes hash to it.
+func (x *rewriter) sendRaw(diffID string, size int64, r io.Reader) error {
 	h := sha256.New()
 	if err := x.file(blobPath(diffID), size, io.TeeReader(r, h)); err != nil {
 		return err
@@ -360,8 +406,12 @@ func (x *rewriter) finish() error {
 	}
 	legacy := []legacyManifest{{Config: blobPath(cfgDigest), RepoTags: []string{reference.FamiliarString(tagged)}}}
 	for _, d := range x.o.Layers {
-		manifest.Layers = append(manifest.Layers, descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]})
-		legacy[0].Layers = append(legacy[0].Layers, blobPath(d))
+		desc, ok := x.blobOf[d]
+		if !ok {
+			desc = descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]}
+		}
+		manifest.Layers = append(manifest.Layers, desc)
+		legacy[0].Layers = append(legacy[0].Layers, blobPath(desc.Digest))
 	}
 	mb, err := json.Marshal(manifest)
 	if err != nil {
