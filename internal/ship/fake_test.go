@@ -12,6 +12,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/ship/shiptest"
 )
@@ -104,10 +107,33 @@ func blobs(r io.Reader) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if name, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok && "sha256:"+name == shiptest.Digest(b) && isTar(b) {
+		name, ok := strings.CutPrefix(h.Name, "blobs/sha256/")
+		if !ok || "sha256:"+name != shiptest.Digest(b) {
+			continue
+		}
+		if isTar(b) {
 			layers = append(layers, "sha256:"+name)
+		} else if raw, err := unpackLayer(b); err == nil && isTar(raw) {
+			layers = append(layers, shiptest.Digest(raw)) // a compressed layer: by its diff ID
 		}
 	}
+}
+
+// unpackLayer undoes gzip or zstd, as docker load does for a layer blob.
+func unpackLayer(b []byte) ([]byte, error) {
+	if bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, err
+		}
+		return io.ReadAll(zr)
+	}
+	zr, err := zstd.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	return io.ReadAll(zr)
 }
 
 func isTar(b []byte) bool {
