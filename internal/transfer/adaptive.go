@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/carebot/carebot/internal/text"
@@ -46,6 +47,16 @@ type Choice struct {
 	Reason    string // e.g. "link 95.0 MB/s > zstd 40.0 MB/s saving 65%"
 }
 
+// index is the position of diffID in the image.
+func (x *rewriter) index(diffID string) int {
+	for i, d := range x.o.Layers {
+		if d == diffID {
+			return i
+		}
+	}
+	return -1
+}
+
 // String is e.g. "layer 3/4 (52.4 MB): raw, link 95.0 MB/s > zstd 40.0 MB/s saving 65%".
 func (c Choice) String() string {
 	m := c.Method
@@ -69,6 +80,7 @@ const (
 
 // meter times the writes to the link.
 type meter struct {
+	mu   sync.Mutex // Write runs in the sender, rate in the reader
 	w    io.Writer
 	now  func() time.Time
 	n    int64         // all bytes written
@@ -80,6 +92,8 @@ func (m *meter) Write(b []byte) (int, error) {
 	t := m.now()
 	n, err := m.w.Write(b)
 	d := m.now().Sub(t)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.n >= burst {
 		m.sn += int64(n)
 		m.busy += d
@@ -90,6 +104,8 @@ func (m *meter) Write(b []byte) (int, error) {
 
 // rate is the link's rate in bytes/s, and whether enough went to tell.
 func (m *meter) rate() (float64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.sn < measureMin && m.busy < measureDur {
 		return 0, false
 	}
@@ -106,7 +122,8 @@ type adaptive struct {
 	encode  encodeFunc
 	release func()
 	link    *meter
-	// compressor's record: raw bytes compressed, and the time it took
+	// compressor's record: raw bytes compressed, and the time the
+	// encoders took, divided by their number
 	compN int64
 	compT time.Duration
 	now   func() time.Time
@@ -187,36 +204,50 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 
 // probeBlock is the filler that measures the link: random, so that nothing
 // on the way can compress it.
-var probeBlock = func() []byte {
+var probeBlock = sync.OnceValue(func() []byte {
 	b := make([]byte, 1<<20)
 	r := rand.NewChaCha8([32]byte{'c', 'a', 'r', 'e'})
 	r.Read(b)
 	return b
-}()
+})
 
 // probe sends filler until the link's rate is known. `docker load` ignores
 // files its manifests do not name (the containerd store keeps the block as
 // an unreferenced blob, for its garbage collector; it is the same block
 // every time).
 func (x *rewriter) probe() error {
-	start := x.auto.link.n
-	for i := 0; x.auto.link.n-start < probeMax; i++ {
+	if err := x.drain(); err != nil { // whatever is queued measures it too
+		return err
+	}
+	for i := 0; x.probed < probeMax; i++ {
 		if _, ok := x.auto.link.rate(); ok {
 			break
 		}
-		if err := x.file(fmt.Sprintf("probe/%d", i), int64(len(probeBlock)), bytes.NewReader(probeBlock)); err != nil {
+		b := probeBlock()
+		if err := x.file(fmt.Sprintf("probe/%d", i), int64(len(b)), bytes.NewReader(b)); err != nil {
 			return err
 		}
-		x.probed += int64(len(probeBlock))
+		x.probed += int64(len(b))
 	}
 	return nil
 }
 
-// sendAuto sends one layer (diff ID, size, its bytes) as Auto decides.
+// peek returns up to sampleSize bytes of what br will read next.
+func peek(br *bufio.Reader) ([]byte, error) {
+	head, err := br.Peek(sampleSize)
+	if err == io.EOF || err == bufio.ErrBufferFull {
+		err = nil
+	}
+	return head, err
+}
+
+// sendAuto sends a layer streamed from the save (diff ID, size, its
+// bytes) as Auto decides: raw, straight from the save; compressed, through
+// a local file.
 func (x *rewriter) sendAuto(diffID string, size int64, r io.Reader) error {
 	br := bufio.NewReaderSize(r, sampleSize)
-	head, err := br.Peek(int(min(size, sampleSize)))
-	if err != nil && err != io.EOF {
+	head, err := peek(br)
+	if err != nil {
 		return fmt.Errorf("read layer %s: %w", diffID, err)
 	}
 	c, err := x.choose(x.index(diffID), size, head)
@@ -226,38 +257,74 @@ func (x *rewriter) sendAuto(diffID string, size int64, r io.Reader) error {
 	if c.Method == None {
 		c.Wire = size
 		x.choices = append(x.choices, c)
+		if err := x.drain(); err != nil {
+			return err
+		}
 		return x.sendRaw(diffID, size, br)
 	}
-	c.Wire, err = x.sendCompressed(diffID, size, br, c.Method)
-	x.choices = append(x.choices, c)
-	return err
-}
-
-// index is the position of diffID in the image.
-func (x *rewriter) index(diffID string) int {
-	for i, d := range x.o.Layers {
-		if d == diffID {
-			return i
-		}
+	sp, err := x.compress(br, c.Method)
+	if err != nil {
+		return fmt.Errorf("compress layer %s: %w", diffID, err)
 	}
-	return -1
+	if sp.n != size || sp.diffID != diffID {
+		drop(sp.f)
+		return fmt.Errorf("layer %s is corrupt: its %d bytes hash to %s", diffID, sp.n, sp.diffID)
+	}
+	return x.take(sp, c)
 }
 
-// sendCompressed compresses a layer to a local temporary file with the
-// parallel encoders, checks its diff ID, and sends it as a blob named by
-// the digest of the compressed bytes. It returns that blob's size.
-func (x *rewriter) sendCompressed(diffID string, size int64, r io.Reader, codec string) (int64, error) {
+// autoFile sends a layer spooled in f as Auto decides.
+func (x *rewriter) autoFile(diffID string, size int64, f *os.File) error {
+	head := make([]byte, min(size, sampleSize))
+	if _, err := f.ReadAt(head, 0); err != nil {
+		drop(f)
+		return fmt.Errorf("spool layer %s: %w", diffID, err)
+	}
+	c, err := x.choose(x.index(diffID), size, head)
+	if err != nil {
+		drop(f)
+		return err
+	}
+	if c.Method == None {
+		c.Wire = size
+		x.choices = append(x.choices, c)
+		return x.queue(blobPath(diffID), size, f)
+	}
+	defer drop(f)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("spool layer %s: %w", diffID, err)
+	}
+	sp, err := x.compress(bufio.NewReaderSize(f, 256<<10), c.Method)
+	if err != nil {
+		return fmt.Errorf("compress layer %s: %w", diffID, err)
+	}
+	if sp.diffID != diffID {
+		drop(sp.f)
+		return fmt.Errorf("layer %s changed on local disk: it hashes to %s", diffID, sp.diffID)
+	}
+	return x.take(sp, c)
+}
+
+// spool is a layer compressed to a local file.
+type spool struct {
+	f      *os.File
+	n      int64  // bytes of the layer
+	diffID string // their digest
+	blob   descriptor
+}
+
+// compress reads a layer from r and compresses it with the parallel
+// encoders to a local temporary file, hashing both sides.
+func (x *rewriter) compress(r io.Reader, codec string) (spool, error) {
 	a := x.auto
 	f, err := os.CreateTemp(x.o.TempDir, "carebot-blob-*")
 	if err != nil {
-		return 0, fmt.Errorf("spool layer %s: %w", diffID, err)
+		return spool{}, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
 	rawSum, blobSum := sha256.New(), sha256.New()
 	bw := bufio.NewWriterSize(f, 256<<10)
-	zw := newParallelWriter(io.MultiWriter(bw, blobSum), a.encode, a.workers)
-	t := a.now()
+	blob := &Counter{W: io.MultiWriter(bw, blobSum)}
+	zw := newParallelWriter(blob, a.encode, a.workers)
 	n, err := io.Copy(zw, io.TeeReader(r, rawSum))
 	if cerr := zw.Close(); err == nil {
 		err = cerr
@@ -266,27 +333,23 @@ func (x *rewriter) sendCompressed(diffID string, size int64, r io.Reader, codec 
 		err = bw.Flush()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("compress layer %s: %w", diffID, err)
+		drop(f)
+		return spool{}, err
 	}
-	a.compN, a.compT = a.compN+n, a.compT+a.now().Sub(t)
-	if n != size {
-		return 0, fmt.Errorf("layer %s: %d bytes of %d", diffID, n, size)
+	a.compN += n
+	a.compT += time.Duration(zw.encodeNanos.Load() / int64(a.workers))
+	return spool{f: f, n: n, diffID: hexDigest(rawSum),
+		blob: descriptor{MediaType: mediaLayer + "+" + codec, Digest: hexDigest(blobSum), Size: blob.N}}, nil
+}
+
+// take hands a compressed layer to the sender, and records it.
+func (x *rewriter) take(sp spool, c Choice) error {
+	if c.Layer <= 0 {
+		c.Layer = x.index(sp.diffID) + 1
 	}
-	if got := hexDigest(rawSum); got != diffID {
-		return 0, fmt.Errorf("layer %s is corrupt: its content hashes to %s", diffID, got)
-	}
-	blob, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return 0, fmt.Errorf("spool layer %s: %w", diffID, err)
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return 0, fmt.Errorf("spool layer %s: %w", diffID, err)
-	}
-	d := descriptor{MediaType: mediaLayer + "+" + codec, Digest: hexDigest(blobSum), Size: blob}
-	if err := x.file(blobPath(d.Digest), blob, f); err != nil {
-		return 0, err
-	}
-	x.blobOf[diffID] = d
-	x.saved += size - blob
-	return blob, nil
+	c.Size, c.Wire = sp.n, sp.blob.Size
+	x.choices = append(x.choices, c)
+	x.blobOf[sp.diffID] = sp.blob
+	x.saved += sp.n - sp.blob.Size
+	return x.queue(blobPath(sp.blob.Digest), sp.blob.Size, sp.f)
 }

@@ -163,6 +163,9 @@ func writeAuto(t *testing.T, img image, w io.Writer, o Options) Stats {
 }
 
 func TestAutoSlowLinkCompresses(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector slows the compressor down to the link's speed")
+	}
 	img := newImage(t, 1, textLayer(t, 1, 64<<10), textLayer(t, 2, 20<<20))
 	for _, codec := range []string{Gzip, Zstd} {
 		t.Run(codec, func(t *testing.T) {
@@ -184,6 +187,9 @@ func TestAutoSlowLinkCompresses(t *testing.T) {
 }
 
 func TestAutoFastLinkSendsRaw(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector slows the link down to the compressor's speed")
+	}
 	img := newImage(t, 1, textLayer(t, 1, 20<<20), textLayer(t, 2, 64<<10))
 	var out bytes.Buffer
 	out.Grow(64 << 20) // no reallocation to slow the link down

@@ -150,7 +150,14 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 			x.need[d] = true
 		}
 	}
+	x.startSender()
 	err := x.read(ctx, save)
+	if err == nil {
+		err = x.drain()
+	}
+	if serr := x.stopSender(err); err == nil {
+		err = serr
+	}
 	if err == nil {
 		err = x.finish()
 	}
@@ -193,6 +200,7 @@ type rewriter struct {
 	manifestDigest string          // of the OCI manifest written
 	blobs          map[string]bool // digests named by blobs/sha256/ in the save
 
+	snd     *sender
 	auto    *adaptive             // nil unless Options.Compress is Auto
 	blobOf  map[string]descriptor // diff ID -> the compressed blob sent for it
 	choices []Choice
@@ -225,7 +233,7 @@ func (x *rewriter) read(ctx context.Context, save io.Reader) error {
 			x.blobs["sha256:"+path.Base(name)] = true
 			err = x.blob(tr, h, name, "sha256:"+path.Base(name))
 		case path.Base(name) == "layer.tar":
-			err = x.layer(tr, name, "")
+			err = x.layer(tr, h.Size, name, "")
 		case !strings.Contains(name, "/") && strings.HasSuffix(name, ".json"):
 			err = x.keep(tr, h, name) // the legacy layout's <image ID>.json config
 		}
@@ -245,11 +253,17 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 			return nil
 		}
 		x.sent[digest] = true
-		return x.send(digest, h.Size, tr)
+		if x.auto != nil {
+			return x.sendAuto(digest, h.Size, tr)
+		}
+		if err := x.drain(); err != nil {
+			return err
+		}
+		return x.sendRaw(digest, h.Size, tr)
 	}
 	br := bufio.NewReaderSize(tr, 64<<10)
 	if compressed(br) {
-		return x.layer(br, name, digest)
+		return x.layer(br, h.Size, name, digest)
 	}
 	if h.Size <= maxMeta {
 		return x.keep(br, h, name)
@@ -258,52 +272,91 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 }
 
 // layer copies a layer (unpacking it if compressed) to a local temporary
-// file while hashing it, then sends it if it is needed. digest, if known, is
-// what the bytes as stored must hash to.
-func (x *rewriter) layer(r io.Reader, name, digest string) error {
-	stored := sha256.New()
-	br := bufio.NewReaderSize(io.TeeReader(r, stored), 64<<10)
+// file while hashing it, then hands it to the sender if it is needed.
+// stored is its size as stored, digest (if known) what those bytes must
+// hash to. With Auto,
+// when every layer is needed, it decides first, and a layer to compress is
+// compressed while it is read.
+func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
+	storedSum := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(r, storedSum), 64<<10)
 	zr, err := decompress(br)
 	if err != nil {
 		return fmt.Errorf("read layer %s: %w", name, err)
 	}
 	defer zr.Close()
+	// checkStored reads the rest of a compressed stream, for its digest.
+	checkStored := func() error {
+		if _, err := io.Copy(io.Discard, br); err != nil {
+			return fmt.Errorf("read layer %s: %w", name, err)
+		}
+		if digest != "" && hexDigest(storedSum) != digest {
+			return fmt.Errorf("layer %s is corrupt: its content hashes to %s", name, hexDigest(storedSum))
+		}
+		return nil
+	}
+	var src io.Reader = zr
+	var early *Choice
+	if x.auto != nil && x.o.Skip == 0 {
+		lb := bufio.NewReaderSize(zr, sampleSize)
+		head, err := peek(lb)
+		if err != nil {
+			return fmt.Errorf("read layer %s: %w", name, err)
+		}
+		c, err := x.choose(-1, stored, head) // its size as stored, for a start
+		if err != nil {
+			return err
+		}
+		if c.Method != None {
+			sp, err := x.compress(lb, c.Method)
+			if err != nil {
+				return fmt.Errorf("compress layer %s: %w", name, err)
+			}
+			if err := checkStored(); err != nil {
+				drop(sp.f)
+				return err
+			}
+			x.digest[name], x.size[sp.diffID] = sp.diffID, sp.n
+			if !x.need[sp.diffID] || x.sent[sp.diffID] {
+				drop(sp.f)
+				return nil
+			}
+			x.sent[sp.diffID] = true
+			return x.take(sp, c)
+		}
+		src, early = lb, &c
+	}
 	f, err := os.CreateTemp(x.o.TempDir, "carebot-layer-*")
 	if err != nil {
 		return fmt.Errorf("spool layer %s: %w", name, err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), zr)
+	n, err := io.Copy(io.MultiWriter(f, h), src)
 	if err != nil {
+		drop(f)
 		return fmt.Errorf("spool layer %s: %w", name, err)
 	}
-	if _, err := io.Copy(io.Discard, br); err != nil { // the rest of a compressed stream, for its digest
-		return fmt.Errorf("read layer %s: %w", name, err)
-	}
-	if digest != "" && hexDigest(stored) != digest {
-		return fmt.Errorf("layer %s is corrupt: its content hashes to %s", name, hexDigest(stored))
+	if err := checkStored(); err != nil {
+		drop(f)
+		return err
 	}
 	diffID := hexDigest(h)
 	x.digest[name], x.size[diffID] = diffID, n
 	if !x.need[diffID] || x.sent[diffID] {
+		drop(f)
 		return nil // the server has it, or it is already in the archive
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("spool layer %s: %w", name, err)
-	}
 	x.sent[diffID] = true
-	return x.send(diffID, n, f)
-}
-
-// send writes a layer to the archive: as it is (see sendRaw), or with Auto
-// as Auto decides.
-func (x *rewriter) send(diffID string, size int64, r io.Reader) error {
-	if x.auto != nil {
-		return x.sendAuto(diffID, size, r)
+	switch {
+	case x.auto == nil:
+	case early != nil:
+		c := *early
+		c.Layer, c.Size, c.Wire = x.index(diffID)+1, n, n
+		x.choices = append(x.choices, c)
+	default:
+		return x.autoFile(diffID, n, f)
 	}
-	return x.sendRaw(diffID, size, r)
+	return x.queue(blobPath(diffID), n, f)
 }
 
 // sendRaw writes a layer to the archive as blobs/sha256/<diff ID>, and
