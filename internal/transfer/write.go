@@ -297,7 +297,7 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 	}
 	var src io.Reader = zr
 	var early *Choice
-	if x.auto != nil && x.o.Skip == 0 {
+	if x.auto != nil && x.o.Skip == 0 && x.auto.decide == nil { // (a forced decision needs the layer's index)
 		lb := bufio.NewReaderSize(zr, sampleSize)
 		head, err := peek(lb)
 		if err != nil {
