@@ -225,22 +225,24 @@ func TestAutoLayoutsAndSkip(t *testing.T) {
 	img := threeLayers(t)
 	for _, l := range layouts {
 		t.Run(l.name, func(t *testing.T) {
-			for _, forced := range []string{None, Gzip, Zstd} {
-				var out bytes.Buffer
-				st, err := Write(context.Background(), bytes.NewReader(l.save(t, img, "carebot:v1")), &out, Options{
-					Layers: img.diffIDs, Skip: 1, Compress: Auto, Codec: strings.ReplaceAll(forced, None, Gzip),
-					decide: func(int) string { return forced },
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				media := checkAutoArchive(t, out.Bytes(), img, 1)
-				want := mediaLayer
-				if forced != None {
-					want += "+" + forced
-				}
-				if len(media) != 2 || media[0] != want || media[1] != want || st.Sent != 2 || len(st.Choices) != 2 {
-					t.Errorf("%s: sent %v, stats %+v", forced, media, st)
+			for skip := range 2 {
+				for _, forced := range []string{None, Gzip, Zstd} {
+					var out bytes.Buffer
+					st, err := Write(context.Background(), bytes.NewReader(l.save(t, img, "carebot:v1")), &out, Options{
+						Layers: img.diffIDs, Skip: skip, Compress: Auto, Codec: strings.ReplaceAll(forced, None, Gzip),
+						decide: func(int) string { return forced },
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					media := checkAutoArchive(t, out.Bytes(), img, skip)
+					want := mediaLayer
+					if forced != None {
+						want += "+" + forced
+					}
+					if len(media) != 3-skip || media[len(media)-1] != want || media[0] != want || st.Sent != 3-skip || len(st.Choices) != 3-skip {
+						t.Errorf("skip %d, %s: sent %v, stats %+v", skip, forced, media, st)
+					}
 				}
 			}
 		})
