@@ -97,10 +97,12 @@ func checkAutoArchive(t *testing.T, out []byte, img image, skip int) []string {
 	}
 	var media []string
 	for i, d := range m.Layers {
-		if lm[0].Layers[i] != blobPath(d.Digest) {
+		// A layer streamed raw from a legacy save is named by its place
+		// in it (its diff ID was not known yet); anything else by digest.
+		if lm[0].Layers[i] != blobPath(d.Digest) && !(d.MediaType == mediaLayer && strings.HasPrefix(lm[0].Layers[i], "layers/")) {
 			t.Errorf("layer %d: manifest.json names %s, the OCI manifest %s", i, lm[0].Layers[i], d.Digest)
 		}
-		blob, ok := files[blobPath(d.Digest)]
+		blob, ok := files[lm[0].Layers[i]]
 		if i < skip {
 			if ok || d.Digest != img.diffIDs[i] || d.MediaType != mediaLayer {
 				t.Errorf("layer %d, which the server has: %+v, in the archive: %v", i, d, ok)
@@ -197,6 +199,11 @@ func TestAutoFastLinkSendsRaw(t *testing.T) {
 	media := checkAutoArchive(t, out.Bytes(), img, 0)
 	if len(media) != 2 || media[0] != mediaLayer || media[1] != mediaLayer {
 		t.Errorf("layers sent as %v, want both raw: the link (memory) outruns any compressor", media)
+	}
+	// A legacy save, every layer needed: the raw layers went as they were
+	// read, named by their place in the save.
+	if !bytes.Contains(out.Bytes(), []byte("layers/0.tar")) || !bytes.Contains(out.Bytes(), []byte("layers/1.tar")) {
+		t.Error("the raw layers were not streamed")
 	}
 	if st.ProbeBytes == 0 || st.ProbeBytes > probeMax {
 		t.Errorf("%d bytes of probe", st.ProbeBytes)

@@ -143,6 +143,8 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		blobs:  map[string]bool{},
 		auto:   auto,
 		blobOf: map[string]descriptor{},
+		pathOf: map[string]string{},
+		dirs:   map[string]bool{},
 	}
 	for i, d := range o.Layers {
 		x.ours[d] = true
@@ -195,7 +197,7 @@ type rewriter struct {
 		RepoTags []string
 		Layers   []string
 	}
-	dirs           bool // blobs/sha256/ written
+	dirs           map[string]bool // directories written
 	configDigest   string
 	manifestDigest string          // of the OCI manifest written
 	blobs          map[string]bool // digests named by blobs/sha256/ in the save
@@ -203,6 +205,7 @@ type rewriter struct {
 	snd     *sender
 	auto    *adaptive             // nil unless Options.Compress is Auto
 	blobOf  map[string]descriptor // diff ID -> the compressed blob sent for it
+	pathOf  map[string]string     // diff ID -> where a layer streamed raw went, if not blobs/sha256/<diff ID>
 	choices []Choice
 	saved   int64 // bytes compression took off the layers sent
 	probed  int64 // bytes of filler sent to measure the link
@@ -280,6 +283,7 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 	storedSum := sha256.New()
 	br := bufio.NewReaderSize(io.TeeReader(r, storedSum), 64<<10)
+	plain := !compressed(br) // stored is then its size
 	zr, err := decompress(br)
 	if err != nil {
 		return fmt.Errorf("read layer %s: %w", name, err)
@@ -324,6 +328,9 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 			x.sent[sp.diffID] = true
 			return x.take(sp, c)
 		}
+		if plain {
+			return x.stream(lb, stored, name, c)
+		}
 		src, early = lb, &c
 	}
 	f, err := os.CreateTemp(x.o.TempDir, "carebot-layer-*")
@@ -357,6 +364,32 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 		return x.autoFile(diffID, n, f)
 	}
 	return x.queue(blobPath(diffID), n, f)
+}
+
+// stream sends a needed layer of the legacy layout raw as it is read: its
+// diff ID is known only after its last byte, so the blob is named by its
+// place in the save instead (both image stores read a layer from whatever
+// path the manifests name; the containerd store files every blob under
+// its content's digest anyway).
+func (x *rewriter) stream(r io.Reader, size int64, name string, c Choice) error {
+	if err := x.drain(); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("layers/%d.tar", len(x.pathOf))
+	h := sha256.New()
+	if err := x.file(p, size, io.TeeReader(r, h)); err != nil {
+		return err
+	}
+	diffID := hexDigest(h)
+	x.digest[name], x.size[diffID] = diffID, size
+	if !x.need[diffID] || x.sent[diffID] {
+		return nil // sent for nothing: finish says why, if it matters
+	}
+	x.sent[diffID] = true
+	x.pathOf[diffID] = p
+	c.Layer, c.Size, c.Wire = x.index(diffID)+1, size, size
+	x.choices = append(x.choices, c)
+	return nil
 }
 
 // sendRaw writes a layer to the archive as blobs/sha256/<diff ID>, and
@@ -464,7 +497,11 @@ func (x *rewriter) finish() error {
 			desc = descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]}
 		}
 		manifest.Layers = append(manifest.Layers, desc)
-		legacy[0].Layers = append(legacy[0].Layers, blobPath(desc.Digest))
+		p := blobPath(desc.Digest)
+		if q, ok := x.pathOf[d]; ok {
+			p = q
+		}
+		legacy[0].Layers = append(legacy[0].Layers, p)
 	}
 	mb, err := json.Marshal(manifest)
 	if err != nil {
@@ -526,14 +563,16 @@ func (x *rewriter) resolve(p string) string {
 	return p
 }
 
-// file writes one regular file to the archive, with blobs/sha256/ before the first blob.
+// file writes one regular file to the archive, its directories first.
 func (x *rewriter) file(name string, size int64, r io.Reader) error {
-	if strings.HasPrefix(name, "blobs/") && !x.dirs {
-		x.dirs = true
-		for _, d := range []string{"blobs/", "blobs/sha256/"} {
-			if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
-				return fmt.Errorf("write archive: %w", err)
-			}
+	for i, c := range name {
+		d := name[:i+1]
+		if c != '/' || x.dirs[d] {
+			continue
+		}
+		x.dirs[d] = true
+		if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
+			return fmt.Errorf("write archive: %w", err)
 		}
 	}
 	if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: epoch}); err != nil {
