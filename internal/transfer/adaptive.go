@@ -125,8 +125,7 @@ type adaptive struct {
 	encode  encodeFunc
 	release func()
 	link    *meter
-	// compressor's record: raw bytes compressed, and the time the
-	// encoders took, divided by their number
+	// compressor's record: raw bytes compressed, and the wall time it took
 	compN int64
 	compT time.Duration
 	now   func() time.Time
@@ -329,6 +328,7 @@ func (x *rewriter) compress(r io.Reader, codec string) (spool, error) {
 	bw := bufio.NewWriterSize(f, 256<<10)
 	blob := &Counter{W: io.MultiWriter(bw, blobSum)}
 	zw := newParallelWriter(blob, a.encode, a.workers)
+	t := a.now()
 	n, err := io.Copy(zw, io.TeeReader(r, rawSum))
 	if cerr := zw.Close(); err == nil {
 		err = cerr
@@ -341,7 +341,7 @@ func (x *rewriter) compress(r io.Reader, codec string) (spool, error) {
 		return spool{}, err
 	}
 	a.compN += n
-	a.compT += time.Duration(zw.encodeNanos.Load() / int64(a.workers))
+	a.compT += a.now().Sub(t) // wall time: what the link waits, reading included
 	return spool{f: f, n: n, diffID: hexDigest(rawSum),
 		blob: descriptor{MediaType: mediaLayer + "+" + codec, Digest: hexDigest(blobSum), Size: blob.N}}, nil
 }
