@@ -12,6 +12,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/ship/shiptest"
 )
@@ -87,8 +90,8 @@ func (f *fakeServer) Exec(ctx context.Context, cmd string, stdin io.Reader, stdo
 	return fmt.Errorf("the fake server does not run %q", cmd)
 }
 
-// blobs reads a load archive (uncompressed) to its end and lists the layer
-// blobs in it, as the image's diff IDs.
+// blobs reads a load archive (a plain tar) to its end and lists the layer
+// blobs in it, raw or compressed, as the image's diff IDs.
 func blobs(r io.Reader) ([]string, error) {
 	var layers []string
 	tr := tar.NewReader(r)
@@ -104,10 +107,35 @@ func blobs(r io.Reader) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if name, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok && "sha256:"+name == shiptest.Digest(b) && isTar(b) {
-			layers = append(layers, "sha256:"+name)
+		// A blob is named by its digest; a layer streamed raw from a
+		// legacy save by its place in it (layers/N.tar).
+		name, ok := strings.CutPrefix(h.Name, "blobs/sha256/")
+		if ok && "sha256:"+name != shiptest.Digest(b) || !ok && !strings.HasPrefix(h.Name, "layers/") {
+			continue
+		}
+		if isTar(b) {
+			layers = append(layers, shiptest.Digest(b))
+		} else if raw, err := unpackLayer(b); err == nil && isTar(raw) {
+			layers = append(layers, shiptest.Digest(raw)) // a compressed layer: by its diff ID
 		}
 	}
+}
+
+// unpackLayer undoes gzip or zstd, as docker load does for a layer blob.
+func unpackLayer(b []byte) ([]byte, error) {
+	if bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, err
+		}
+		return io.ReadAll(zr)
+	}
+	zr, err := zstd.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	return io.ReadAll(zr)
 }
 
 func isTar(b []byte) bool {

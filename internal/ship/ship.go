@@ -36,14 +36,19 @@ var _ Source = (*engine.Engine)(nil)
 
 // Options say how the image travels.
 type Options struct {
-	Compression string    // COMPRESSION: auto (zstd where the host's engine takes it, else gzip), zstd, gzip or none
+	// COMPRESSION: auto (each layer raw or compressed, as the link and this
+	// machine's compressor measure while sending; zstd where the host's
+	// engine takes it, else gzip), or zstd, gzip or none for the whole
+	// archive.
+	Compression string
 	Out         io.Writer // what is done, and the transfer's progress; nil: nothing
 }
 
 // Stats is what one Image call did, for messages and benchmarks.
 type Stats struct {
 	transfer.Stats
-	Compression string
+	Compression string // the archive's: transfer.Auto, or a codec for all of it
+	Codec       string // with Auto: what a compressed layer uses
 	Fallback    bool   // the partial load failed and the whole image was sent
 	Skipped     bool   // the host had the image already
 	ServerID    string // the image's ID on the host, checked
@@ -88,7 +93,12 @@ func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Optio
 	if err := checkPlatform(img, srv, ref, h.String()); err != nil {
 		return Stats{}, err
 	}
-	st := Stats{Compression: compression(o.Compression, srv)}
+	st := Stats{}
+	st.Compression, st.Codec = compression(o.Compression, srv)
+	how := st.Compression
+	if how == transfer.Auto {
+		how = "each layer raw or " + st.Codec + " as the link allows"
+	}
 	if haveID == img.ID {
 		st.Skipped, st.Duration, st.ServerID = true, time.Since(start), img.ID
 		fmt.Fprintf(out, "%s already has %s (%s)\n", h, ref, text.ShortID(img.ID))
@@ -96,19 +106,25 @@ func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Optio
 	}
 	skip := transfer.Present(img.Layers, chains)
 	if skip == 0 {
-		fmt.Fprintf(out, "sending %s to %s: all %d layers, %s\n", ref, h, len(img.Layers), st.Compression)
+		fmt.Fprintf(out, "sending %s to %s: all %d layers, %s\n", ref, h, len(img.Layers), how)
 	} else {
-		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, st.Compression)
+		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
-	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, out)
+	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
 	if err != nil && skip > 0 && ctx.Err() == nil {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
-		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, out)
+		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
 	}
 	st.Duration = time.Since(start)
 	if err != nil {
 		return st, err
+	}
+	for _, c := range st.Choices {
+		fmt.Fprintf(out, "  %s\n", c)
+	}
+	if st.ProbeBytes > 0 {
+		fmt.Fprintf(out, "  (%s of filler measured the link)\n", text.Bytes(st.ProbeBytes))
 	}
 	fmt.Fprintf(out, "sent %s in %.1fs (%s on the wire)\n", ref, st.Duration.Seconds(), text.Bytes(st.WireBytes))
 	// The classic store names an image by its config digest (the local ID);
@@ -193,16 +209,18 @@ func normArch(a string) string {
 	return a
 }
 
-// compression picks how the archive travels: the setting, or with "auto"
-// zstd where the server's engine takes it and gzip elsewhere.
-func compression(setting string, srv serverEngine) string {
+// compression picks how the archive travels: the setting for the whole
+// archive, or with "auto" each layer as the transfer measures, compressed
+// (where it pays) with zstd where the server's engine takes it and gzip
+// elsewhere.
+func compression(setting string, srv serverEngine) (compress, codec string) {
 	if setting != "auto" {
-		return setting
+		return setting, ""
 	}
 	if apiAtLeast(srv.APIVersion, zstdAPI) {
-		return "zstd"
+		return transfer.Auto, transfer.Zstd
 	}
-	return "gzip"
+	return transfer.Auto, transfer.Gzip
 }
 
 func apiAtLeast(v, min string) bool {
@@ -220,7 +238,7 @@ func apiAtLeast(v, min string) bool {
 // load streams one archive (the layers above skip) into `docker load` on
 // the host: no file on either side but a local spool for layers whose
 // identity the save format hides.
-func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref string, skip int, comp string, progress io.Writer) (transfer.Stats, error) {
+func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	save, err := src.Save(ctx, img.ID)
@@ -238,7 +256,7 @@ func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref st
 			estimate = img.Size
 		}
 		stats, err = transfer.Write(ctx, save, pw, transfer.Options{
-			Ref: ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: comp,
+			Ref: ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: comp, Codec: codec,
 			Progress: progress, Estimate: estimate,
 		})
 		pw.CloseWithError(err)

@@ -72,6 +72,30 @@ func TestImage(t *testing.T) {
 		}
 	})
 
+	t.Run("auto: each layer's choice is said", func(t *testing.T) {
+		for _, api := range []string{"1.41", "1.44"} {
+			src, img := built(t)
+			srv := server(img)
+			srv.api = api
+			var out bytes.Buffer
+			st, err := Image(context.Background(), src, srv, ref, img.ID, Options{Compression: "auto", Out: &out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			codec := "gzip"
+			if api == "1.44" {
+				codec = "zstd"
+			}
+			if len(srv.loads) != 1 || len(srv.loads[0]) != 3 || st.Compression != "auto" || st.Codec != codec || len(st.Choices) != 3 {
+				t.Errorf("API %s: loads carried %v, stats %+v", api, srv.loads, st)
+			}
+			if !strings.Contains(out.String(), "each layer raw or "+codec) || !strings.Contains(out.String(), "  layer 3/3 (") {
+				t.Errorf("API %s: output %q", api, out.String())
+			}
+			t.Logf("%s", out.String())
+		}
+	})
+
 	t.Run("partial refused: the whole image once", func(t *testing.T) {
 		src, img := built(t)
 		srv := server(img)
@@ -204,18 +228,18 @@ func TestCheckPlatform(t *testing.T) {
 }
 
 func TestCompressionChoice(t *testing.T) {
-	for _, tc := range []struct{ setting, api, want string }{
-		{"auto", "1.41", "gzip"}, // Debian's 20.10: no zstd in docker load
-		{"auto", "1.43", "gzip"},
-		{"auto", "1.44", "zstd"},
-		{"auto", "1.56", "zstd"},
-		{"auto", "2.0", "zstd"},
-		{"auto", "garbage", "gzip"},
-		{"none", "1.56", "none"},
-		{"zstd", "1.41", "zstd"}, // the user's explicit choice stands
+	for _, tc := range []struct{ setting, api, want, codec string }{
+		{"auto", "1.41", "auto", "gzip"}, // Debian's 20.10: no zstd in docker load
+		{"auto", "1.43", "auto", "gzip"},
+		{"auto", "1.44", "auto", "zstd"},
+		{"auto", "1.56", "auto", "zstd"},
+		{"auto", "2.0", "auto", "zstd"},
+		{"auto", "garbage", "auto", "gzip"},
+		{"none", "1.56", "none", ""},
+		{"zstd", "1.41", "zstd", ""}, // the user's explicit choice stands
 	} {
-		if got := compression(tc.setting, serverEngine{APIVersion: tc.api}); got != tc.want {
-			t.Errorf("compression(%s, API %s) = %s, want %s", tc.setting, tc.api, got, tc.want)
+		if got, codec := compression(tc.setting, serverEngine{APIVersion: tc.api}); got != tc.want || codec != tc.codec {
+			t.Errorf("compression(%s, API %s) = %s, %s; want %s, %s", tc.setting, tc.api, got, codec, tc.want, tc.codec)
 		}
 	}
 }

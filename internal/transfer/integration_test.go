@@ -310,3 +310,85 @@ func writeFile(t *testing.T, name string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestLoadAdaptive loads Auto's archives, a plain tar with some layer
+// blobs raw and others gzip or zstd compressed (named by their own digest,
+// with ...tar+gzip / ...tar+zstd media types in the OCI manifest), into
+// both image stores: Docker 20.10 reads the legacy manifest.json, the
+// containerd store the OCI index. Layers: 6 MB random (incompressible),
+// 6 MB of text, a small top.
+func TestLoadAdaptive(t *testing.T) {
+	testenv.NeedEngine(t)
+	ctx := t.Context()
+	local, err := engine.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	testenv.ServerEngine(t)
+	servers := []string{testenv.ServerDockerHost, testenv.CurrentEngine(t)}
+
+	suffix := randomHex(t, 4)
+	ref := "carebot-transfer-test:auto-" + suffix
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY random.bin /random.bin\nCOPY text.txt /text.txt\nCOPY top.bin /top.bin\n"))
+	writeFile(t, filepath.Join(dir, "random.bin"), randomBytes(t, 6<<20))
+	var text bytes.Buffer
+	for i := 0; text.Len() < 6<<20; i++ {
+		fmt.Fprintf(&text, "line %d: the quick brown fox %x jumps over the lazy dog\n", i, i*7919)
+	}
+	writeFile(t, filepath.Join(dir, "text.txt"), text.Bytes())
+	writeFile(t, filepath.Join(dir, "top.bin"), randomBytes(t, 64<<10))
+	img := buildImage(t, local, dir, ref)
+	if len(img.Layers) != 3 {
+		t.Fatalf("want 3 layers, got %v", img.Layers)
+	}
+
+	for _, host := range servers {
+		t.Run(strings.TrimPrefix(host, "unix://"), func(t *testing.T) {
+			rmiServer(t, host, ref)
+			t.Cleanup(func() { rmiServer(t, host, ref) })
+			api := serverAPI(t, host)
+			codecs := []string{Gzip}
+			if !apiBefore(api, "1.44") {
+				codecs = append(codecs, Zstd)
+			}
+			for _, codec := range codecs {
+				// As measured: the random layer raw, the others compressed
+				// (the link is not measured yet for layers this small).
+				st, out, err := load(ctx, t, host, local, img, Options{Ref: ref, Layers: img.Layers, Compress: Auto, Codec: codec})
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", codec, err, out)
+				}
+				checkLoaded(t, host, ref, img, st)
+				methods := map[int]string{}
+				for _, c := range st.Choices {
+					t.Logf("%s: %s", codec, c)
+					methods[c.Layer] = c.Method
+				}
+				if methods[1] != None || methods[2] != codec || len(st.Choices) != 3 {
+					t.Errorf("%s: choices %v, want the random layer raw and the text %s", codec, st.Choices, codec)
+				}
+				t.Logf("%s: %d bytes raw, %d on the wire", codec, st.RawBytes, st.WireBytes)
+				rmiServer(t, host, ref)
+
+				// Forced the other way round: each layer as the pattern says.
+				pattern := []string{codec, None, codec}
+				st, out, err = load(ctx, t, host, local, img, Options{Ref: ref, Layers: img.Layers, Compress: Auto, Codec: codec,
+					decide: func(i int) string { return pattern[i] }})
+				if err != nil {
+					t.Fatalf("%s forced %v: %v\n%s", codec, pattern, err, out)
+				}
+				checkLoaded(t, host, ref, img, st)
+				rmiServer(t, host, ref)
+			}
+			// zstd layers where only gzip is read: refused (ship never sends them there).
+			if apiBefore(api, "1.44") {
+				_, out, err := load(ctx, t, host, local, img, Options{Ref: ref, Layers: img.Layers, Compress: Auto, Codec: Zstd,
+					decide: func(int) string { return Zstd }})
+				t.Logf("zstd layers into API %s: err %v, %s", api, err, strings.TrimSpace(out))
+				rmiServer(t, host, ref)
+			}
+		})
+	}
+}

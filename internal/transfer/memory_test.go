@@ -111,7 +111,9 @@ func TestPeakMemory(t *testing.T) {
 	if _, err := os.Stat("/proc/self/status"); err != nil {
 		testenv.Skip(t, "no /proc/self/status: cannot measure peak RSS here")
 	}
-	for _, c := range []string{Gzip, Zstd} {
+	// Auto: every layer compressed (zstd) to a local file, one queued
+	// while the one before is sent.
+	for _, c := range []string{Gzip, Zstd, Auto} {
 		t.Run(c, func(t *testing.T) {
 			t.Parallel()
 			cmd := exec.Command(os.Args[0])
@@ -162,7 +164,11 @@ func peakMemoryChild(c string) error {
 	pr, pw := io.Pipe()
 	go func() { _, err := bigSave(pw); pw.CloseWithError(err) }()
 	start := time.Now()
-	st, err := Write(context.Background(), pr, io.Discard, Options{Layers: diffIDs, Compress: c})
+	o := Options{Layers: diffIDs, Compress: c}
+	if c == Auto {
+		o.Codec, o.decide = Zstd, func(int) string { return Zstd }
+	}
+	st, err := Write(context.Background(), pr, io.Discard, o)
 	if err != nil {
 		return err
 	}

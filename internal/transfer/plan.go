@@ -2,12 +2,18 @@
 // holds only the layers the server lacks.
 //
 // Present says how many of the image's leading layers the server already has;
-// Write rewrites a local `docker save` stream into a compressed archive in one
-// layout that `docker load` accepts on both image stores (classic, and
-// containerd): the legacy manifest.json beside an OCI index.json, oci-layout
-// and image manifest, with every layer named blobs/sha256/<diff ID>. Layers the
-// server has are named by both manifests but left out of the archive; both
-// stores then take them from what they already hold.
+// Write rewrites a local `docker save` stream into an archive in one layout
+// that `docker load` accepts on both image stores (classic, and containerd):
+// the legacy manifest.json beside an OCI index.json, oci-layout and image
+// manifest, with a raw layer named blobs/sha256/<diff ID> (or, streamed from
+// a legacy save, layers/N.tar). Layers the server has are named by both
+// manifests but left out of the archive; both stores then take them from what
+// they already hold.
+//
+// The archive is compressed as a whole (gzip, zstd), or with Auto it is a
+// plain tar in which each layer is sent raw or as a gzip/zstd blob, decided
+// per layer from the link's and the compressor's rates measured while
+// sending (see Auto).
 package transfer
 
 // Present returns how many leading layers of an image (its diff IDs, base

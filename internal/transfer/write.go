@@ -31,7 +31,15 @@ type Options struct {
 	Layers []string // the image's diff IDs, base first (from engine.Image); required
 	Skip   int      // how many leading layers the server has (from Present); 0 = send all
 
-	Compress string // Gzip, Zstd or None; "" = Gzip
+	// Compress is Gzip, Zstd or None for the whole archive as one stream
+	// ("" = Gzip), or Auto: a plain tar whose layers are each sent raw or
+	// compressed with Codec (Gzip or Zstd; "" = Gzip), as the link and this
+	// machine's compressor are measured while sending (see Auto).
+	Compress string
+	Codec    string
+
+	// decide, if set, fixes Auto's choice for the layer at an index (tests).
+	decide func(layer int) string
 
 	// Progress, if set, receives a progress line of the bytes on the wire
 	// (redrawn on a terminal, every 5 s elsewhere); Estimate is how many
@@ -50,8 +58,12 @@ type Options struct {
 type Stats struct {
 	Layers    int   // layers of the image
 	Sent      int   // layer blobs in the archive
-	RawBytes  int64 // the archive before compression
+	RawBytes  int64 // the archive before compression (with Auto: as if no layer were compressed)
 	WireBytes int64 // the archive as written to w
+	// With Auto: how each layer sent went, in the order sent, and the bytes
+	// of filler sent to measure the link.
+	Choices    []Choice
+	ProbeBytes int64
 	// The image ID the server will show after the load: Config (the config's
 	// digest) on the classic store, Manifest (of the OCI image manifest in
 	// the archive) on the containerd store. Config is also the local image
@@ -96,10 +108,26 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		prog = NewProgress(w, o.Progress, o.Estimate)
 		w = prog
 	}
-	wire := &Counter{W: w}
-	zw, err := compressor(wire, o.Compress)
-	if err != nil {
-		return Stats{}, err
+	link := &meter{w: w, now: time.Now}
+	wire := &Counter{W: link}
+	var auto *adaptive
+	var zw io.WriteCloser
+	if o.Compress == Auto {
+		auto = &adaptive{codec: o.Codec, workers: encoders(), link: link, now: time.Now, decide: o.decide}
+		if auto.codec == "" {
+			auto.codec = Gzip
+		}
+		var err error
+		if auto.encode, auto.release, err = newEncode(auto.codec, auto.workers); err != nil {
+			return Stats{}, fmt.Errorf("transfer: %w", err)
+		}
+		defer auto.close()
+		zw = nopCloser{wire}
+	} else {
+		var err error
+		if zw, err = compressor(wire, o.Compress); err != nil {
+			return Stats{}, err
+		}
 	}
 	raw := &Counter{W: zw}
 	x := &rewriter{
@@ -113,6 +141,10 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		links:  map[string]string{},
 		meta:   map[string][]byte{},
 		blobs:  map[string]bool{},
+		auto:   auto,
+		blobOf: map[string]descriptor{},
+		pathOf: map[string]string{},
+		dirs:   map[string]bool{},
 	}
 	for i, d := range o.Layers {
 		x.ours[d] = true
@@ -120,7 +152,14 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 			x.need[d] = true
 		}
 	}
-	err = x.read(ctx, save)
+	x.startSender()
+	err := x.read(ctx, save)
+	if err == nil {
+		err = x.drain()
+	}
+	if serr := x.stopSender(err); err == nil {
+		err = serr
+	}
 	if err == nil {
 		err = x.finish()
 	}
@@ -136,7 +175,8 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 	if err != nil {
 		return Stats{}, err
 	}
-	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N, WireBytes: wire.N, Config: x.configDigest, Manifest: x.manifestDigest}, nil
+	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N + x.saved - x.probed, WireBytes: wire.N,
+		Choices: x.choices, ProbeBytes: x.probed, Config: x.configDigest, Manifest: x.manifestDigest}, nil
 }
 
 // rewriter is the state of one Write.
@@ -157,10 +197,18 @@ type rewriter struct {
 		RepoTags []string
 		Layers   []string
 	}
-	dirs           bool // blobs/sha256/ written
+	dirs           map[string]bool // directories written
 	configDigest   string
 	manifestDigest string          // of the OCI manifest written
 	blobs          map[string]bool // digests named by blobs/sha256/ in the save
+
+	snd     *sender
+	auto    *adaptive             // nil unless Options.Compress is Auto
+	blobOf  map[string]descriptor // diff ID -> the compressed blob sent for it
+	pathOf  map[string]string     // diff ID -> where a layer streamed raw went, if not blobs/sha256/<diff ID>
+	choices []Choice
+	saved   int64 // bytes compression took off the layers sent
+	probed  int64 // bytes of filler sent to measure the link
 }
 
 // read goes once through the save archive, sending needed layers as it meets them.
@@ -188,7 +236,7 @@ func (x *rewriter) read(ctx context.Context, save io.Reader) error {
 			x.blobs["sha256:"+path.Base(name)] = true
 			err = x.blob(tr, h, name, "sha256:"+path.Base(name))
 		case path.Base(name) == "layer.tar":
-			err = x.layer(tr, name, "")
+			err = x.layer(tr, h.Size, name, "")
 		case !strings.Contains(name, "/") && strings.HasSuffix(name, ".json"):
 			err = x.keep(tr, h, name) // the legacy layout's <image ID>.json config
 		}
@@ -208,11 +256,17 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 			return nil
 		}
 		x.sent[digest] = true
-		return x.send(digest, h.Size, tr)
+		if x.auto != nil {
+			return x.sendAuto(digest, h.Size, tr)
+		}
+		if err := x.drain(); err != nil {
+			return err
+		}
+		return x.sendRaw(digest, h.Size, tr)
 	}
 	br := bufio.NewReaderSize(tr, 64<<10)
 	if compressed(br) {
-		return x.layer(br, name, digest)
+		return x.layer(br, h.Size, name, digest)
 	}
 	if h.Size <= maxMeta {
 		return x.keep(br, h, name)
@@ -221,48 +275,126 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 }
 
 // layer copies a layer (unpacking it if compressed) to a local temporary
-// file while hashing it, then sends it if it is needed. digest, if known, is
-// what the bytes as stored must hash to.
-func (x *rewriter) layer(r io.Reader, name, digest string) error {
-	stored := sha256.New()
-	br := bufio.NewReaderSize(io.TeeReader(r, stored), 64<<10)
+// file while hashing it, then hands it to the sender if it is needed.
+// stored is its size as stored, digest (if known) what those bytes must
+// hash to. With Auto,
+// when every layer is needed, it decides first, and a layer to compress is
+// compressed while it is read.
+func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
+	storedSum := sha256.New()
+	br := bufio.NewReaderSize(io.TeeReader(r, storedSum), 64<<10)
+	plain := !compressed(br) // stored is then its size
 	zr, err := decompress(br)
 	if err != nil {
 		return fmt.Errorf("read layer %s: %w", name, err)
 	}
 	defer zr.Close()
+	// checkStored reads the rest of a compressed stream, for its digest.
+	checkStored := func() error {
+		if _, err := io.Copy(io.Discard, br); err != nil {
+			return fmt.Errorf("read layer %s: %w", name, err)
+		}
+		if digest != "" && hexDigest(storedSum) != digest {
+			return fmt.Errorf("layer %s is corrupt: its content hashes to %s", name, hexDigest(storedSum))
+		}
+		return nil
+	}
+	var src io.Reader = zr
+	var early *Choice
+	if x.auto != nil && x.o.Skip == 0 && x.auto.decide == nil { // (a forced decision needs the layer's index)
+		lb := bufio.NewReaderSize(zr, sampleSize)
+		head, err := peek(lb)
+		if err != nil {
+			return fmt.Errorf("read layer %s: %w", name, err)
+		}
+		c, err := x.choose(-1, stored, head) // its size as stored, for a start
+		if err != nil {
+			return err
+		}
+		if c.Method != None {
+			sp, err := x.compress(lb, c.Method)
+			if err != nil {
+				return fmt.Errorf("compress layer %s: %w", name, err)
+			}
+			if err := checkStored(); err != nil {
+				drop(sp.f)
+				return err
+			}
+			x.digest[name], x.size[sp.diffID] = sp.diffID, sp.n
+			if !x.need[sp.diffID] || x.sent[sp.diffID] {
+				drop(sp.f)
+				return nil
+			}
+			x.sent[sp.diffID] = true
+			return x.take(sp, c)
+		}
+		if plain {
+			return x.stream(lb, stored, name, c)
+		}
+		src, early = lb, &c
+	}
 	f, err := os.CreateTemp(x.o.TempDir, "carebot-layer-*")
 	if err != nil {
 		return fmt.Errorf("spool layer %s: %w", name, err)
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), zr)
+	n, err := io.Copy(io.MultiWriter(f, h), src)
 	if err != nil {
+		drop(f)
 		return fmt.Errorf("spool layer %s: %w", name, err)
 	}
-	if _, err := io.Copy(io.Discard, br); err != nil { // the rest of a compressed stream, for its digest
-		return fmt.Errorf("read layer %s: %w", name, err)
-	}
-	if digest != "" && hexDigest(stored) != digest {
-		return fmt.Errorf("layer %s is corrupt: its content hashes to %s", name, hexDigest(stored))
+	if err := checkStored(); err != nil {
+		drop(f)
+		return err
 	}
 	diffID := hexDigest(h)
 	x.digest[name], x.size[diffID] = diffID, n
 	if !x.need[diffID] || x.sent[diffID] {
+		drop(f)
 		return nil // the server has it, or it is already in the archive
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("spool layer %s: %w", name, err)
-	}
 	x.sent[diffID] = true
-	return x.send(diffID, n, f)
+	switch {
+	case x.auto == nil:
+	case early != nil:
+		c := *early
+		c.Layer, c.Size, c.Wire = x.index(diffID)+1, n, n
+		x.choices = append(x.choices, c)
+	default:
+		return x.autoFile(diffID, n, f)
+	}
+	return x.queue(blobPath(diffID), n, f)
 }
 
-// send writes a layer to the archive as blobs/sha256/<diff ID>, and checks
-// that the bytes hash to it.
-func (x *rewriter) send(diffID string, size int64, r io.Reader) error {
+// stream sends a needed layer of the legacy layout raw as it is read: its
+// diff ID is known only after its last byte, so the blob is named by its
+// place in the save instead (both image stores read a layer from whatever
+// path the manifests name; the containerd store files every blob under
+// its content's digest anyway).
+func (x *rewriter) stream(r io.Reader, size int64, name string, c Choice) error {
+	if err := x.drain(); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("layers/%d.tar", len(x.pathOf))
+	h := sha256.New()
+	if err := x.file(p, size, io.TeeReader(r, h)); err != nil {
+		return err
+	}
+	diffID := hexDigest(h)
+	x.digest[name], x.size[diffID] = diffID, size
+	if !x.need[diffID] || x.sent[diffID] {
+		return nil // sent for nothing: finish says why, if it matters
+	}
+	x.sent[diffID] = true
+	x.pathOf[diffID] = p
+	c.Layer, c.Size, c.Wire = x.index(diffID)+1, size, size
+	x.choices = append(x.choices, c)
+	return nil
+}
+
+// sendRaw writes a layer to the archive as blobs/sha256/<diff ID>, and
+// checks that the bytes hash to it.
+func (x *rewriter) sendRaw(diffID string, size int64, r io.Reader) error {
 	h := sha256.New()
 	if err := x.file(blobPath(diffID), size, io.TeeReader(r, h)); err != nil {
 		return err
@@ -360,8 +492,16 @@ func (x *rewriter) finish() error {
 	}
 	legacy := []legacyManifest{{Config: blobPath(cfgDigest), RepoTags: []string{reference.FamiliarString(tagged)}}}
 	for _, d := range x.o.Layers {
-		manifest.Layers = append(manifest.Layers, descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]})
-		legacy[0].Layers = append(legacy[0].Layers, blobPath(d))
+		desc, ok := x.blobOf[d]
+		if !ok {
+			desc = descriptor{MediaType: mediaLayer, Digest: d, Size: x.size[d]}
+		}
+		manifest.Layers = append(manifest.Layers, desc)
+		p := blobPath(desc.Digest)
+		if q, ok := x.pathOf[d]; ok {
+			p = q
+		}
+		legacy[0].Layers = append(legacy[0].Layers, p)
 	}
 	mb, err := json.Marshal(manifest)
 	if err != nil {
@@ -423,14 +563,16 @@ func (x *rewriter) resolve(p string) string {
 	return p
 }
 
-// file writes one regular file to the archive, with blobs/sha256/ before the first blob.
+// file writes one regular file to the archive, its directories first.
 func (x *rewriter) file(name string, size int64, r io.Reader) error {
-	if strings.HasPrefix(name, "blobs/") && !x.dirs {
-		x.dirs = true
-		for _, d := range []string{"blobs/", "blobs/sha256/"} {
-			if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
-				return fmt.Errorf("write archive: %w", err)
-			}
+	for i, c := range name {
+		d := name[:i+1]
+		if c != '/' || x.dirs[d] {
+			continue
+		}
+		x.dirs[d] = true
+		if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: epoch}); err != nil {
+			return fmt.Errorf("write archive: %w", err)
 		}
 	}
 	if err := x.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: epoch}); err != nil {
