@@ -73,6 +73,8 @@ type Config struct {
 	DockerViaWSL string // DOCKER_VIA_WSL: "auto" (default: through WSL on Windows unless DOCKER_HOST is set), "1" (always, as tests on Linux do), "0" (never)
 	DockerSudo   bool   // DOCKER_SUDO: run docker as `sudo -n docker` inside WSL
 
+	DeployDockerSudo bool // DEPLOY_DOCKER_SUDO: reach the server's engine as `sudo -n docker`
+
 	EnvFile string // path of the .env that was read ("" when there was none)
 
 	// The keys of .env that are not the tool's settings (see Classify),
@@ -253,6 +255,7 @@ func (c *Config) Print(w io.Writer) {
 		"SSH_KNOWN_HOSTS":      c.SSHKnownHosts,
 		"SSH_ACCEPT_NEW":       strconv.FormatBool(c.SSHAcceptNew),
 		"TRANSFER_COMPRESSION": c.Compression,
+		"DEPLOY_DOCKER_SUDO":   strconv.FormatBool(c.DeployDockerSudo),
 
 		"WSL_DISTRO":     c.WSLDistro,
 		"DOCKER_VIA_WSL": c.DockerViaWSL,
@@ -558,6 +561,13 @@ func (l *loader) loadWSL() {
 			l.fail(s, "is not 1/0 or true/false")
 		}
 		c.DockerSudo = v
+	}
+	if s := l.get("DEPLOY_DOCKER_SUDO", "0"); s.set {
+		v, err := strconv.ParseBool(s.val)
+		if err != nil {
+			l.fail(s, "is not 1/0 or true/false")
+		}
+		c.DeployDockerSudo = v
 	}
 }
 

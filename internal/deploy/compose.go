@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
 )
@@ -54,17 +56,89 @@ func composeVersion(line string) string {
 	return ""
 }
 
-// detectCompose is DetectCompose on d's host, asked once per Deployer.
+// composeCache is where the host remembers which Compose it has: v1's
+// `docker-compose version` alone takes half a second (Python starting).
+func (d *Deployer) composeCache() string { return d.stateDir() + "/compose" }
+
+// detectCompose is the Compose of d's host: what look found in the host's
+// cache, else DetectCompose, remembered there for the next runs.
 func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
 	if d.compose != "" {
 		return d.compose, nil
+	}
+	if !d.looked && d.Path != "" {
+		if _, err := d.look(ctx); err != nil {
+			return "", err
+		}
+		if d.compose != "" {
+			return d.compose, nil
+		}
 	}
 	c, err := DetectCompose(ctx, d.Host)
 	if err != nil {
 		return "", err
 	}
 	d.compose = c.Command
+	// Best effort, and only in a deploy folder that exists (a refused
+	// first deploy leaves nothing): without it, the next run detects again.
+	_, _ = host.Run(ctx, d.Host, fmt.Sprintf("cd %s 2>/dev/null && mkdir -p .carebot && printf '%%s\\n' %s > .carebot/compose",
+		shell.Quote(d.Path), shell.Quote(c.Command)))
 	return d.compose, nil
+}
+
+// forgetCompose drops the remembered Compose after a compose command was
+// not found (uninstalled, or the v2 plugin replaced v1): the next run
+// detects it again.
+func (d *Deployer) forgetCompose(ctx context.Context, err error) {
+	var ce *host.CommandError
+	if !errors.As(err, &ce) {
+		return
+	}
+	if st, ok := ce.Err.(interface{ ExitStatus() int }); (ok && st.ExitStatus() == 127) || strings.Contains(ce.Output, "is not a docker command") {
+		_, _ = host.Run(context.WithoutCancel(ctx), d.Host, "rm -f "+shell.Quote(d.composeCache()))
+	}
+}
+
+// facts is what look learns of the host in one round trip.
+type facts struct {
+	hasEnv, hasComposeFile bool
+	envTime                int64  // when .env last changed, Unix seconds
+	realPath               string // Path with links resolved; "" while it does not exist
+}
+
+// look asks the host, in one round trip, what every task needs first: the
+// Compose it remembered, whether .env and the compose file are there, and
+// the deploy folder's resolved path (Compose v1 labels containers with it,
+// v2 with the path as given). Each task that starts asks again (another
+// run may have deployed meanwhile); what it changes itself it notes.
+func (d *Deployer) look(ctx context.Context) (facts, error) {
+	p := shell.Quote(d.Path)
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s 2>/dev/null || exit 0; echo \"real $(pwd -P)\"; "+
+		"[ -e .env ] && echo \"env $(stat -c %%Y .env 2>/dev/null)\"; [ -e %s ] && echo compose-file; "+
+		"c=$(cat %s 2>/dev/null) && [ -n \"$c\" ] && command -v \"${c%%%% *}\" >/dev/null && echo \"compose $c\"; true",
+		p, shell.Quote(d.composeName()), shell.Quote(d.composeCache())))
+	if err != nil {
+		return facts{}, fmt.Errorf("look at %s on %s: %w", d.Path, d.Host, err)
+	}
+	var f facts
+	for _, line := range strings.Split(out, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
+		switch k {
+		case "real":
+			f.realPath = v
+		case "env":
+			f.hasEnv = true
+			f.envTime, _ = strconv.ParseInt(v, 10, 64)
+		case "compose-file":
+			f.hasComposeFile = true
+		case "compose":
+			if v == "docker compose" || v == "docker-compose" {
+				d.compose = v
+			}
+		}
+	}
+	d.facts, d.looked = f, true
+	return f, nil
 }
 
 // ComposeCommand is the command line that runs compose args in the deploy
@@ -89,6 +163,7 @@ func (d *Deployer) composeRun(ctx context.Context, version, args string) (string
 	}
 	out, err := host.Run(ctx, d.Host, d.ComposeCommand(version, args))
 	if err != nil {
+		d.forgetCompose(ctx, err)
 		return out, fmt.Errorf("compose %s on %s: %w", strings.Fields(args)[0], d.Host, err)
 	}
 	return out, nil
@@ -108,71 +183,34 @@ func (d *Deployer) ComposeStream(ctx context.Context, args string, out io.Writer
 }
 
 // ContainerState is one of the deployment's containers.
-type ContainerState struct {
-	ID, Name, Image, Status, Health, Started string
-	ExitCode, Restarts                       int
-}
+type ContainerState = engine.ProjectContainer
 
-func (c ContainerState) String() string {
-	s := c.Status
-	if c.Health != "" {
-		s += " (" + c.Health + ")"
-	}
-	if c.Status != "running" {
-		s += fmt.Sprintf(", exit code %d", c.ExitCode)
-	}
-	if c.Restarts > 0 {
-		s += fmt.Sprintf(", %d restarts", c.Restarts)
-	}
-	return fmt.Sprintf("%s: %s, image %s, started %s", c.Name, s, c.Image, c.Started)
-}
-
-// containers inspects the deployment's containers.
+// containers inspects the deployment's containers: those Compose made for
+// the project in the deploy folder, found by its label through the
+// host's engine (no Compose process, no text to parse).
 func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
-	ids, err := d.containerIDs(ctx)
-	if err != nil || strings.TrimSpace(ids) == "" {
+	if !d.looked {
+		if _, err := d.look(ctx); err != nil {
+			return nil, err
+		}
+	}
+	f := d.facts
+	if !f.hasComposeFile && f.realPath == "" {
+		return nil, nil
+	}
+	srv, err := d.server(ctx)
+	if err != nil {
 		return nil, err
 	}
-	out, err := host.Run(ctx, d.Host, "docker inspect "+strings.Join(strings.Fields(ids), " "))
+	list, err := srv.ProjectContainers(ctx, d.Path, f.realPath)
 	if err != nil {
-		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
+		return nil, err
 	}
-	var raw []struct {
-		ID           string `json:"Id"`
-		Name         string
-		RestartCount int
-		Config       struct{ Image string }
-		State        struct {
-			Status    string
-			ExitCode  int
-			StartedAt string
-			Health    *struct{ Status string }
-		}
-	}
-	if err := json.Unmarshal([]byte(out), &raw); err != nil {
-		return nil, fmt.Errorf("inspect containers on %s: %w", d.Host, err)
-	}
-	states := make([]ContainerState, len(raw))
-	for i, r := range raw {
-		states[i] = ContainerState{
-			ID: r.ID, Name: strings.TrimPrefix(r.Name, "/"), Image: r.Config.Image, Status: r.State.Status,
-			ExitCode: r.State.ExitCode, Restarts: r.RestartCount, Started: r.State.StartedAt,
-		}
-		if r.State.Health != nil {
-			states[i].Health = r.State.Health.Status
-		}
+	states := make([]ContainerState, len(list))
+	for i, c := range list {
+		states[i] = ContainerState(c)
 	}
 	return states, nil
-}
-
-// containerIDs lists the deployment's containers as the host's own compose
-// file describes them (none before the first deploy put one there).
-func (d *Deployer) containerIDs(ctx context.Context) (string, error) {
-	ok, err := host.Exists(ctx, d.Host, d.Path+"/"+d.composeName())
-	if err != nil || !ok {
-		return "", err
-	}
-	return d.composeRun(ctx, "", "ps -q")
 }
 
 // Containers is the deployment's containers, for Status.

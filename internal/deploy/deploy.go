@@ -21,6 +21,7 @@ import (
 
 	"github.com/carebot/carebot/internal/text"
 
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/health"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
@@ -49,6 +50,12 @@ type Deployer struct {
 	Engine      ship.Source
 	Compression string // COMPRESSION: how the image travels (see ship.Options)
 
+	// Server is the host's engine, reached through its API. nil: on first
+	// use, through `docker system dial-stdio` on the host (see
+	// engine.ConnectServer), with `sudo -n` when DockerSudo is set.
+	Server     ServerEngine
+	DockerSudo bool
+
 	// LockWait is how long a run waits for the deploy lock another run
 	// holds (LOCK_WAIT); 0 refuses at once. LeaseTime is how long the host
 	// keeps the lock of a run whose link went silent (0: Lease).
@@ -59,9 +66,58 @@ type Deployer struct {
 	Now func() time.Time
 
 	compose string // the compose command the host has, found once
+	facts   facts  // what look found
+	looked  bool
+	srvMu   sync.Mutex
+	srvErr  error
+	dialed  bool // Server was connected here, and is closed by Close
 
 	lockMu sync.Mutex
 	lease  *lease // the run's hold on the deploy lock, once taken
+}
+
+// ServerEngine is what a deploy asks of the host's Docker engine;
+// *engine.Engine has it.
+type ServerEngine interface {
+	ship.Server
+	Tag(ctx context.Context, id, ref string) error
+	ProjectContainers(ctx context.Context, dirs ...string) ([]engine.ProjectContainer, error)
+	PublishedOn(ctx context.Context, port int) ([]engine.PortUser, error)
+	Close() error
+}
+
+var _ ServerEngine = (*engine.Engine)(nil)
+
+// server is the host's engine, connected on first use and kept for the run.
+func (d *Deployer) server(ctx context.Context) (ServerEngine, error) {
+	d.srvMu.Lock()
+	defer d.srvMu.Unlock()
+	if d.Server != nil || d.srvErr != nil {
+		return d.Server, d.srvErr
+	}
+	e, err := engine.ConnectServer(ctx, d.Host.String(), d.Host.Exec, d.DockerSudo)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.srvErr = err // a server that does not answer will not this run
+		}
+		return nil, err
+	}
+	d.Server, d.dialed = e, true
+	return e, nil
+}
+
+// Close gives the lock back and closes the connection to the host's
+// engine; the host itself is the caller's.
+func (d *Deployer) Close() error {
+	d.Release()
+	d.srvMu.Lock()
+	defer d.srvMu.Unlock()
+	if d.dialed && d.Server != nil {
+		err := d.Server.Close()
+		d.Server, d.dialed = nil, false
+		return err
+	}
+	return nil
 }
 
 // Release is what to deploy.
@@ -97,7 +153,11 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 		return err
 	}
 
-	st, err := ship.Image(ctx, d.Engine, d.Host, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
+	srv, err := d.server(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := ship.Image(ctx, d.Engine, srv, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
 	if err != nil {
 		return err
 	}
@@ -116,8 +176,13 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	}
 	// Files change only now that every check passed: a refused deploy
 	// leaves the host as it was.
-	if err := d.syncFiles(ctx); err != nil {
+	changed, err := d.syncFiles(ctx)
+	if err != nil {
 		return err
+	}
+	if !changed && st.Skipped && current == r.Version && d.unchanged(ctx, states, r) {
+		d.printf("%s already serves %s:%s (%s), healthy, with these files: nothing sent, nothing restarted\n", d.Host, d.ImageName, r.Version, text.ShortID(r.ImageID))
+		return nil
 	}
 	if err := d.keepCompose(ctx, r.Version); err != nil {
 		return err
@@ -171,14 +236,13 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 // Deployed checks that something was deployed to Path, so commands that
 // need a deployment say so instead of failing on a missing file.
 func (d *Deployer) Deployed(ctx context.Context) error {
+	if _, err := d.look(ctx); err != nil {
+		return err
+	}
 	if _, err := d.detectCompose(ctx); err != nil {
 		return err
 	}
-	ok, err := host.Exists(ctx, d.Host, d.Path+"/"+d.composeName())
-	if err != nil {
-		return err
-	}
-	if !ok {
+	if !d.facts.hasComposeFile {
 		return fmt.Errorf("nothing is deployed at %s on %s: run mage deploy first (or check DEPLOY_PATH)", d.Path, d.Host)
 	}
 	return nil
@@ -319,33 +383,58 @@ func (d *Deployer) alive(ctx context.Context) error {
 // prepare makes the deploy folder and checks the host's .env, before
 // anything that serves changes.
 func (d *Deployer) prepare(ctx context.Context) error {
+	if _, err := d.look(ctx); err != nil {
+		return err
+	}
 	if _, err := d.detectCompose(ctx); err != nil {
 		return err
 	}
 	envPath := d.Path + "/.env"
-	hasEnv, err := host.Exists(ctx, d.Host, envPath)
-	if err != nil {
-		return err
-	}
+	hasEnv := d.facts.hasEnv
 	if !hasEnv && d.SeedEnv == "" {
 		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
 	}
 	p := shell.Quote(d.Path)
-	if _, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations", p, p, p)); err != nil {
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations && cd %s && pwd -P", p, p, p, p))
+	if err != nil {
 		return fmt.Errorf("create %s on %s: %w", d.Path, d.Host, err)
 	}
+	d.facts.realPath = strings.TrimSpace(out)
 	if hasEnv {
 		return nil
 	}
 	// Empty when there is no local .env: Compose's env_file needs the file, not content.
 	d.printf("created %s from the app's settings in %s (it is the host's from now on)\n", envPath, d.SeedEnv)
+	d.facts.hasEnv = true
 	return host.WriteFile(ctx, d.Host, envPath, d.SeedEnvData, 0o600)
 }
 
+// unchanged says whether the release that serves is r exactly and healthy,
+// so a deploy of it changes nothing: its container runs r's image, did not
+// restart, started after the host's .env last changed (Compose would
+// recreate it for a new env_file), and /health reports r's version.
+func (d *Deployer) unchanged(ctx context.Context, states []ContainerState, r Release) bool {
+	ok := false
+	for _, s := range states {
+		started, err := time.Parse(time.RFC3339Nano, s.Started)
+		if s.Status != "running" || s.ImageID != r.ImageID || s.Restarts > 0 || s.Health == "unhealthy" ||
+			err != nil || started.Unix() < d.facts.envTime {
+			return false
+		}
+		ok = true
+	}
+	if !ok {
+		return false
+	}
+	probe := health.Probe{URL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(d.AppPort)) + d.HealthPath, Dial: d.Host.DialContext}
+	st, err := probe.Check(ctx)
+	return err == nil && st.Version == r.Version
+}
+
 // syncFiles copies the compose file and migrations, writing only files
-// whose contents differ. Migrations gone from here stay on the host: a
+// whose contents differ, and says whether it wrote any. Migrations gone from here stay on the host: a
 // database that applied them still records them.
-func (d *Deployer) syncFiles(ctx context.Context) error {
+func (d *Deployer) syncFiles(ctx context.Context) (changed bool, err error) {
 	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
 	if entries, err := os.ReadDir(d.Migrations); err == nil {
 		for _, e := range entries {
@@ -355,10 +444,10 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 				// gets the contents, not a link into this machine.
 				fi, err := os.Stat(src)
 				if err != nil {
-					return fmt.Errorf("migration %s is a broken link (%v): fix it or remove it; nothing was changed", src, err)
+					return false, fmt.Errorf("migration %s is a broken link (%v): fix it or remove it; nothing was changed", src, err)
 				}
 				if !fi.Mode().IsRegular() {
-					return fmt.Errorf("migration %s links to something that is not a file: link a file or remove it; nothing was changed", src)
+					return false, fmt.Errorf("migration %s links to something that is not a file: link a file or remove it; nothing was changed", src)
 				}
 			} else if !e.Type().IsRegular() {
 				d.printf("skipped %s: only files in %s are copied\n", src, d.Migrations)
@@ -367,16 +456,16 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 			files[d.Path+"/migrations/"+e.Name()] = src
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("migrations: %w", err)
+		return false, fmt.Errorf("migrations: %w", err)
 	}
 	have, err := d.remoteSums(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for dst, src := range files {
 		data, err := os.ReadFile(src)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", src, err)
+			return changed, fmt.Errorf("read %s: %w", src, err)
 		}
 		if have[dst] == sum(data) {
 			continue
@@ -386,11 +475,13 @@ func (d *Deployer) syncFiles(ctx context.Context) error {
 			mode = uint32(fi.Mode().Perm())
 		}
 		if err := host.WriteFile(ctx, d.Host, dst, data, mode); err != nil {
-			return fmt.Errorf("copy %s to %s: %w", src, d.Host, err)
+			return changed, fmt.Errorf("copy %s to %s: %w", src, d.Host, err)
 		}
+		changed = true
+		d.facts.hasComposeFile = d.facts.hasComposeFile || src == d.ComposeFile
 		d.printf("updated %s\n", dst)
 	}
-	return nil
+	return changed, nil
 }
 
 func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
@@ -447,18 +538,20 @@ func (d *Deployer) retagCmd(id, version string) string {
 // it, in case a later build reused the tag; then checks it exists.
 func (d *Deployer) retag(ctx context.Context, r Release) error {
 	gone := fmt.Errorf("image %s:%s is not on %s any more: deploy it again, or roll back to another version", d.ImageName, r.Version, d.Host)
+	srv, err := d.server(ctx)
+	if err != nil {
+		return err
+	}
 	if r.ImageID != "" {
 		// The image that served as version, not whatever carries the tag
 		// now: a later build may have reused it.
-		if _, err := host.Run(ctx, d.Host, d.retagCmd(r.ImageID, r.Version)); err != nil {
-			var ce *host.CommandError
-			if errors.As(err, &ce) && strings.TrimSpace(ce.Output) == "" {
-				return gone
-			}
-			return fmt.Errorf("tag %s:%s on %s: %w", d.ImageName, r.Version, d.Host, err)
+		if err := srv.Tag(ctx, r.ImageID, d.ImageName+":"+r.Version); errors.Is(err, engine.ErrNotFound) {
+			return gone
+		} else if err != nil {
+			return err
 		}
 	}
-	id, err := ship.ImageID(ctx, d.Host, d.ImageName+":"+r.Version)
+	id, err := srv.ImageID(ctx, d.ImageName+":"+r.Version)
 	if err != nil {
 		return err
 	}
@@ -477,14 +570,17 @@ func (d *Deployer) checkPort(ctx context.Context, ours []ContainerState) error {
 	for _, c := range ours {
 		own[c.ID] = true
 	}
-	out, err := host.Run(ctx, d.Host, fmt.Sprintf("docker ps -q --no-trunc --filter publish=%d", d.AppPort))
+	srv, err := d.server(ctx)
+	if err != nil {
+		return err
+	}
+	users, err := srv.PublishedOn(ctx, d.AppPort)
 	if err != nil {
 		return fmt.Errorf("list containers on %s: %w", d.Host, err)
 	}
-	for _, id := range strings.Fields(out) {
-		if !own[id] {
-			name, _ := host.Run(ctx, d.Host, "docker inspect --format '{{.Name}}' "+id)
-			return fmt.Errorf("APP_PORT %d on %s is taken by container %s: stop it or set APP_PORT to a free port; nothing was changed", d.AppPort, d.Host, strings.TrimPrefix(strings.TrimSpace(name), "/"))
+	for _, u := range users {
+		if !own[u.ID] {
+			return fmt.Errorf("APP_PORT %d on %s is taken by container %s: stop it or set APP_PORT to a free port; nothing was changed", d.AppPort, d.Host, u.Name)
 		}
 	}
 	if len(ours) > 0 {

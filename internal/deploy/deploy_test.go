@@ -692,7 +692,7 @@ func TestSyncFiles(t *testing.T) {
 		"migrations/link.sql":          {filepath.Join(d.Migrations, "001_init.sql"), 0o644}, // the file a link names
 	}
 
-	if err := d.syncFiles(ctx); err != nil {
+	if _, err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("first syncFiles: %v", err)
 	}
 	if !strings.Contains(out.String(), "skipped "+filepath.Join(d.Migrations, "subdir")+": only files") {
@@ -733,7 +733,7 @@ func TestSyncFiles(t *testing.T) {
 
 	// Nothing changed: nothing written.
 	out.Reset()
-	if err := d.syncFiles(ctx); err != nil {
+	if _, err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("second syncFiles: %v", err)
 	}
 	if strings.Contains(out.String(), "updated ") {
@@ -742,7 +742,7 @@ func TestSyncFiles(t *testing.T) {
 
 	// One file changed: only it is written.
 	writeFile(t, filepath.Join(d.Migrations, "001_init.sql"), "CREATE TABLE t (id INTEGER, name TEXT);\n", 0o644)
-	if err := d.syncFiles(ctx); err != nil {
+	if _, err := d.syncFiles(ctx); err != nil {
 		t.Fatalf("third syncFiles: %v", err)
 	}
 	// link.sql names 001_init.sql: it changed too.
@@ -758,7 +758,7 @@ func TestSyncFiles(t *testing.T) {
 	// The host's copy was edited by hand: it is put back.
 	out.Reset()
 	writeFile(t, filepath.Join(d.Path, "compose.yml"), "edited on the server\n", 0o644)
-	if err := d.syncFiles(ctx); err != nil {
+	if _, err := d.syncFiles(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "updated "+filepath.Join(d.Path, "compose.yml")) {
@@ -772,14 +772,14 @@ func TestSyncFilesWithoutMigrations(t *testing.T) {
 	if err := os.MkdirAll(d.Path, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.syncFiles(context.Background()); err != nil {
+	if _, err := d.syncFiles(context.Background()); err != nil {
 		t.Fatalf("syncFiles without a migrations folder: %v", err)
 	}
 	if got := strings.TrimSpace(out.String()); got != "updated "+filepath.Join(d.Path, "compose.yml") {
 		t.Errorf("output %q, want only the compose file", got)
 	}
 	d.ComposeFile = filepath.Join(t.TempDir(), "missing.yml")
-	if err := d.syncFiles(context.Background()); err == nil || !strings.Contains(err.Error(), "missing.yml") {
+	if _, err := d.syncFiles(context.Background()); err == nil || !strings.Contains(err.Error(), "missing.yml") {
 		t.Errorf("syncFiles with a missing compose file = %v, want an error naming it", err)
 	}
 }
@@ -831,6 +831,7 @@ func deployedWorld(t *testing.T, serving string) (*Deployer, *bytes.Buffer, *wor
 	w := newWorld(t)
 	h := &fakeHost{compose: "docker-compose\n", handle: w.handle}
 	d, out := testDeployer(t, h)
+	d.Server = w
 	d.AppPort = w.port
 	d.HealthTimeout = 3 * time.Second
 	if err := os.MkdirAll(filepath.Join(d.Path, "migrations"), 0o755); err != nil {
@@ -838,7 +839,7 @@ func deployedWorld(t *testing.T, serving string) (*Deployer, *bytes.Buffer, *wor
 	}
 	writeFile(t, filepath.Join(d.Path, ".env"), "BOT_TOKEN=x\n", 0o600)
 	if serving != "" {
-		if err := d.syncFiles(context.Background()); err != nil {
+		if _, err := d.syncFiles(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		w.serve(serving)
@@ -1349,7 +1350,7 @@ func TestSyncFilesFollowsLinks(t *testing.T) {
 	if err := os.Symlink(target, filepath.Join(d.Migrations, "002_linked.sql")); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.syncFiles(ctx); err != nil {
+	if _, err := d.syncFiles(ctx); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(d.Path, "migrations", "002_linked.sql"))
@@ -1363,7 +1364,7 @@ func TestSyncFilesFollowsLinks(t *testing.T) {
 	if err := os.Symlink(filepath.Join(t.TempDir(), "gone.sql"), filepath.Join(d.Migrations, "003_broken.sql")); err != nil {
 		t.Fatal(err)
 	}
-	err = d.syncFiles(ctx)
+	_, err = d.syncFiles(ctx)
 	if err == nil || !strings.Contains(err.Error(), "003_broken.sql is a broken link") {
 		t.Fatalf("syncFiles with a broken link: %v", err)
 	}
@@ -1422,4 +1423,46 @@ func TestLockOnAFullDisk(t *testing.T) {
 		t.Errorf("error %q does not say the disk is full and what to do", err)
 	}
 	t.Logf("full disk: %v", err)
+}
+
+// A deploy of the release that already serves, healthy, with the same
+// files and image, sends nothing and restarts nothing; after the host's
+// .env changed, it does restart (Compose recreates for a new env_file).
+func TestDeployNoop(t *testing.T) {
+	ctx := context.Background()
+	d, out, w, h := deployedWorld(t, "")
+	eng := &shiptest.Engine{}
+	eng.Know(id1)
+	d.Engine = eng
+	w.mu.Lock()
+	w.images = map[string]string{"v1": id1}
+	w.mu.Unlock()
+	if err := d.Deploy(ctx, Release{Version: "v1", ImageID: id1}); err != nil {
+		t.Fatalf("first deploy: %v\n%s", err, out)
+	}
+	ups := len(h.ran("up -d"))
+	out.Reset()
+	if err := d.Deploy(ctx, Release{Version: "v1", ImageID: id1}); err != nil {
+		t.Fatalf("redeploy: %v\n%s", err, out)
+	}
+	if got := len(h.ran("up -d")); got != ups || !strings.Contains(out.String(), "already serves carebot:v1") || !strings.Contains(out.String(), "nothing sent, nothing restarted") {
+		t.Errorf("redeploy of what serves ran compose up %d more times; output:\n%s", got-ups, out)
+	}
+	history, _ := d.History(ctx)
+	if len(history) != 1 {
+		t.Errorf("a no-op redeploy wrote history: %+v", history)
+	}
+
+	// The host's .env changed after the container started: not a no-op.
+	future := time.Now().Add(2 * time.Second)
+	if err := os.Chtimes(filepath.Join(d.Path, ".env"), future, future); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := d.Deploy(ctx, Release{Version: "v1", ImageID: id1}); err != nil {
+		t.Fatalf("redeploy after .env changed: %v\n%s", err, out)
+	}
+	if got := len(h.ran("up -d")); got != ups+1 {
+		t.Errorf("after .env changed, compose up ran %d more times, want 1; output:\n%s", got-ups, out)
+	}
 }

@@ -11,9 +11,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/carebot/carebot/internal/shell"
 
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 )
 
@@ -93,6 +95,8 @@ type world struct {
 	foreign  bool              // another container publishes the port
 	loads    map[string]string // tag -> image ID a docker load leaves on the host
 	loaded   int               // docker loads run
+	started  time.Time         // when the running container started
+	calls    []string          // the API calls, by method name
 	port     int
 	srv      *http.Server
 	ln       net.Listener
@@ -157,7 +161,7 @@ func (w *world) unpublish() {
 func (w *world) serve(tag string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.running = tag
+	w.running, w.started = tag, time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	w.publish()
 }
 
@@ -171,12 +175,7 @@ func (w *world) state() (running string, images map[string]string) {
 	return w.running, images
 }
 
-var (
-	reSurvey  = regexp.MustCompile(`^docker version --format .*\$\(docker image inspect --format '\{\{\.Id\}\}' carebot:(\S+) 2>/dev/null`)
-	reImageID = regexp.MustCompile(`^docker image inspect --format '\{\{\.Id\}\}' carebot:(\S+) 2>/dev/null \|\| true$`)
-	reRetag   = regexp.MustCompile(`^docker image inspect (\S+) >/dev/null 2>&1 && docker tag (\S+) carebot:(\S+)$`)
-	reTag     = regexp.MustCompile(`IMAGE_TAG=(\S+) `)
-)
+var reTag = regexp.MustCompile(`IMAGE_TAG=(\S+) `)
 
 func (w *world) handle(cmd string) (string, int, bool) {
 	w.mu.Lock()
@@ -192,16 +191,11 @@ func (w *world) handle(cmd string) (string, int, bool) {
 			w.t.Errorf("compose without the settings: %s", cmd)
 		}
 		switch {
-		case args == "ps -q":
-			if w.running != "" {
-				return containerID + "\n", 0, true
-			}
-			return "", 0, true
 		case args == "up -d":
 			if _, ok := w.images[tag]; !ok {
 				return "pull access denied for carebot", 1, true
 			}
-			w.running = tag
+			w.running, w.started = tag, time.Now()
 			w.publish()
 			return "", 0, true
 		case args == "stop":
@@ -214,65 +208,104 @@ func (w *world) handle(cmd string) (string, int, bool) {
 		w.t.Errorf("unexpected compose command: %s", cmd)
 		return "unexpected", 127, true
 	}
-	if !strings.HasPrefix(cmd, "docker ") {
-		return "", 0, false
+	if strings.HasPrefix(cmd, "docker ") {
+		w.t.Errorf("a docker command, not an API call: %s", cmd)
+		return "unexpected", 127, true
 	}
-	if m := reSurvey.FindStringSubmatch(cmd); m != nil {
-		id := w.images[m[1]]
-		if id == "" {
-			id = "none"
-		}
-		return "1.41 linux x86_64\n" + id + "\n", 0, true
-	}
-	if cmd == "docker load" {
-		w.loaded++
-		for tag, id := range w.loads {
-			w.images[tag] = id
-		}
-		return "Loaded image: carebot\n", 0, true
-	}
-	if m := reImageID.FindStringSubmatch(cmd); m != nil {
-		if id, ok := w.images[m[1]]; ok {
-			return id + "\n", 0, true
-		}
-		return "", 0, true
-	}
-	if m := reRetag.FindStringSubmatch(cmd); m != nil {
-		if m[1] != m[2] {
-			w.t.Errorf("retag inspects %s but tags %s", m[1], m[2])
-		}
-		known := w.dangling[m[1]]
-		for _, id := range w.images {
-			known = known || id == m[1]
-		}
-		if !known {
-			return "", 1, true
-		}
-		w.images[m[3]] = m[1]
-		return "", 0, true
-	}
-	switch {
-	case cmd == fmt.Sprintf("docker ps -q --no-trunc --filter publish=%d", w.port):
-		out := ""
-		if w.running != "" {
-			out += containerID + "\n"
-		}
-		if w.foreign {
-			out += "deadbeef00000000000000000000000000000000000000000000000000000000\n"
-		}
-		return out, 0, true
-	case strings.HasPrefix(cmd, "docker inspect --format '{{.Name}}' deadbeef"):
-		return "/other-app\n", 0, true
-	case cmd == "docker inspect "+containerID:
-		if w.running == "" {
-			return "Error: No such object: " + containerID, 1, true
-		}
-		restarts := 0
-		if w.broken[w.running] {
-			restarts = 2
-		}
-		return fmt.Sprintf(`[{"Id":"%s","Name":"/carebot-app-1","RestartCount":%d,"Config":{"Image":"carebot:%s"},"State":{"Status":"running","ExitCode":0,"StartedAt":"2024-05-01T10:00:00Z"}}]`, containerID, restarts, w.running), 0, true
-	}
-	w.t.Errorf("unexpected docker command: %s", cmd)
-	return "unexpected", 127, true
+	return "", 0, false
 }
+
+// The world is the host's engine too, through its API (ServerEngine).
+var _ ServerEngine = (*world)(nil)
+
+func (w *world) call(m string) {
+	w.calls = append(w.calls, m)
+}
+
+func (w *world) Platform(context.Context) (engine.Platform, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("Platform")
+	return engine.Platform{APIVersion: "1.41", OS: "linux", Arch: "x86_64"}, nil
+}
+
+func (w *world) ImageID(_ context.Context, ref string) (string, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("ImageID")
+	tag, ok := strings.CutPrefix(ref, "carebot:")
+	if !ok {
+		w.t.Errorf("ImageID of %s", ref)
+	}
+	return w.images[tag], nil
+}
+
+func (w *world) LayerChains(context.Context) ([][]string, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("LayerChains")
+	return nil, nil
+}
+
+func (w *world) Load(_ context.Context, archive io.Reader) (string, error) {
+	io.Copy(io.Discard, archive)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("Load")
+	w.loaded++
+	for tag, id := range w.loads {
+		w.images[tag] = id
+	}
+	return "Loaded image: carebot\n", nil
+}
+
+func (w *world) Tag(_ context.Context, id, ref string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("Tag")
+	known := w.dangling[id]
+	for _, have := range w.images {
+		known = known || have == id
+	}
+	if !known {
+		return fmt.Errorf("tag %s: image %s: %w", ref, id, engine.ErrNotFound)
+	}
+	w.images[strings.TrimPrefix(ref, "carebot:")] = id
+	return nil
+}
+
+func (w *world) ProjectContainers(_ context.Context, dirs ...string) ([]engine.ProjectContainer, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("ProjectContainers")
+	if w.running == "" {
+		return nil, nil
+	}
+	restarts := 0
+	if w.broken[w.running] {
+		restarts = 2
+	}
+	return []engine.ProjectContainer{{ID: containerID, Name: "carebot-app-1", Image: "carebot:" + w.running, ImageID: w.images[w.running],
+		Status: "running", Started: w.started.Format(time.RFC3339Nano), Restarts: restarts}}, nil
+}
+
+func (w *world) PublishedOn(_ context.Context, port int) ([]engine.PortUser, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.call("PublishedOn")
+	var users []engine.PortUser
+	if port != w.port {
+		return nil, nil
+	}
+	if w.running != "" {
+		users = append(users, engine.PortUser{ID: containerID, Name: "carebot-app-1"})
+	}
+	if w.foreign {
+		users = append(users, engine.PortUser{ID: "deadbeef00000000000000000000000000000000000000000000000000000000", Name: "other-app"})
+	}
+	return users, nil
+}
+
+func (w *world) Close() error   { return nil }
+func (w *world) String() string { return "the fake host" }
+

@@ -13,6 +13,7 @@ import (
 // PortUser is a running container that publishes a port, for telling our
 // own containers from strangers when the port is taken (the doctor).
 type PortUser struct {
+	ID     string
 	Name   string
 	Image  string // as the container was created, e.g. carebot:abc1234
 	Labels map[string]string
@@ -34,7 +35,7 @@ func (e *Engine) PublishedOn(ctx context.Context, port int) ([]PortUser, error) 
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		users = append(users, PortUser{Name: name, Image: c.Image, Labels: c.Labels})
+		users = append(users, PortUser{ID: c.ID, Name: name, Image: c.Image, Labels: c.Labels})
 	}
 	return users, nil
 }

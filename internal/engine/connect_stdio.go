@@ -14,10 +14,12 @@ import (
 	"time"
 )
 
-// stdioDialer opens API connections by starting argv each time; the
+// stdioDialer opens API connections by starting a command each time
+// (argv on this machine, or start when set: a command on a server); the
 // connection is the command's stdin and stdout.
 type stdioDialer struct {
-	argv []string
+	argv  []string
+	start func(report func(string)) (net.Conn, error)
 
 	mu      sync.Mutex
 	failure string // what the last command that failed printed, one line
@@ -27,7 +29,13 @@ func (d *stdioDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	c, err := startStdioConn(d.argv, d.fail)
+	var c net.Conn
+	var err error
+	if d.start != nil {
+		c, err = d.start(d.fail)
+	} else {
+		c, err = startStdioConn(d.argv, d.fail)
+	}
 	if err != nil {
 		d.fail(err.Error())
 		return nil, err
@@ -55,7 +63,7 @@ func (d *stdioDialer) lastFailure() string {
 // system dial-stdio`: no such distro, no docker, daemon not running, sudo
 // wants a password).
 type stdioConn struct {
-	cmd    *exec.Cmd
+	kill   func() // ends the command early
 	name   string
 	in     *os.File // our end of its stdin
 	out    *os.File // our end of its stdout
@@ -84,9 +92,9 @@ func startStdioConn(argv []string, report func(string)) (*stdioConn, error) {
 		return nil, err
 	}
 	c := &stdioConn{name: name, in: inW, out: outR, stderr: &tailBuffer{max: 4 << 10}, report: report, done: make(chan struct{})}
-	c.cmd = exec.Command(argv[0], argv[1:]...)
-	c.cmd.Stdin, c.cmd.Stdout, c.cmd.Stderr = inR, outW, c.stderr
-	err = c.cmd.Start()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, c.stderr
+	err = cmd.Start()
 	inR.Close()
 	outW.Close()
 	if err != nil {
@@ -94,8 +102,39 @@ func startStdioConn(argv []string, report func(string)) (*stdioConn, error) {
 		outR.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	c.kill = func() { _ = cmd.Process.Kill() } // reaped by the goroutine waiting on it
 	go func() {
-		c.waitErr = c.cmd.Wait()
+		c.waitErr = cmd.Wait()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// ExecFunc runs a shell command line somewhere (a server over SSH) with
+// the given stdin and outputs until it ends or ctx is cancelled, as
+// host.Host's Exec does.
+type ExecFunc func(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error
+
+// startExecConn is startStdioConn for a command that run starts: the
+// connection lives until the command ends or Close cancels it.
+func startExecConn(run ExecFunc, cmdline string, report func(string)) (*stdioConn, error) {
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &stdioConn{name: cmdline, in: inW, out: outR, stderr: &tailBuffer{max: 4 << 10}, report: report, done: make(chan struct{}), kill: cancel}
+	go func() {
+		c.waitErr = run(ctx, cmdline, inR, outW, c.stderr)
+		inR.Close()
+		outW.Close() // our reads end: the command has
+		cancel()
 		close(c.done)
 	}()
 	return c, nil
@@ -162,7 +201,7 @@ func (c *stdioConn) Close() error {
 		select {
 		case <-c.done:
 		default:
-			_ = c.cmd.Process.Kill() // reaped by the goroutine waiting on it
+			c.kill()
 		}
 	})
 	return nil

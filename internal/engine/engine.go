@@ -23,6 +23,8 @@ type Engine struct {
 	api  *client.Client
 	Host string // where it answers, for messages
 	via  Via    // how it was reached (see HostPath)
+
+	server bool // a server's, reached over SSH: Host is the server's name
 }
 
 // Connect reaches the engine named by DOCKER_HOST (default: the local

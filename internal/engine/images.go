@@ -26,6 +26,9 @@ type ImageTag struct {
 
 // String names the engine for messages.
 func (e *Engine) String() string {
+	if e.server {
+		return e.Host
+	}
 	if e.via.WSL {
 		return "the engine in " + e.Host
 	}

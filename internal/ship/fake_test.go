@@ -4,90 +4,80 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/ship/shiptest"
 )
 
-// fakeServer is a host whose Docker engine answers the survey, `docker
-// load` and the ID inspection; it runs nothing else.
+// fakeServer is a host's Docker engine that answers the survey, loads
+// and the ID inspection.
 type fakeServer struct {
 	api, os, arch string
 	id            string     // what it has for the ref, "" = nothing
 	chains        [][]string // layer chains of its images
 
-	// load decides each `docker load`: it gets the call's number (from 1)
-	// and the layer blobs in the archive, and returns what docker load
-	// prints and whether it exits non-zero. nil: accept, and have the image.
+	// load decides each load: it gets the call's number (from 1) and the
+	// layer blobs in the archive, and returns what the engine says and
+	// whether it refuses. nil: accept, and have the image.
 	load  func(n int, layers []string) (out string, fail bool)
 	after string // the ID the server has once a load is accepted
 
 	mu    sync.Mutex
 	loads [][]string // the layer blobs each load carried
-	cmds  []string
+	cmds  []string   // the API calls, by method name
 }
 
-var _ host.Host = (*fakeServer)(nil)
+var _ Server = (*fakeServer)(nil)
 
-func (f *fakeServer) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+func (f *fakeServer) called(m string) {
 	f.mu.Lock()
-	f.cmds = append(f.cmds, cmd)
+	f.cmds = append(f.cmds, m)
 	f.mu.Unlock()
-	if stdout == nil {
-		stdout = io.Discard
+}
+
+func (f *fakeServer) Platform(context.Context) (engine.Platform, error) {
+	f.called("Platform")
+	return engine.Platform{APIVersion: f.api, OS: f.os, Arch: f.arch}, nil
+}
+
+func (f *fakeServer) ImageID(context.Context, string) (string, error) {
+	f.called("ImageID")
+	return f.id, nil
+}
+
+func (f *fakeServer) LayerChains(context.Context) ([][]string, error) {
+	f.called("LayerChains")
+	return f.chains, nil
+}
+
+func (f *fakeServer) Load(ctx context.Context, archive io.Reader) (string, error) {
+	f.called("Load")
+	layers, err := blobs(archive)
+	if err != nil {
+		return "", fmt.Errorf("docker load on %s: archive/tar: %v", f, err)
 	}
-	switch {
-	case strings.HasPrefix(cmd, "docker version "):
-		fmt.Fprintf(stdout, "%s %s %s\n", f.api, f.os, f.arch)
-		if f.id == "" {
-			fmt.Fprintln(stdout, "none")
-		} else {
-			fmt.Fprintln(stdout, f.id)
-		}
-		for _, c := range f.chains {
-			b, _ := json.Marshal(c)
-			fmt.Fprintln(stdout, string(b))
-		}
-		return nil
-	case cmd == "docker load":
-		layers, err := blobs(stdin)
-		if err != nil {
-			fmt.Fprintf(stderr, "Error: archive/tar: %v\n", err)
-			return errors.New("exit status 1")
-		}
-		f.mu.Lock()
-		f.loads = append(f.loads, layers)
-		n := len(f.loads)
-		f.mu.Unlock()
-		out, fail := "Loaded image: carebot:v2\n", false
-		if f.load != nil {
-			out, fail = f.load(n, layers)
-		}
-		fmt.Fprint(stdout, out)
-		if fail {
-			return errors.New("exit status 1")
-		}
-		if !strings.Contains(out, "Error ") {
-			f.id = f.after
-		}
-		return nil
-	case strings.HasPrefix(cmd, "docker image inspect --format '{{.Id}}' "):
-		if f.id != "" {
-			fmt.Fprintln(stdout, f.id)
-		}
-		return nil
+	f.mu.Lock()
+	f.loads = append(f.loads, layers)
+	n := len(f.loads)
+	f.mu.Unlock()
+	out, fail := "Loaded image: carebot:v2\n", false
+	if f.load != nil {
+		out, fail = f.load(n, layers)
 	}
-	return fmt.Errorf("the fake server does not run %q", cmd)
+	if fail {
+		return "", fmt.Errorf("docker load on %s: %s", f, strings.TrimSpace(out))
+	}
+	if !strings.Contains(out, "Error ") {
+		f.id = f.after
+	}
+	return out, nil
 }
 
 // blobs reads a load archive (a plain tar) to its end and lists the layer
@@ -143,8 +133,4 @@ func isTar(b []byte) bool {
 	return err == nil
 }
 
-func (f *fakeServer) DialContext(context.Context, string, string) (net.Conn, error) {
-	return nil, errors.New("the fake server dials nothing")
-}
 func (f *fakeServer) String() string { return "ubuntu@server" }
-func (f *fakeServer) Close() error   { return nil }

@@ -10,7 +10,6 @@ package ship
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,8 +18,6 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/engine"
-	"github.com/carebot/carebot/internal/host"
-	"github.com/carebot/carebot/internal/shell"
 	"github.com/carebot/carebot/internal/text"
 	"github.com/carebot/carebot/internal/transfer"
 )
@@ -55,11 +52,18 @@ type Stats struct {
 	Duration    time.Duration
 }
 
-// serverEngine is what the survey learns of the host's Docker engine.
-type serverEngine struct {
-	APIVersion string
-	OS, Arch   string
+// Server is the host's Docker engine, as shipping needs it: reached
+// through its API (engine.ConnectServer on the run's SSH connection, or
+// this machine's engine for a local deploy). String names the host.
+type Server interface {
+	Platform(ctx context.Context) (engine.Platform, error)
+	ImageID(ctx context.Context, ref string) (string, error)
+	LayerChains(ctx context.Context) ([][]string, error)
+	Load(ctx context.Context, archive io.Reader) (string, error)
+	String() string
 }
+
+var _ Server = (*engine.Engine)(nil)
 
 // zstdAPI is the first Engine API version whose `docker load` takes zstd
 // (Docker 25); older engines, such as Debian's 20.10, take gzip only.
@@ -70,7 +74,7 @@ const zstdAPI = "1.44"
 // store, the digest of the manifest that was sent. An empty id means the
 // image ref names on src. When h has it already (a deploy to this
 // machine's own engine, a redeploy), nothing is sent.
-func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Options) (Stats, error) {
+func Image(ctx context.Context, src Source, h Server, ref, id string, o Options) (Stats, error) {
 	start := time.Now()
 	out := o.Out
 	if out == nil {
@@ -130,7 +134,7 @@ func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Optio
 	// The classic store names an image by its config digest (the local ID);
 	// the containerd store by the manifest we wrote. Either proves the
 	// server holds exactly the image that was built.
-	st.ServerID, err = ImageID(ctx, h, ref)
+	st.ServerID, err = h.ImageID(ctx, ref)
 	if err != nil {
 		return st, err
 	}
@@ -144,53 +148,23 @@ func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Optio
 	return st, nil
 }
 
-// idCommand prints the ID h's engine has for ref, and nothing when it has
-// no such image.
-func idCommand(ref string) string {
-	return "docker image inspect --format '{{.Id}}' " + shell.Quote(ref) + " 2>/dev/null || true"
-}
-
-// ImageID is the ID of ref on h's engine, "" when h has no such image.
-func ImageID(ctx context.Context, h host.Host, ref string) (string, error) {
-	out, err := host.Run(ctx, h, idCommand(ref))
-	if err != nil {
-		return "", fmt.Errorf("inspect image %s on %s: %w", ref, h, err)
+// survey asks the host's engine for its version and platform, the ID it
+// has for ref, and (unless that is want already) the layer chains of all
+// its images.
+func survey(ctx context.Context, h Server, ref, want string) (srv engine.Platform, haveID string, chains [][]string, err error) {
+	if srv, err = h.Platform(ctx); err != nil {
+		return srv, "", nil, err
 	}
-	return strings.TrimSpace(out), nil
-}
-
-// survey asks the host, in one round trip, for its engine's version and
-// platform, the ID it has for ref, and (unless that is want already) the
-// layer chains of all its images.
-func survey(ctx context.Context, h host.Host, ref, want string) (srv serverEngine, haveID string, chains [][]string, err error) {
-	out, err := host.Run(ctx, h, "docker version --format '{{.Server.APIVersion}} {{.Server.Os}} {{.Server.Arch}}' && "+
-		"id=$("+idCommand(ref)+") && echo \"${id:-none}\" && "+
-		"if [ \"$id\" != "+shell.Quote(want)+" ]; then "+
-		"docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'; fi")
-	if err != nil {
-		return srv, "", nil, fmt.Errorf("the Docker engine on %s does not answer: %w", h, err)
+	if haveID, err = h.ImageID(ctx, ref); err != nil || haveID == want {
+		return srv, haveID, nil, err
 	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	f := strings.Fields(lines[0])
-	if len(f) != 3 || len(lines) < 2 {
-		return srv, "", nil, fmt.Errorf("docker version on %s printed %q", h, strings.TrimSpace(out))
-	}
-	srv = serverEngine{APIVersion: f[0], OS: f[1], Arch: f[2]}
-	if id := strings.TrimSpace(lines[1]); id != "none" {
-		haveID = id
-	}
-	for _, line := range lines[2:] {
-		var layers []string
-		if json.Unmarshal([]byte(line), &layers) == nil && len(layers) > 0 {
-			chains = append(chains, layers)
-		}
-	}
-	return srv, haveID, chains, nil
+	chains, err = h.LayerChains(ctx)
+	return srv, haveID, chains, err
 }
 
 // checkPlatform refuses an image the server's CPU cannot run, before a byte
 // of it is sent.
-func checkPlatform(img engine.Image, srv serverEngine, ref, where string) error {
+func checkPlatform(img engine.Image, srv engine.Platform, ref, where string) error {
 	if img.OS == srv.OS && normArch(img.Arch) == normArch(srv.Arch) {
 		return nil
 	}
@@ -213,7 +187,7 @@ func normArch(a string) string {
 // archive, or with "auto" each layer as the transfer measures, compressed
 // (where it pays) with zstd where the server's engine takes it and gzip
 // elsewhere.
-func compression(setting string, srv serverEngine) (compress, codec string) {
+func compression(setting string, srv engine.Platform) (compress, codec string) {
 	if setting != "auto" {
 		return setting, ""
 	}
@@ -238,7 +212,7 @@ func apiAtLeast(v, min string) bool {
 // load streams one archive (the layers above skip) into `docker load` on
 // the host: no file on either side but a local spool for layers whose
 // identity the save format hides.
-func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
+func load(ctx context.Context, src Source, h Server, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	save, err := src.Save(ctx, img.ID)
@@ -262,25 +236,16 @@ func load(ctx context.Context, src Source, h host.Host, img engine.Image, ref st
 		pw.CloseWithError(err)
 		werr <- err
 	}()
-	out, lerr := runWithStdin(ctx, h, "docker load", pr)
+	out, lerr := h.Load(ctx, pr)
 	pr.CloseWithError(errors.New("docker load ended"))
 	if err := <-werr; err != nil && lerr == nil {
 		return stats, fmt.Errorf("write the image archive: %w", err)
 	}
 	if lerr != nil {
-		return stats, fmt.Errorf("docker load on %s: %w", h, lerr)
+		return stats, lerr
 	}
 	if err := transfer.CheckLoad(out); err != nil {
 		return stats, fmt.Errorf("docker load on %s: %w", h, err)
 	}
 	return stats, nil
-}
-
-func runWithStdin(ctx context.Context, h host.Host, cmd string, stdin io.Reader) (string, error) {
-	var out strings.Builder
-	w := host.Synced(&out)[0]
-	if err := h.Exec(ctx, cmd, stdin, w, w); err != nil {
-		return out.String(), &host.CommandError{Cmd: cmd, Output: out.String(), Err: err}
-	}
-	return out.String(), nil
 }

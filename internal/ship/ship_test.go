@@ -48,8 +48,8 @@ func TestImage(t *testing.T) {
 		if !strings.Contains(out, "ubuntu@server already has carebot:v2") {
 			t.Errorf("output: %q", out)
 		}
-		if len(srv.cmds) != 1 {
-			t.Errorf("%d commands ran on the server, want the survey only: %q", len(srv.cmds), srv.cmds)
+		if strings.Join(srv.cmds, " ") != "Platform ImageID" {
+			t.Errorf("the server was asked %q, want its platform and the image's ID only", srv.cmds)
 		}
 	})
 
@@ -204,14 +204,14 @@ func TestImage(t *testing.T) {
 func TestCheckPlatform(t *testing.T) {
 	img := engine.Image{OS: "linux", Arch: "amd64"}
 	for _, tc := range []struct {
-		srv  serverEngine
+		srv  engine.Platform
 		fail bool
 	}{
-		{serverEngine{OS: "linux", Arch: "amd64"}, false},
-		{serverEngine{OS: "linux", Arch: "x86_64"}, false},
-		{serverEngine{OS: "linux", Arch: "arm64"}, true},
-		{serverEngine{OS: "linux", Arch: "aarch64"}, true},
-		{serverEngine{OS: "windows", Arch: "amd64"}, true},
+		{engine.Platform{OS: "linux", Arch: "amd64"}, false},
+		{engine.Platform{OS: "linux", Arch: "x86_64"}, false},
+		{engine.Platform{OS: "linux", Arch: "arm64"}, true},
+		{engine.Platform{OS: "linux", Arch: "aarch64"}, true},
+		{engine.Platform{OS: "windows", Arch: "amd64"}, true},
 	} {
 		err := checkPlatform(img, tc.srv, "carebot:v1", "ubuntu@server")
 		if (err != nil) != tc.fail {
@@ -222,7 +222,7 @@ func TestCheckPlatform(t *testing.T) {
 		}
 	}
 	arm := engine.Image{OS: "linux", Arch: "arm64"}
-	if err := checkPlatform(arm, serverEngine{OS: "linux", Arch: "aarch64"}, "x", "y"); err != nil {
+	if err := checkPlatform(arm, engine.Platform{OS: "linux", Arch: "aarch64"}, "x", "y"); err != nil {
 		t.Errorf("arm64 image on an aarch64 server: %v", err)
 	}
 }
@@ -238,7 +238,7 @@ func TestCompressionChoice(t *testing.T) {
 		{"none", "1.56", "none", ""},
 		{"zstd", "1.41", "zstd", ""}, // the user's explicit choice stands
 	} {
-		if got, codec := compression(tc.setting, serverEngine{APIVersion: tc.api}); got != tc.want || codec != tc.codec {
+		if got, codec := compression(tc.setting, engine.Platform{APIVersion: tc.api}); got != tc.want || codec != tc.codec {
 			t.Errorf("compression(%s, API %s) = %s, %s; want %s, %s", tc.setting, tc.api, got, codec, tc.want, tc.codec)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/text"
 
 	"github.com/carebot/carebot/internal/shell"
@@ -230,7 +231,12 @@ func shipWith(b *testing.B, r *Runner, sh host.Host, ref string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := ship.Image(ctx, e, sh, ref, "", ship.Options{Compression: r.Cfg.Compression, Out: r.Out}); err != nil {
+	srv, err := engine.ConnectServer(ctx, sh.String(), sh.Exec, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	if _, err := ship.Image(ctx, e, srv, ref, "", ship.Options{Compression: r.Cfg.Compression, Out: r.Out}); err != nil {
 		b.Fatal(err)
 	}
 }

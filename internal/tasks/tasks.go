@@ -130,9 +130,15 @@ func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
 func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 	c := r.Cfg
 	var h host.Host
+	var srv deploy.ServerEngine
 	seed := ""
 	if !c.Remote() {
-		h = host.Local{}
+		// This machine's engine is the build engine: one client for both.
+		e, err := r.Engine(ctx)
+		if err != nil {
+			return nil, err
+		}
+		h, srv = host.Local{}, e
 		seed = c.EnvFile
 		if seed == "" {
 			seed = c.Dir + "/.env" // absent: the deploy gets an empty .env
@@ -148,6 +154,7 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, LockWait: c.LockWait,
+		Server: srv, DockerSudo: c.DeployDockerSudo,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
@@ -201,8 +208,7 @@ func (r *Runner) Close() error {
 	r.hostMu.Unlock()
 	var errs []error
 	if dep != nil {
-		dep.Release()
-		errs = append(errs, dep.Host.Close())
+		errs = append(errs, dep.Close(), dep.Host.Close())
 	}
 	r.mu.Lock()
 	if r.eng != nil {

@@ -135,8 +135,13 @@ func shipIt(ctx context.Context, local *engine.Engine, sshd *testenv.SSHD, known
 		return "", err
 	}
 	defer h.Close()
+	srv, err := engine.ConnectServer(ctx, h.String(), h.Exec, false)
+	if err != nil {
+		return "", err
+	}
+	defer srv.Close()
 	var out bytes.Buffer
-	_, err = ship.Image(ctx, local, h, ref, "", ship.Options{Compression: comp, Out: &out})
+	_, err = ship.Image(ctx, local, srv, ref, "", ship.Options{Compression: comp, Out: &out})
 	return out.String(), err
 }
 
