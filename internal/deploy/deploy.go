@@ -162,7 +162,7 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 		return err
 	}
 	r.ImageID = st.ServerID // checked by ship; the containerd store names it by manifest, not config
-	history, err := d.History(ctx)
+	history, sums, err := d.historyAndSums(ctx)
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,7 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	}
 	// Files change only now that every check passed: a refused deploy
 	// leaves the host as it was.
-	changed, err := d.syncFiles(ctx)
+	changed, err := d.syncFiles(ctx, sums)
 	if err != nil {
 		return err
 	}
@@ -272,8 +272,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	if err == nil {
 		entry.Result, entry.Serving = ResultOK, r.Version
 		d.printf("%s is serving %s (commit %s) on port %d\n", d.Host, st.Version, orNone(st.Commit), d.AppPort)
-		rerr := d.record(ctx, entry)
-		return errors.Join(rerr, d.settle(ctx))
+		return d.conclude(ctx, entry)
 	}
 	if ctx.Err() != nil {
 		// Interrupted (Ctrl-C): mage gives us 5 s, and bringing the old
@@ -295,8 +294,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	if fallback == "" {
 		_, _ = d.composeStep(ctx, r.Version, "stop")
 		entry.Result = ResultFailed
-		_ = d.record(ctx, entry)
-		_ = d.settle(ctx)
+		_ = d.conclude(ctx, entry)
 		return fmt.Errorf("release %s failed: %s; there is no earlier release to roll back to, so it was stopped", r.Version, cause)
 	}
 	d.printf("release %s failed (%s); rolling back to %s\n", r.Version, cause, fallback)
@@ -312,14 +310,12 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	}
 	if err == nil {
 		entry.Result, entry.Serving = ResultRolledBack, fallback
-		_ = d.record(ctx, entry)
-		_ = d.settle(ctx)
+		_ = d.conclude(ctx, entry)
 		return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
 	}
 	cause += "; rollback to " + fallback + " failed too: " + text.ErrLine(err)
 	entry.Result = ResultFailed
-	_ = d.record(ctx, entry)
-	_ = d.settle(ctx)
+	_ = d.conclude(ctx, entry)
 	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
 }
 
@@ -434,7 +430,7 @@ func (d *Deployer) unchanged(ctx context.Context, states []ContainerState, r Rel
 // syncFiles copies the compose file and migrations, writing only files
 // whose contents differ, and says whether it wrote any. Migrations gone from here stay on the host: a
 // database that applied them still records them.
-func (d *Deployer) syncFiles(ctx context.Context) (changed bool, err error) {
+func (d *Deployer) syncFiles(ctx context.Context, have map[string]string) (changed bool, err error) {
 	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
 	if entries, err := os.ReadDir(d.Migrations); err == nil {
 		for _, e := range entries {
@@ -458,9 +454,10 @@ func (d *Deployer) syncFiles(ctx context.Context) (changed bool, err error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("migrations: %w", err)
 	}
-	have, err := d.remoteSums(ctx)
-	if err != nil {
-		return false, err
+	if have == nil {
+		if have, err = d.remoteSums(ctx); err != nil {
+			return false, err
+		}
 	}
 	for dst, src := range files {
 		data, err := os.ReadFile(src)
@@ -485,11 +482,18 @@ func (d *Deployer) syncFiles(ctx context.Context) (changed bool, err error) {
 }
 
 func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
-	p := shell.Quote(d.Path)
-	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s && find . ./migrations -maxdepth 1 -type f -exec sha256sum -- {} + 2>/dev/null; true", p))
+	out, err := host.Run(ctx, d.Host, d.sumsCmd())
 	if err != nil {
 		return nil, fmt.Errorf("list files in %s: %w", d.Path, err)
 	}
+	return d.parseSums(out), nil
+}
+
+func (d *Deployer) sumsCmd() string {
+	return fmt.Sprintf("cd %s && find . ./migrations -maxdepth 1 -type f -exec sha256sum -- {} + 2>/dev/null; true", shell.Quote(d.Path))
+}
+
+func (d *Deployer) parseSums(out string) map[string]string {
 	sums := map[string]string{}
 	for _, line := range strings.Split(out, "\n") {
 		sumv, name, ok := strings.Cut(line, "  ")
@@ -497,7 +501,23 @@ func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
 			sums[path.Join(d.Path, name)] = sumv
 		}
 	}
-	return sums, nil
+	return sums
+}
+
+// historyAndSums reads the deploy history and the checksums of the files
+// a deploy copies, in one round trip.
+func (d *Deployer) historyAndSums(ctx context.Context) ([]Entry, map[string]string, error) {
+	const mark = "\n#-- sums --#\n"
+	h := shell.Quote(d.historyPath())
+	out, err := host.Run(ctx, d.Host, fmt.Sprintf("if [ -e %s ]; then cat %s; fi; printf %s; %s", h, h, shell.Quote(strings.ReplaceAll(mark, "\n", "\\n")), d.sumsCmd()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the deploy history and files on %s: %w", d.Host, err)
+	}
+	hist, sums, ok := strings.Cut(out, mark)
+	if !ok {
+		return nil, nil, fmt.Errorf("read the deploy history and files on %s: unexpected output %q", d.Host, text.FirstLine(out))
+	}
+	return ParseHistory([]byte(hist)), d.parseSums(sums), nil
 }
 
 // releaseCompose is where the compose file a release was deployed with is

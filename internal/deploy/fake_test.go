@@ -309,3 +309,17 @@ func (w *world) PublishedOn(_ context.Context, port int) ([]engine.PortUser, err
 func (w *world) Close() error   { return nil }
 func (w *world) String() string { return "the fake host" }
 
+
+// record appends e to the history, as a deploy concludes (tests set up
+// histories with it).
+func (d *Deployer) record(ctx context.Context, e Entry) error {
+	e.Time = d.now()
+	line, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := host.AppendFile(context.WithoutCancel(ctx), d.Host, d.historyPath(), append(line, '\n')); err != nil {
+		return fmt.Errorf("record deploy history: %w", err)
+	}
+	return nil
+}

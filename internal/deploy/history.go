@@ -94,18 +94,6 @@ func (d *Deployer) History(ctx context.Context) ([]Entry, error) {
 	return ParseHistory(data), nil
 }
 
-func (d *Deployer) record(ctx context.Context, e Entry) error {
-	e.Time = d.now()
-	line, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	if err := host.AppendFile(context.WithoutCancel(ctx), d.Host, d.historyPath(), append(line, '\n')); err != nil {
-		return fmt.Errorf("record deploy history: %w", err)
-	}
-	return nil
-}
-
 // Confirmed is the version the history last recorded as serving healthy,
 // "" when none.
 func Confirmed(history []Entry) string {

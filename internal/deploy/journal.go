@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -48,6 +49,21 @@ func (d *Deployer) intend(ctx context.Context, what, undo string, confirm time.D
 func (d *Deployer) settle(ctx context.Context) error {
 	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, "rm -f "+shell.Quote(d.journalPath())); err != nil {
 		return fmt.Errorf("clear the journal on %s: %w", d.Host, err)
+	}
+	return nil
+}
+
+// conclude records e in the history and removes the journal, in one round
+// trip: the switch's outcome is what serves now, and the history says so.
+func (d *Deployer) conclude(ctx context.Context, e Entry) error {
+	e.Time = d.now()
+	line, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	cmd := fmt.Sprintf("printf '%%s\\n' %s >> %s && rm -f %s", shell.Quote(string(line)), shell.Quote(d.historyPath()), shell.Quote(d.journalPath()))
+	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, cmd); err != nil {
+		return fmt.Errorf("record deploy history and clear the journal on %s: %w", d.Host, err)
 	}
 	return nil
 }
