@@ -52,9 +52,8 @@ type Deployer struct {
 
 	// Server is the host's engine, reached through its API. nil: on first
 	// use, through `docker system dial-stdio` on the host (see
-	// engine.ConnectServer), with `sudo -n` when DockerSudo is set.
-	Server     ServerEngine
-	DockerSudo bool
+	// engine.ConnectServer; host.DockerSudo makes that `sudo -n docker`).
+	Server ServerEngine
 
 	// LockWait is how long a run waits for the deploy lock another run
 	// holds (LOCK_WAIT); 0 refuses at once. LeaseTime is how long the host
@@ -95,7 +94,7 @@ func (d *Deployer) server(ctx context.Context) (ServerEngine, error) {
 	if d.Server != nil || d.srvErr != nil {
 		return d.Server, d.srvErr
 	}
-	e, err := engine.ConnectServer(ctx, d.Host.String(), d.Host.Exec, d.DockerSudo)
+	e, err := engine.ConnectServer(ctx, d.Host.String(), d.Host.Exec, false)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.srvErr = err // a server that does not answer will not this run

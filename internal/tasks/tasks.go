@@ -149,12 +149,15 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 			return nil, err
 		}
 		h = s // the server's .env is its own: no seed, a deploy without one stops
+		if c.DeployDockerSudo {
+			h = host.DockerSudo(s)
+		}
 	}
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, LockWait: c.LockWait,
-		Server: srv, DockerSudo: c.DeployDockerSudo,
+		Server: srv,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
