@@ -94,7 +94,7 @@ func (d *Deployer) server(ctx context.Context) (ServerEngine, error) {
 	if d.Server != nil || d.srvErr != nil {
 		return d.Server, d.srvErr
 	}
-	e, err := engine.ConnectServer(ctx, d.Host.String(), d.Host.Exec, false)
+	e, err := engine.ConnectServer(ctx, d.Host.String(), d.Host.Exec)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.srvErr = err // a server that does not answer will not this run

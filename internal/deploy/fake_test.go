@@ -309,7 +309,6 @@ func (w *world) PublishedOn(_ context.Context, port int) ([]engine.PortUser, err
 func (w *world) Close() error   { return nil }
 func (w *world) String() string { return "the fake host" }
 
-
 // record appends e to the history, as a deploy concludes (tests set up
 // histories with it).
 func (d *Deployer) record(ctx context.Context, e Entry) error {

@@ -28,14 +28,9 @@ const DialStdio = "docker system dial-stdio"
 
 // ConnectServer reaches the Docker engine of a server through run (a
 // command on the run's one SSH connection): each API connection is a
-// `docker system dial-stdio` there, `sudo -n` first when sudo is set. name
-// says where, for messages.
-func ConnectServer(ctx context.Context, name string, run ExecFunc, sudo bool) (*Engine, error) {
-	cmd := DialStdio
-	if sudo {
-		cmd = "sudo -n " + cmd
-	}
-	d := &stdioDialer{start: func(report func(string)) (net.Conn, error) { return startExecConn(run, cmd, report) }}
+// `docker system dial-stdio` there. name says where, for messages.
+func ConnectServer(ctx context.Context, name string, run ExecFunc) (*Engine, error) {
+	d := &stdioDialer{start: func(report func(string)) (net.Conn, error) { return startExecConn(run, DialStdio, report) }}
 	api, err := client.NewClientWithOpts(client.WithAPIVersionNegotiation(),
 		// A name for the client's URLs; every dial goes through the command.
 		client.WithHost("unix:///var/run/docker.sock"), client.WithDialContext(d.DialContext))
@@ -54,13 +49,13 @@ func ConnectServer(ctx context.Context, name string, run ExecFunc, sudo bool) (*
 		if why := d.lastFailure(); why != "" {
 			reason = why
 		}
-		return nil, &ConnectError{Where: "the Docker engine on " + name, Reason: reason, Fix: serverFix(reason, sudo)}
+		return nil, &ConnectError{Where: "the Docker engine on " + name, Reason: reason, Fix: serverFix(reason)}
 	}
 	return e, nil
 }
 
 // serverFix reads what dial-stdio printed on the server and says what to do.
-func serverFix(reason string, sudo bool) string {
+func serverFix(reason string) string {
 	r := strings.ToLower(reason)
 	switch {
 	case strings.Contains(r, "password is required"), strings.Contains(r, "a terminal is required"):
@@ -68,9 +63,6 @@ func serverFix(reason string, sudo bool) string {
 	case strings.Contains(r, "sudo: not found"), strings.Contains(r, "sudo: command not found"):
 		return "set DEPLOY_DOCKER_SUDO=false (the server has no sudo)"
 	case strings.Contains(r, "permission denied"):
-		if sudo {
-			return "the deploy user may not reach the engine even with sudo: check the server's docker service"
-		}
 		return "add the deploy user to the docker group there (sudo usermod -aG docker <user>, then log in again), or set DEPLOY_DOCKER_SUDO=true"
 	case strings.Contains(r, "unknown command") || strings.Contains(r, "is not a docker command"):
 		return "the server's docker CLI is older than 18.09: upgrade Docker there"

@@ -24,7 +24,7 @@ func TestConnectServerOverSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	e, err := ConnectServer(ctx, h.String(), h.Exec, false)
+	e, err := ConnectServer(ctx, h.String(), h.Exec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,10 +71,9 @@ func TestConnectServerFailures(t *testing.T) {
 	defer cancel()
 	tests := []struct {
 		name, prefix, want string
-		sudo               bool
 	}{
-		{"no docker", "PATH=/nonexistent ", "install Docker there", false},
-		{"socket refused", "DOCKER_HOST=unix:///nonexistent/docker.sock ", "start it there", false},
+		{"no docker", "PATH=/nonexistent ", "install Docker there"},
+		{"socket refused", "DOCKER_HOST=unix:///nonexistent/docker.sock ", "start it there"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,7 +83,7 @@ func TestConnectServerFailures(t *testing.T) {
 			run := func(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
 				return host.Local{}.Exec(ctx, tt.prefix+cmd, stdin, stdout, stderr)
 			}
-			_, err := ConnectServer(ctx, "ubuntu@server", run, tt.sudo)
+			_, err := ConnectServer(ctx, "ubuntu@server", run)
 			if err == nil {
 				t.Fatal("connected")
 			}

@@ -231,7 +231,7 @@ func shipWith(b *testing.B, r *Runner, sh host.Host, ref string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := engine.ConnectServer(ctx, sh.String(), sh.Exec, false)
+	srv, err := engine.ConnectServer(ctx, sh.String(), sh.Exec)
 	if err != nil {
 		b.Fatal(err)
 	}

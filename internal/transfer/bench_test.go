@@ -135,7 +135,7 @@ func shipIt(ctx context.Context, local *engine.Engine, sshd *testenv.SSHD, known
 		return "", err
 	}
 	defer h.Close()
-	srv, err := engine.ConnectServer(ctx, h.String(), h.Exec, false)
+	srv, err := engine.ConnectServer(ctx, h.String(), h.Exec)
 	if err != nil {
 		return "", err
 	}
