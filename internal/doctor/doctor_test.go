@@ -573,19 +573,30 @@ func (f *fakeHost) Close() error   { return nil }
 
 var _ host.Host = (*fakeHost)(nil)
 
-func TestDoctorServerChecks(t *testing.T) {
-	ctx := context.Background()
-	h := &fakeHost{rules: []rule{{contains: "docker version", out: "24.0.7 (API 1.43)\n"}}}
-	if r := ServerEngine(ctx, h); r.Status != OK || r.Detail != "Docker 24.0.7 (API 1.43) on ubuntu@server:22" {
+// The engine check speaks the Engine API as a deploy does: here through
+// dial-stdio on this machine, to the engine DOCKER_HOST names.
+func TestDoctorServerEngineAnswers(t *testing.T) {
+	testenv.NeedEngine(t)
+	r := ServerEngine(context.Background(), host.Local{})
+	if r.Status != OK || !strings.HasPrefix(r.Detail, "Docker ") || !strings.Contains(r.Detail, "(API 1.") {
 		t.Errorf("engine: %+v", r)
 	}
-	h = &fakeHost{rules: []rule{{contains: "docker version", fail: true, out: "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock\n"}}}
-	if r := ServerEngine(ctx, h); r.Status != Fail || !strings.Contains(r.Fix, "usermod -aG docker") {
+}
+
+func TestDoctorServerChecks(t *testing.T) {
+	ctx := context.Background()
+	// What dial-stdio prints on the server when it cannot reach the engine.
+	h := &fakeHost{rules: []rule{{contains: "docker system dial-stdio", fail: true, out: "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock\n"}}}
+	if r := ServerEngine(ctx, h); r.Status != Fail || !strings.Contains(r.Fix, "usermod -aG docker") || !strings.Contains(r.Detail, "docker on ubuntu@server:22: permission denied") {
 		t.Errorf("engine, no permission: %+v", r)
 	}
-	h = &fakeHost{rules: []rule{{contains: "docker version", fail: true, out: "bash: docker: command not found\n"}}}
+	h = &fakeHost{rules: []rule{{contains: "docker system dial-stdio", fail: true, out: "bash: docker: command not found\n"}}}
 	if r := ServerEngine(ctx, h); r.Status != Fail || !strings.Contains(r.Fix, "apt-get install docker.io") {
 		t.Errorf("engine, not installed: %+v", r)
+	}
+	h = &fakeHost{rules: []rule{{contains: "docker system dial-stdio", fail: true, out: "sudo: a password is required\n"}}}
+	if r := ServerEngine(ctx, h); r.Status != Fail || !strings.Contains(r.Fix, "passwordless sudo") {
+		t.Errorf("engine, sudo wants a password: %+v", r)
 	}
 
 	// What deploy.DetectCompose's one command prints: Compose's version, then which one answered.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
 	"github.com/carebot/carebot/internal/text"
@@ -87,22 +88,23 @@ func failure(err error, fix string) Result {
 	return Result{Status: Fail, Detail: text.ErrLine(err), Fix: fix}
 }
 
-// ServerEngine asks the engine on h for its version.
+// ServerEngine reaches the engine on h as a deploy does, through its API
+// over `docker system dial-stdio`, and asks for its version.
 func ServerEngine(ctx context.Context, h host.Host) Result {
-	out, err := host.Run(ctx, h, "docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})'")
+	e, err := engine.ConnectServer(ctx, h.String(), h.Exec)
 	if err != nil {
-		msg := commandOutput(out, err)
-		l := strings.ToLower(msg)
-		fix := "start it on the server: sudo systemctl start docker"
-		switch {
-		case strings.Contains(l, "permission denied"):
-			fix = "add the deploy user to the docker group on the server: sudo usermod -aG docker $USER, then log in again"
-		case strings.Contains(l, "not found"):
-			fix = "install Docker Engine on the server: sudo apt-get install docker.io"
+		var ce *engine.ConnectError
+		if errors.As(err, &ce) {
+			return Result{Status: Fail, Detail: fmt.Sprintf("docker on %s: %s", h, ce.Reason), Fix: ce.Fix}
 		}
-		return Result{Status: Fail, Detail: fmt.Sprintf("docker on %s: %s", h, msg), Fix: fix}
+		return failure(err, "")
 	}
-	return Result{Status: OK, Detail: fmt.Sprintf("Docker %s on %s", strings.TrimSpace(out), h)}
+	defer e.Close()
+	v, err := e.Version(ctx)
+	if err != nil {
+		return failure(err, "")
+	}
+	return Result{Status: OK, Detail: fmt.Sprintf("Docker %s on %s, through its API", v, h)}
 }
 
 // Compose finds the Compose on h as the deploy does: the v2 plugin

@@ -56,6 +56,15 @@ func (d *doctorRun) close() {
 	}
 }
 
+// server is the login as the deploy uses it for docker: through sudo -n
+// with DEPLOY_DOCKER_SUDO.
+func (d *doctorRun) server() host.Host {
+	if d.c != nil && d.c.DeployDockerSudo {
+		return host.DockerSudo(d.ssh)
+	}
+	return d.ssh
+}
+
 // checks lists the checks in the order they run.
 func (d *doctorRun) checks(cfgErr error) []doctor.Check {
 	checks := d.settings(cfgErr)
@@ -189,13 +198,13 @@ func (d *doctorRun) serverChecks() []doctor.Check {
 			d.ssh = s
 			return r
 		}},
-		{Name: "server engine", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.ssh) }},
-		{Name: "compose", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.ssh) }},
+		{Name: "server engine", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.server()) }},
+		{Name: "compose", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.server()) }},
 		{Name: "tools", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, d.ssh) }},
 		{Name: "disk", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, d.ssh, c.DeployPath) }},
 		{Name: "server .env", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEnv(ctx, d.ssh, c.DeployPath) }},
 		{Name: "app port", Needs: login, Run: func(ctx context.Context) doctor.Result {
-			return doctor.ServerPort(ctx, d.ssh, c.AppPort, func(_, image string) bool { return d.ours(image) })
+			return doctor.ServerPort(ctx, d.server(), c.AppPort, func(_, image string) bool { return d.ours(image) })
 		}},
 	}
 }
