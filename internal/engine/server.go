@@ -158,7 +158,7 @@ func (e *Engine) LayerChains(ctx context.Context) ([][]string, error) {
 func (e *Engine) Load(ctx context.Context, archive io.Reader) (string, error) {
 	resp, err := e.api.ImageLoad(ctx, archive, client.ImageLoadWithQuiet(true))
 	if err != nil {
-		return "", fmt.Errorf("docker load on %s: %w", e.Host, err)
+		return "", fmt.Errorf("docker load on %s: %w", e.Host, cause(err))
 	}
 	defer resp.Body.Close()
 	var said strings.Builder
@@ -172,7 +172,7 @@ func (e *Engine) Load(ctx context.Context, archive io.Reader) (string, error) {
 		if err := dec.Decode(&m); err == io.EOF {
 			break
 		} else if err != nil {
-			return said.String(), fmt.Errorf("docker load on %s: %w", e.Host, err)
+			return said.String(), fmt.Errorf("docker load on %s: %w", e.Host, cause(err))
 		}
 		if m.ErrorDetail != nil && m.ErrorDetail.Message != "" {
 			m.Error = m.ErrorDetail.Message
@@ -257,6 +257,25 @@ func (e *Engine) ProjectContainers(ctx context.Context, dirs ...string) ([]Proje
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
+
+// cause is err said as what ended the dial-stdio command under it (the
+// link lost, the engine gone), without the HTTP request around it; err
+// itself when no command failed.
+func cause(err error) error {
+	var ce *commandError
+	if errors.As(err, &ce) {
+		return &causeError{msg: ce.why, err: err}
+	}
+	return err
+}
+
+type causeError struct {
+	msg string
+	err error
+}
+
+func (e *causeError) Error() string { return e.msg }
+func (e *causeError) Unwrap() error { return e.err }
 
 func contains(list []string, s string) bool {
 	for _, x := range list {
