@@ -269,6 +269,14 @@ func cause(err error) error {
 	return err
 }
 
+// Lost says whether err is a server connection that ended under the
+// request (the link, or the dial-stdio command), not an answer of the
+// engine: sending again over it is pointless.
+func Lost(err error) bool {
+	var ce *commandError
+	return errors.As(err, &ce)
+}
+
 type causeError struct {
 	msg string
 	err error

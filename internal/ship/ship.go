@@ -115,7 +115,7 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
 	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
-	if err != nil && skip > 0 && ctx.Err() == nil {
+	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
 		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
