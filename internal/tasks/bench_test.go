@@ -14,11 +14,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +44,8 @@ import (
 // CAREBOT_BENCH_LINKS=loopback,50mbit CAREBOT_BENCH_CASES=first,redeploy,noop
 // CAREBOT_BENCH_METHODS=carebot,seed,pipe,pipe-gzip CAREBOT_BENCH_RUNS=3;
 // CAREBOT_BENCH_QUICK=1 builds a ~30 MB image and defaults to one run on
-// loopback; CAREBOT_BENCH_OUT names the results file.
+// loopback; CAREBOT_BENCH_OUT names the results file;
+// CAREBOT_BENCH_VERBOSE=1 prints each carebot deploy's output with times.
 func BenchmarkDeploy(b *testing.B) {
 	s := loadBenchSettings(b)
 	testenv.NeedEngine(b)
@@ -102,11 +103,13 @@ type benchSettings struct {
 	methods []string
 	runs    int
 	quick   bool   // a small image, for trying the benchmark itself
+	verbose bool   // print each carebot deploy's output, each line with its time
 	out     string // the results file
 }
 
 func loadBenchSettings(b *testing.B) benchSettings {
-	s := benchSettings{runs: 3, quick: os.Getenv("CAREBOT_BENCH_QUICK") != "", out: "bench-results.md"}
+	s := benchSettings{runs: 3, quick: os.Getenv("CAREBOT_BENCH_QUICK") != "",
+		verbose: os.Getenv("CAREBOT_BENCH_VERBOSE") != "", out: "bench-results.md"}
 	links := "loopback,50mbit"
 	if s.quick {
 		s.runs, links = 1, "loopback"
@@ -212,6 +215,9 @@ func newBenchEnv(b *testing.B, s benchSettings, sshd *testenv.SSHD, c testenv.Co
 	e := &benchEnv{b: b, s: s, dir: b.TempDir(), work: b.TempDir(), deployPath: filepath.Join(b.TempDir(), "carebot-bench"),
 		imageName: "carebot-bench", appPort: testenv.FreePort(b), sshd: sshd, compose: c,
 		tags: [2]string{"v1", "v2"}, stages: map[string]benchStages{}}
+	if _, err := os.Stat("/usr/bin/time"); err != nil {
+		b.Fatalf("the baselines' peak RSS is measured with /usr/bin/time: apt-get install time (%v)", err)
+	}
 	b.Cleanup(e.removeLocalImages)
 	b.Cleanup(e.teardown)
 	e.teardown() // what a killed run left on the server
@@ -240,17 +246,23 @@ func (e *benchEnv) writeProject() {
 	}
 	collectFiles(b, filepath.Join(e.dir, "base"), base, 1<<20, 1<<40)
 	collectFiles(b, filepath.Join(e.dir, "deps"), deps, 64<<10, 1<<20)
-	blob := make([]byte, random)
-	rand.Read(blob)
-	if err := os.WriteFile(filepath.Join(e.dir, "blob.bin"), blob, 0o644); err != nil {
+	blob, err := os.Create(filepath.Join(e.dir, "blob.bin"))
+	if err != nil {
 		b.Fatal(err)
 	}
+	if _, err := io.CopyN(blob, rand.Reader, random); err != nil {
+		b.Fatal(err)
+	}
+	if err := blob.Close(); err != nil {
+		b.Fatal(err)
+	}
+	var compose []byte
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(e.dir, "app", "server"), "./testdata/benchapp")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+linuxArch())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("build the benchmark's service: %v\n%s", err, out)
 	}
-	compose, err := os.ReadFile(filepath.Join(repoRoot(b), "docker-compose.production.yml"))
+	compose, err = os.ReadFile(filepath.Join(repoRoot(b), "docker-compose.production.yml"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -466,6 +478,9 @@ func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
 	r := e.runner(tag)
 	lines := &timedLines{start: start}
 	r.Out = lines
+	// Give the heap left from building and earlier runs back first, so
+	// the peak is this deploy's.
+	debug.FreeOSMemory()
 	resetPeakRSS()
 	err := r.Deploy(context.Background(), "")
 	r.Close()
@@ -473,6 +488,9 @@ func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
 		e.b.Fatalf("carebot, %s: %v\n%s", cs, err, lines.text())
 	}
 	lines.mark("(done)")
+	if e.s.verbose {
+		fmt.Printf("carebot, %s, %s:\n%s\n", e.link.name, cs, lines.text())
+	}
 	e.stages[e.link.key+"/"+cs] = lines.stages()
 	return peakRSS()
 }
@@ -483,13 +501,22 @@ func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
 func (e *benchEnv) baseline(method, tag string) int64 {
 	ref := e.ref(tag)
 	var peak int64
+	rss := filepath.Join(e.work, "maxrss")
 	run := func(name string, args ...string) {
-		cmd := exec.Command(name, args...)
+		// Through time(1): the rusage Go gets for a child it started
+		// counts this process's own peak (the child shares our memory
+		// until exec), while time's child starts from time's few pages.
+		// For a shell, the figure is its largest child's.
+		cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, name}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			e.b.Fatalf("%s: %s %s: %v\n%s", method, name, strings.Join(args, " "), err, out)
 		}
-		// A shell's rusage includes the largest of the children it waited for.
-		peak = max(peak, maxRSS(cmd))
+		data, err := os.ReadFile(rss)
+		kb, perr := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+		if err != nil || perr != nil {
+			e.b.Fatalf("%s: read the peak RSS of %s from time(1): %v %v", method, name, err, perr)
+		}
+		peak = max(peak, kb)
 	}
 	ssh := e.sshArgs()
 	switch method {
@@ -713,16 +740,6 @@ func collectFiles(b *testing.B, dir string, limit, minSize, maxSize int64) {
 	if total < limit/2 {
 		b.Fatalf("found only %s of files of %s to %s under /usr", text.Bytes(total), text.Bytes(minSize), text.Bytes(maxSize))
 	}
-}
-
-func maxRSS(cmd *exec.Cmd) int64 {
-	if cmd.ProcessState == nil {
-		return 0
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		return ru.Maxrss
-	}
-	return 0
 }
 
 // resetPeakRSS starts a new peak-RSS measurement of this process (Linux:
