@@ -124,14 +124,16 @@ func (e *benchEnv) header(w *strings.Builder, took time.Duration) {
 	}
 	ref := e.ref(e.tags[0])
 	size := cmd("docker", "image", "inspect", "--format", "{{.Size}}", ref)
+	// The COPY lines of the history, newest first, are the layers.
 	var layers []string
-	for _, l := range strings.Split(cmd("bash", "-c", "docker history --no-trunc --format '{{.Size}} {{.CreatedBy}}' "+ref+" | grep COPY | tac | tr '\\n' ';'"), ";") {
-		if f := strings.Fields(l); len(f) > 0 {
-			what := l[strings.Index(l, "COPY")+len("COPY"):]
-			if i := strings.Index(what, " in "); i >= 0 {
-				what = what[i+len(" in "):]
+	hist, _ := exec.Command("docker", "history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", ref).Output()
+	for _, l := range strings.Split(string(hist), "\n") {
+		size, by, _ := strings.Cut(l, "\t")
+		if _, what, ok := strings.Cut(by, " COPY "); ok {
+			if _, dst, ok := strings.Cut(what, " in "); ok {
+				what = dst
 			}
-			layers = append(layers, f[0]+" "+strings.TrimSpace(what))
+			layers = append([]string{size + " " + strings.TrimSpace(what)}, layers...)
 		}
 	}
 	var n int64

@@ -38,7 +38,7 @@ import (
 // prints one table of medians and writes it to bench-results.md. Run it
 // with `mage bench`, or
 //
-//	go test -run '^$' -bench Deploy -benchtime 1x -timeout 120m ./internal/tasks/
+//	go test -run '^$' -bench '^BenchmarkDeploy$' -benchtime 1x -timeout 180m ./internal/tasks/
 //
 // The environment picks a part of the matrix (see benchSettings):
 // CAREBOT_BENCH_LINKS=loopback,50mbit CAREBOT_BENCH_CASES=first,redeploy,noop
@@ -256,13 +256,12 @@ func (e *benchEnv) writeProject() {
 	if err := blob.Close(); err != nil {
 		b.Fatal(err)
 	}
-	var compose []byte
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(e.dir, "app", "server"), "./testdata/benchapp")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+linuxArch())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("build the benchmark's service: %v\n%s", err, out)
 	}
-	compose, err = os.ReadFile(filepath.Join(repoRoot(b), "docker-compose.production.yml"))
+	compose, err := os.ReadFile(filepath.Join(repoRoot(b), "docker-compose.production.yml"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -363,7 +362,7 @@ type benchSample struct {
 // checks that the server serves what was deployed.
 func (e *benchEnv) measure(method, cs string) benchSample {
 	b := e.b
-	tag := e.prepare(cs)
+	tag := e.prepare(cs, method)
 	e.proxy.Reset()
 	disk := e.watchTempDisk()
 	var down *downtimeWatch
@@ -391,10 +390,11 @@ func (e *benchEnv) measure(method, cs string) benchSample {
 	return smp
 }
 
-// prepare brings the server to case cs and returns the tag to deploy:
-// first, nothing of the image there; redeploy, one release serving and
-// the other absent; no-op, the release to deploy already serving.
-func (e *benchEnv) prepare(cs string) string {
+// prepare brings the server to case cs for method and returns the tag to
+// deploy: first, nothing of the image there; redeploy, one release
+// serving and the other absent; no-op, the release to deploy already
+// serving.
+func (e *benchEnv) prepare(cs, method string) string {
 	switch cs {
 	case "first":
 		e.teardown()
@@ -402,9 +402,13 @@ func (e *benchEnv) prepare(cs string) string {
 			e.b.Fatal(err)
 		}
 		// The server's own .env, as a real deploy folder has; and the
-		// compose file for the baselines, which do not send one.
+		// compose file for the baselines, which do not send one (a deploy
+		// does: its first one uploads it).
 		if err := os.WriteFile(filepath.Join(e.deployPath, ".env"), []byte("BOT_TOKEN=bench\n"), 0o600); err != nil {
 			e.b.Fatal(err)
+		}
+		if method == "carebot" {
+			return e.tags[0]
 		}
 		data, _ := os.ReadFile(filepath.Join(e.dir, "docker-compose.production.yml"))
 		if err := os.WriteFile(filepath.Join(e.deployPath, "docker-compose.production.yml"), data, 0o644); err != nil {
@@ -413,7 +417,7 @@ func (e *benchEnv) prepare(cs string) string {
 		return e.tags[0]
 	case "redeploy":
 		if e.serving == "" {
-			e.prepare("first")
+			e.prepare("first", "carebot")
 			e.setupDeploy(e.tags[0])
 		}
 		next := e.tags[0]
@@ -429,7 +433,7 @@ func (e *benchEnv) prepare(cs string) string {
 		return next
 	default:
 		if e.serving == "" {
-			e.prepare("first")
+			e.prepare("first", "carebot")
 			e.setupDeploy(e.tags[0])
 		}
 		return e.serving
@@ -503,10 +507,10 @@ func (e *benchEnv) baseline(method, tag string) int64 {
 	var peak int64
 	rss := filepath.Join(e.work, "maxrss")
 	run := func(name string, args ...string) {
-		// Through time(1): the rusage Go gets for a child it started
-		// counts this process's own peak (the child shares our memory
-		// until exec), while time's child starts from time's few pages.
-		// For a shell, the figure is its largest child's.
+		// Through time(1): Go starts a child on our memory (vfork), and
+		// exec carries that memory's peak over to the child's rusage;
+		// time's child starts from time's few pages. For a shell, the
+		// figure is its largest child's.
 		cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rss, name}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			e.b.Fatalf("%s: %s %s: %v\n%s", method, name, strings.Join(args, " "), err, out)
