@@ -141,7 +141,8 @@ func (e *benchEnv) header(w *strings.Builder, took time.Duration) {
 	fmt.Fprintf(w, "## Deploy benchmark, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(w, "- this machine: %d × %s, Linux %s, %s; build engine Docker %s\n", runtime.NumCPU(), cpu,
 		cmd("uname", "-r"), runtime.Version(), cmd("docker", "version", "--format", "{{.Server.Version}}"))
-	fmt.Fprintf(w, "- server: a second engine on this machine, Docker %s, Compose %s (%s), reached through OpenSSH (%s) and a proxy that counts the bytes both ways\n",
+	fmt.Fprintf(w, "- server: a second engine on this machine, Docker %s, Compose %s (%s), reached through OpenSSH (%s) and a proxy that counts the bytes both ways; "+
+		"the sessions' HOME is an empty folder, so no ~/.bashrc of this machine's slows each command\n",
 		cmd("docker", "-H", testenv.ServerDockerHost, "version", "--format", "{{.Server.Version}}"), e.compose.Version, e.compose.Name, cmd("ssh", "-V"))
 	fmt.Fprintf(w, "- image: %s FROM scratch, %d layers: %s; the service stops %s after SIGTERM\n", text.Bytes(n), len(layers), strings.Join(layers, ", "), benchStopDelay)
 	fmt.Fprintf(w, "- %d run(s) per cell, run in turns across the methods; the whole benchmark took %s\n", e.s.runs, took.Round(time.Second))
@@ -180,7 +181,7 @@ func (t *timedLines) stages() benchStages {
 	for i, end := range ends {
 		st.durs[i] = -1
 		for _, l := range t.lines {
-			if end(l.text) {
+			if !strings.HasPrefix(l.text, "$ ") && end(l.text) {
 				st.durs[i], prev = l.at-prev, l.at
 				if i == 1 {
 					st.sent = l.text

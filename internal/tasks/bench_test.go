@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/shell"
 	"github.com/carebot/carebot/internal/testenv"
 	"github.com/carebot/carebot/internal/text"
@@ -50,7 +51,7 @@ func BenchmarkDeploy(b *testing.B) {
 	s := loadBenchSettings(b)
 	testenv.NeedEngine(b)
 	c := benchComposeFlavour(b)
-	e := newBenchEnv(b, s, testenv.StartSSHD(b, testenv.WithCompose(c)), c)
+	e := newBenchEnv(b, s, testenv.StartSSHD(b, testenv.WithCompose(c), testenv.WithOwnHome()), c)
 	start := time.Now()
 	var cells []benchCell
 	for _, link := range s.links {
@@ -486,6 +487,13 @@ func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
 	// the peak is this deploy's.
 	debug.FreeOSMemory()
 	resetPeakRSS()
+	if e.s.verbose {
+		d, err := r.Deployer(context.Background())
+		if err != nil {
+			e.b.Fatalf("carebot, %s: %v", cs, err)
+		}
+		d.Host = timedHost{d.Host, lines}
+	}
 	err := r.Deploy(context.Background(), "")
 	r.Close()
 	if err != nil {
@@ -664,6 +672,29 @@ func treeSize(p string) int64 {
 		return nil
 	})
 	return n
+}
+
+// timedHost passes every call on to the deploy's host and notes each
+// command there with how long it took, as a "$ " line, for
+// CAREBOT_BENCH_VERBOSE.
+type timedHost struct {
+	host.Host
+	log *timedLines
+}
+
+func (h timedHost) Exec(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+	start := time.Now()
+	err := h.Host.Exec(ctx, cmd, stdin, stdout, stderr)
+	h.log.mark(fmt.Sprintf("$ %.2fs %s", time.Since(start).Seconds(), strings.Join(strings.Fields(cmd), " ")))
+	return err
+}
+
+// WriteFile keeps the host's own (SFTP), which host.WriteFile looks for.
+func (h timedHost) WriteFile(ctx context.Context, path string, data []byte, mode uint32) error {
+	start := time.Now()
+	err := host.WriteFile(ctx, h.Host, path, data, mode)
+	h.log.mark(fmt.Sprintf("$ %.2fs (write %s)", time.Since(start).Seconds(), path))
+	return err
 }
 
 // timedLines keeps what a deploy prints, each line with when it came.
