@@ -25,21 +25,21 @@ type benchCell struct {
 }
 
 func (c benchCell) wall() time.Duration {
-	return median(c.samples, func(s benchSample) float64 { return float64(s.wall) }, time.Duration(0))
+	return time.Duration(c.median(func(s benchSample) float64 { return float64(s.wall) }))
 }
 
-// median of f over the samples, as a T.
-func median[T ~int64](samples []benchSample, f func(benchSample) float64, _ T) T {
-	v := make([]float64, len(samples))
-	for i, s := range samples {
+// median is the median of f over the cell's runs.
+func (c benchCell) median(f func(benchSample) float64) float64 {
+	v := make([]float64, len(c.samples))
+	for i, s := range c.samples {
 		v[i] = f(s)
 	}
 	sort.Float64s(v)
 	n := len(v)
 	if n%2 == 1 {
-		return T(v[n/2])
+		return v[n/2]
 	}
-	return T((v[n/2-1] + v[n/2]) / 2)
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 func spread(samples []benchSample, f func(benchSample) time.Duration) (lo, hi time.Duration) {
@@ -75,12 +75,12 @@ func (e *benchEnv) report(cells []benchCell, took time.Duration) string {
 			link, cs = "", "" // one label per group reads better than a column of repeats
 		}
 		lo, hi := spread(c.samples, func(s benchSample) time.Duration { return s.wall })
-		wire := median(c.samples, func(s benchSample) float64 { return float64(s.wire) }, int64(0))
-		rss := median(c.samples, func(s benchSample) float64 { return float64(s.peakKB) }, int64(0))
-		disk := median(c.samples, func(s benchSample) float64 { return float64(s.tempDisk) }, int64(0))
+		wire := int64(c.median(func(s benchSample) float64 { return float64(s.wire) }))
+		rssMB := c.median(func(s benchSample) float64 { return float64(s.peakKB) }) / 1024
+		disk := int64(c.median(func(s benchSample) float64 { return float64(s.tempDisk) }))
 		fmt.Fprintf(&w, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %.0f MB | %s | %s |\n",
 			link, cs, benchMethodNames[c.method], secs(c.wall()), secs(lo), secs(hi),
-			ratio(c.wall(), fastest), ratio(c.wall(), gzip), text.Bytes(wire), float64(rss)/1024, text.Bytes(disk), e.downtime(c))
+			ratio(c.wall(), fastest), ratio(c.wall(), gzip), text.Bytes(wire), rssMB, text.Bytes(disk), e.downtime(c))
 	}
 	e.stagesTable(&w, cells)
 	return w.String()
@@ -99,7 +99,7 @@ func (e *benchEnv) downtime(c benchCell) string {
 	if c.cs == "first" {
 		return "–"
 	}
-	med := median(c.samples, func(s benchSample) float64 { return float64(s.downtime) }, time.Duration(0))
+	med := time.Duration(c.median(func(s benchSample) float64 { return float64(s.downtime) }))
 	_, hi := spread(c.samples, func(s benchSample) time.Duration { return s.downtime })
 	return fmt.Sprintf("%.2f s (%.2f s)", med.Seconds(), hi.Seconds())
 }
@@ -145,10 +145,21 @@ func (e *benchEnv) header(w *strings.Builder, took time.Duration) {
 		"the sessions' HOME is an empty folder, so no ~/.bashrc of this machine's slows each command\n",
 		cmd("docker", "-H", testenv.ServerDockerHost, "version", "--format", "{{.Server.Version}}"), e.compose.Version, e.compose.Name, cmd("ssh", "-V"))
 	fmt.Fprintf(w, "- image: %s FROM scratch, %d layers: %s; the service stops %s after SIGTERM\n", text.Bytes(n), len(layers), strings.Join(layers, ", "), benchStopDelay)
-	fmt.Fprintf(w, "- %d run(s) per cell, run in turns across the methods; the whole benchmark took %s\n", e.s.runs, took.Round(time.Second))
+	fmt.Fprintf(w, "- %d run(s) per cell, run in turns across the methods; the whole benchmark took %s; load average at the start %s, at the end %s\n",
+		e.s.runs, took.Round(time.Second), e.loadStart, loadAverage())
 	fmt.Fprintf(w, "- wall: until /health reports the new version; peak RSS: our process (carebot), or the largest process of the pipeline on this machine; "+
 		"temp disk: peak size of the method's files on the server outside Docker's data root (the seed's tar; carebot's DEPLOY_PATH/.carebot/staging), polled every 100 ms; "+
 		"downtime: longest time with no 200 from /health, asked every 50 ms\n\n")
+}
+
+// loadAverage is the 1-minute load average: on a shared machine, how much
+// else was running tells how far to trust a figure.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(data))[0]
 }
 
 // benchStages is how one carebot deploy spent its time, read from the

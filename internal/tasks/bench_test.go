@@ -52,6 +52,7 @@ func BenchmarkDeploy(b *testing.B) {
 	testenv.NeedEngine(b)
 	c := benchComposeFlavour(b)
 	e := newBenchEnv(b, s, testenv.StartSSHD(b, testenv.WithCompose(c), testenv.WithOwnHome()), c)
+	e.loadStart = loadAverage()
 	start := time.Now()
 	var cells []benchCell
 	for _, link := range s.links {
@@ -204,6 +205,8 @@ type benchEnv struct {
 	proxy  *testenv.Proxy
 	known  string                 // known_hosts for the proxy's address
 	stages map[string]benchStages // link/case: the last carebot run's stages
+
+	loadStart string // the load average when the measuring began
 }
 
 // seedTar is where the seed's way leaves the image on the server.
@@ -236,9 +239,9 @@ func newBenchEnv(b *testing.B, s benchSettings, sshd *testenv.SSHD, c testenv.Co
 // compose file that is the production one with this service in it.
 func (e *benchEnv) writeProject() {
 	b := e.b
-	base, random, deps := int64(120<<20), int64(90<<20), int64(25<<20)
+	base, random, deps := int64(120e6), int64(90e6), int64(25e6)
 	if e.s.quick {
-		base, random, deps = 12<<20, 8<<20, 3<<20
+		base, random, deps = 12e6, 8e6, 3e6
 	}
 	for _, d := range []string{"base", "deps", "app", "migrations"} {
 		if err := os.MkdirAll(filepath.Join(e.dir, d), 0o755); err != nil {
