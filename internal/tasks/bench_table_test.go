@@ -76,11 +76,11 @@ func (e *benchEnv) report(cells []benchCell, took time.Duration) string {
 		}
 		lo, hi := spread(c.samples, func(s benchSample) time.Duration { return s.wall })
 		wire := int64(c.median(func(s benchSample) float64 { return float64(s.wire) }))
-		rssMB := c.median(func(s benchSample) float64 { return float64(s.peakKB) }) / 1024
+		rss := int64(c.median(func(s benchSample) float64 { return float64(s.peakKB) }) * 1024)
 		disk := int64(c.median(func(s benchSample) float64 { return float64(s.tempDisk) }))
-		fmt.Fprintf(&w, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %.0f MB | %s | %s |\n",
+		fmt.Fprintf(&w, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s |\n",
 			link, cs, benchMethodNames[c.method], secs(c.wall()), secs(lo), secs(hi),
-			ratio(c.wall(), fastest), ratio(c.wall(), gzip), text.Bytes(wire), rssMB, text.Bytes(disk), e.downtime(c))
+			ratio(c.wall(), fastest), ratio(c.wall(), gzip), text.Bytes(wire), text.Bytes(rss), text.Bytes(disk), e.downtime(c))
 	}
 	e.stagesTable(&w, cells)
 	return w.String()
