@@ -159,6 +159,7 @@ type sshdSetup struct {
 	env      []string // NAME=VALUE for every session
 	keyTypes []string // host keys beside ed25519, made by ssh-keygen
 	nonRoot  bool
+	ownHome  bool // HOME is the server's Home folder
 }
 
 // WithoutEngine starts sshd alone: its sessions get no DOCKER_HOST.
@@ -174,6 +175,12 @@ func WithEngine(dockerHost string) SSHDOption {
 func WithCompose(c Compose) SSHDOption {
 	return func(s *sshdSetup) { s.env = append(s.env, c.Env()) }
 }
+
+// WithOwnHome gives the sessions the server's Home folder as HOME instead
+// of the login user's: Debian's bash reads ~/.bashrc for every command
+// that comes over SSH, and this machine's (root's, with whatever its
+// owner put there) would time its start-up, not a server's.
+func WithOwnHome() SSHDOption { return func(s *sshdSetup) { s.ownHome = true } }
 
 // WithHostKeys adds host keys of these types (ecdsa, rsa) beside ed25519.
 func WithHostKeys(types ...string) SSHDOption {
@@ -226,6 +233,9 @@ func StartSSHD(t testing.TB, opts ...SSHDOption) *SSHD {
 	s.Home = filepath.Join(s.Dir, "home")
 	if err := os.Mkdir(s.Home, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if setup.ownHome {
+		setup.env = append(setup.env, "HOME="+s.Home)
 	}
 
 	hostKey := NewKey(t)
