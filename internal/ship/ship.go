@@ -42,6 +42,13 @@ type Options struct {
 	// archive.
 	Compression string
 	Out         io.Writer // what is done, and the transfer's progress; nil: nothing
+
+	// StageDir is the host's staging folder (DEPLOY_PATH/.carebot/staging),
+	// where a big transfer goes layer by layer and a cut one resumes (see
+	// stage.go); "" = never stage. Stage is TRANSFER_STAGE: StageAuto ("" too),
+	// StageAlways or StageNever.
+	StageDir string
+	Stage    string
 }
 
 // Stats is what one Image call did, for messages and benchmarks.
@@ -110,11 +117,12 @@ func Image(ctx context.Context, src Source, h host.Host, ref, id string, o Optio
 	} else {
 		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
-	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
-	if err != nil && skip > 0 && ctx.Err() == nil {
+	send := o.transport(ctx, src, img, skip, out) // streamed, or staged (stage.go)
+	st.Stats, err = send(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
+	if err != nil && skip > 0 && ctx.Err() == nil && !errors.As(err, new(*stageError)) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
-		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
+		st.Stats, err = send(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
 	}
 	st.Duration = time.Since(start)
 	if err != nil {

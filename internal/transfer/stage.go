@@ -57,8 +57,8 @@ type Stager interface {
 	// any: that layer is not sent again.
 	Staged(diffID string) (Blob, bool)
 	// Method is the encoding a layer must have (that of a partial file to
-	// resume), or "" to let Auto choose.
-	Method(diffID string) string
+	// resume), and why; "" to let Auto choose.
+	Method(diffID string) (method, why string)
 	// Put stores blob b, whose b.Size bytes r holds from offset 0. What it
 	// writes towards the server goes through link, so that Auto measures
 	// the link by it.
@@ -93,11 +93,7 @@ func (x *rewriter) stageMethod(i int) (method, why string) {
 	if x.o.Stage == nil || i < 0 {
 		return "", ""
 	}
-	m := x.o.Stage.Method(x.o.Layers[i])
-	if m == "" {
-		return "", ""
-	}
-	return m, "as staged before"
+	return x.o.Stage.Method(x.o.Layers[i])
 }
 
 // put hands a spooled blob to the stager; the sender calls it.
