@@ -373,4 +373,3 @@ func (s *staging) index(diffID string) int {
 }
 
 func hexOf(digest string) string { return strings.TrimPrefix(digest, "sha256:") }
-

@@ -189,7 +189,7 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 type rewriter struct {
 	ctx context.Context // for the stager, which the sender calls
 	o   Options
-	tw *tar.Writer
+	tw  *tar.Writer
 
 	need map[string]bool  // diff IDs to send
 	ours map[string]bool  // diff IDs of the image
