@@ -48,6 +48,7 @@ type Deployer struct {
 	// (a deploy to this machine's own engine).
 	Engine      ship.Source
 	Compression string // COMPRESSION: how the image travels (see ship.Options)
+	Stage       string // TRANSFER_STAGE: whether it goes through DEPLOY_PATH/.carebot/staging (see ship.Options)
 
 	// LockWait is how long a run waits for the deploy lock another run
 	// holds (LOCK_WAIT); 0 refuses at once. LeaseTime is how long the host
@@ -97,7 +98,8 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 		return err
 	}
 
-	st, err := ship.Image(ctx, d.Engine, d.Host, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
+	st, err := ship.Image(ctx, d.Engine, d.Host, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
+		StageDir: d.stateDir() + "/staging", Stage: d.Stage})
 	if err != nil {
 		return err
 	}

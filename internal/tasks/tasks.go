@@ -147,7 +147,7 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
-		Engine: buildEngine{r}, Compression: c.Compression, LockWait: c.LockWait,
+		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
