@@ -247,7 +247,7 @@ func (s *staging) Method(diffID string) (string, string) {
 		return p.method, "as its partial file"
 	}
 	if s.fixed != "" {
-		return s.fixed, "TRANSFER_COMPRESSION"
+		return s.fixed, "TRANSFER_COMPRESSION=" + s.fixed
 	}
 	return "", ""
 }
@@ -307,8 +307,12 @@ func (s *staging) upload(ctx context.Context, name string, b transfer.Blob, r io
 		redirect = ">"
 	}
 	want := strings.TrimPrefix(b.Digest, "sha256:")
-	cmd := fmt.Sprintf(`cd %s && cat %s %s && h=$(sha256sum < %s) && if [ "${h%%%% *}" = %s ]; then mv -f %s %s; else rm -f %s; echo "%s hashes to ${h%%%% *}, not %s: removed it" >&2; exit 1; fi`,
-		shell.Quote(s.dir), redirect, p, p, want, p, f, p, name, want)
+	// A cut link ends cat's input as if the blob were complete: a file
+	// short of its size is kept for the next transfer, and only one of the
+	// right size that hashes wrong is removed.
+	cmd := fmt.Sprintf(`cd %s && cat %s %s && n=$(wc -c < %s) && if [ "$n" -ne %d ]; then echo "%s has $n of %d bytes: the upload stopped early" >&2; exit 1; fi && `+
+		`h=$(sha256sum < %s) && if [ "${h%%%% *}" = %s ]; then mv -f %s %s; else rm -f %s; echo "%s hashes to ${h%%%% *}, not %s: removed it" >&2; exit 1; fi`,
+		shell.Quote(s.dir), redirect, p, p, b.Size, name, b.Size, p, want, p, f, p, name, want)
 	pr, pw := io.Pipe()
 	copied := make(chan struct{})
 	go func() {

@@ -27,6 +27,7 @@ type stageServer struct {
 	uploaded atomic.Int64 // bytes read by upload commands
 	failLoad bool         // docker load fails
 	full     bool         // the disk is full after 1000 bytes of an upload
+	cut      bool         // an upload's input ends after 1000 bytes, as a cut link ends it
 }
 
 func newStageServer(t *testing.T, img engine.Image) *stageServer {
@@ -62,6 +63,9 @@ func (s *stageServer) Exec(ctx context.Context, cmd string, stdin io.Reader, std
 	}
 	if strings.Contains(cmd, "&& cat ") && stdin != nil {
 		stdin = io.TeeReader(stdin, counter{&s.uploaded})
+		if s.cut {
+			stdin = io.LimitReader(stdin, 1000)
+		}
 	}
 	c.Stdin, c.Stdout, c.Stderr = stdin, stdout, stderr
 	err := c.Run()
@@ -237,6 +241,33 @@ func TestStaged(t *testing.T) {
 			t.Errorf("%d bytes uploaded, want the whole %d", n, size)
 		}
 		if !strings.Contains(out, "is not the start of this layer: sent again from the start") {
+			t.Errorf("output:\n%s", out)
+		}
+	})
+
+	t.Run("a cut upload keeps what arrived, and the next one resumes there", func(t *testing.T) {
+		src, img := built(t)
+		srv := newStageServer(t, img)
+		srv.cut = true
+		_, _, err := shipStaged(t, src, img, srv, "none")
+		if err == nil || !strings.Contains(err.Error(), "has 1000 of") {
+			t.Fatalf("err = %v, want an upload that stopped early", err)
+		}
+		files := srv.files(t)
+		if len(files) != 1 {
+			t.Fatalf("staging folder: %v, want the one partial file", files)
+		}
+		name, size := largest(files)
+		if !strings.HasSuffix(name, ".part") || size != 1000 {
+			t.Fatalf("staging folder: %v, want the one partial file of 1000 bytes", files)
+		}
+		srv.cut = false
+		st, out, err := shipStaged(t, src, img, srv, "none")
+		if err != nil {
+			t.Fatal(err)
+		}
+		loadedAll(t, img, srv, st)
+		if !strings.Contains(out, "resumed at 1.0 kB of") {
 			t.Errorf("output:\n%s", out)
 		}
 	})

@@ -173,6 +173,15 @@ func (b buildEngine) Save(ctx context.Context, refs ...string) (io.ReadCloser, e
 	return e.Save(ctx, refs...)
 }
 
+// LayerSizes lets shipping estimate a transfer (and so whether to stage it).
+func (b buildEngine) LayerSizes(ctx context.Context, id string) ([]int64, error) {
+	e, err := b.r.Engine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.LayerSizes(ctx, id)
+}
+
 // sshConfig is how the settings reach target: the one place that turns
 // them into an SSH login, for deploys and for the doctor alike.
 func sshConfig(c *config.Config, t config.Target, log io.Writer) host.SSHConfig {
