@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/carebot/carebot/internal/engine"
@@ -118,6 +119,9 @@ func (o Options) stage(ctx context.Context, src Source, h host.Host, img engine.
 		fmt.Fprintf(progress, "  %s\n", n)
 	}
 	if err != nil {
+		if s.prog.TTY && s.prog.N() > 0 {
+			fmt.Fprintln(progress) // the error on a line of its own
+		}
 		return st, &stageError{err} // not a refusal of the partial image: no second transfer
 	}
 	s.prog.Done()
@@ -158,12 +162,28 @@ type staging struct {
 
 	done  map[string]transfer.Blob // complete files, by diff ID
 	parts map[string]part          // .part files, by diff ID
-	used  []staged                 // the files the load takes
 
-	out   io.Writer
-	prog  *transfer.Progress
-	sent  atomic.Int64 // layer bytes that crossed
-	notes []string     // what was resumed or restarted, said at the end
+	out  io.Writer
+	prog *transfer.Progress
+	sent atomic.Int64 // layer bytes that crossed
+
+	// Staged runs in the goroutine that reads the save, Put in the one
+	// that sends.
+	mu    sync.Mutex
+	used  []staged // the files the load takes
+	notes []string // what was resumed or restarted, said at the end
+}
+
+func (s *staging) use(name, digest string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.used = append(s.used, staged{name, digest})
+}
+
+func (s *staging) note(format string, a ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.note(format, a...)
 }
 
 type part struct {
@@ -233,8 +253,8 @@ func (s *staging) parse(f []string, need []string) {
 func (s *staging) Staged(diffID string) (transfer.Blob, bool) {
 	b, ok := s.done[diffID]
 	if ok {
-		s.used = append(s.used, staged{hexOf(diffID) + transfer.Ext(b.Method), b.Digest})
-		s.notes = append(s.notes, fmt.Sprintf("layer %d/%d (%s): staged already, not sent again", s.index(diffID), len(s.layers), text.Bytes(b.Size)))
+		s.use(hexOf(diffID)+transfer.Ext(b.Method), b.Digest)
+		s.note("layer %d/%d (%s): staged already, not sent again", s.index(diffID), len(s.layers), text.Bytes(b.Size))
 	}
 	return b, ok
 }
@@ -263,7 +283,7 @@ func (s *staging) Put(ctx context.Context, b transfer.Blob, r io.ReaderAt, link 
 	if err := s.upload(ctx, name, b, r, from, link); err != nil {
 		return err
 	}
-	s.used = append(s.used, staged{name, b.Digest})
+	s.use(name, b.Digest)
 	return nil
 }
 
@@ -276,7 +296,7 @@ func (s *staging) resumeAt(ctx context.Context, name string, b transfer.Blob, r 
 	}
 	i, of := s.index(b.DiffID), len(s.layers)
 	if p.size > b.Size {
-		s.notes = append(s.notes, fmt.Sprintf("layer %d/%d: its partial file is longer than the layer: sent again from the start", i, of))
+		s.note("layer %d/%d: its partial file is longer than the layer: sent again from the start", i, of)
 		return 0, nil
 	}
 	h := sha256.New()
@@ -291,10 +311,10 @@ func (s *staging) resumeAt(ctx context.Context, name string, b transfer.Blob, r 
 		return 0, fmt.Errorf("check the partial layer %s on %s: %w", name, s.h, err)
 	}
 	if strings.TrimSpace(out) != "same" {
-		s.notes = append(s.notes, fmt.Sprintf("layer %d/%d: its partial file (%s) is not the start of this layer: sent again from the start", i, of, text.Bytes(p.size)))
+		s.note("layer %d/%d: its partial file (%s) is not the start of this layer: sent again from the start", i, of, text.Bytes(p.size))
 		return 0, nil
 	}
-	s.notes = append(s.notes, fmt.Sprintf("layer %d/%d: resumed at %s of %s", i, of, text.Bytes(p.size), text.Bytes(b.Size)))
+	s.note("layer %d/%d: resumed at %s of %s", i, of, text.Bytes(p.size), text.Bytes(b.Size))
 	return p.size, nil
 }
 

@@ -204,6 +204,9 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 	switch {
 	case !ok:
 		c.Method, c.Reason = a.codec, "link not measured yet, small layer"
+		if x.o.Stage != nil {
+			c.Reason = "link not measured yet" // (no filler when staging: see probe)
+		}
 	case link < comp*(1-ratio):
 		c.Method, c.Reason = a.codec, fmt.Sprintf("link %s < %s", rate(link), saving)
 	default:
