@@ -100,7 +100,7 @@ func estimate(ctx context.Context, src Source, img engine.Image, skip int) int64
 
 // stage is the staged sender (see sender).
 func (o Options) stage(ctx context.Context, src Source, h host.Host, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
-	s := &staging{h: h, dir: o.StageDir, layers: img.Layers, out: progress}
+	s := &staging{h: h, dir: o.StageDir, layers: img.Layers}
 	compress, codec := stagedEncoding(comp, codec, s)
 	if err := s.survey(ctx, img.Layers[skip:]); err != nil {
 		return transfer.Stats{}, &stageError{err}
@@ -163,7 +163,6 @@ type staging struct {
 	done  map[string]transfer.Blob // complete files, by diff ID
 	parts map[string]part          // .part files, by diff ID
 
-	out  io.Writer
 	prog *transfer.Progress
 	sent atomic.Int64 // layer bytes that crossed
 
@@ -183,7 +182,7 @@ func (s *staging) use(name, digest string) {
 func (s *staging) note(format string, a ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.note(format, a...)
+	s.notes = append(s.notes, fmt.Sprintf(format, a...))
 }
 
 type part struct {
@@ -240,7 +239,9 @@ func (s *staging) parse(f []string, need []string) {
 	}
 	switch {
 	case f[0] == "part" && strings.HasSuffix(name, ".part"):
-		s.parts[diffID] = part{method, size}
+		if old, ok := s.parts[diffID]; !ok || !s.resumable(old.method) || s.resumable(method) && size > old.size {
+			s.parts[diffID] = part{method, size} // of two, the one to resume
+		}
 	case f[0] == "done" && len(f) == 4 && !strings.HasSuffix(name, ".part"):
 		b := transfer.Blob{DiffID: diffID, Method: method, Digest: "sha256:" + f[2], Size: size}
 		if method != transfer.None || b.Digest == diffID { // (a raw blob is its diff ID)
@@ -263,13 +264,19 @@ func (s *staging) Staged(diffID string) (transfer.Blob, bool) {
 // a partial file in an encoding this transfer does not produce is started
 // over.
 func (s *staging) Method(diffID string) (string, string) {
-	if p, ok := s.parts[diffID]; ok && (p.method == transfer.None || p.method == s.codec) {
+	if p, ok := s.parts[diffID]; ok && s.resumable(p.method) {
 		return p.method, "as its partial file"
 	}
 	if s.fixed != "" {
 		return s.fixed, "TRANSFER_COMPRESSION=" + s.fixed
 	}
 	return "", ""
+}
+
+// resumable says whether this transfer can produce a blob encoded with
+// method again: raw, or compressed with the codec it uses.
+func (s *staging) resumable(method string) bool {
+	return method == transfer.None || method == s.codec
 }
 
 // Put appends the blob to its .part file from where that stopped (or from

@@ -378,3 +378,26 @@ func TestStagedEncodingChoice(t *testing.T) {
 		}
 	}
 }
+
+// Of two partial files of one layer (the codec changed between two cut
+// transfers), the one this transfer can produce again is resumed.
+func TestStagedPartChoice(t *testing.T) {
+	const d = "sha256:00ab"
+	for _, tc := range []struct {
+		codec, want string
+		size        int64
+	}{{transfer.Zstd, transfer.Zstd, 50}, {transfer.Gzip, transfer.Gzip, 100}} {
+		for _, order := range [][]string{{"part 100 00ab.tar.gz.part", "part 50 00ab.tar.zst.part"}, {"part 50 00ab.tar.zst.part", "part 100 00ab.tar.gz.part"}} {
+			s := &staging{codec: tc.codec, parts: map[string]part{}, done: map[string]transfer.Blob{}}
+			for _, line := range order {
+				s.parse(strings.Fields(line), []string{d})
+			}
+			if p := s.parts[d]; p.method != tc.want || p.size != tc.size {
+				t.Errorf("codec %s, %q: resumes %+v, want the %s part of %d bytes", tc.codec, order, p, tc.want, tc.size)
+			}
+			if m, _ := s.Method(d); m != tc.want {
+				t.Errorf("codec %s: Method = %q", tc.codec, m)
+			}
+		}
+	}
+}
