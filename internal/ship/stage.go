@@ -35,7 +35,7 @@ import (
 // TRANSFER_STAGE values (Options.Stage).
 const (
 	StageAuto   = "auto"   // stage transfers bigger than stageThreshold
-	StageAlways = "always" //
+	StageAlways = "always" // stage every transfer
 	StageNever  = "never"  // always stream into docker load, as before staging existed
 )
 
