@@ -56,9 +56,26 @@ func TestStagedResumesAfterCut(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "deploy", ".carebot", "staging")
 			o := Options{Compression: "auto", StageDir: dir, Stage: StageAuto}
 
-			// 1. Cut at 90 % of the big layer.
-			proxy.CutAfter(bulk * 9 / 10)
-			_, out, err := shipVia(ctx, t, local, proxy, sshd, known, ref, o)
+			// 1. Ctrl-C at 40 % of the big layer: a .part, nothing running.
+			stop, cancel := context.WithCancel(ctx)
+			go func() {
+				for proxy.Bytes() < bulk*4/10 && stop.Err() == nil {
+					time.Sleep(10 * time.Millisecond)
+				}
+				cancel()
+			}()
+			_, out, err := shipVia(stop, t, local, proxy, sshd, known, ref, o)
+			cancel()
+			if err == nil || !strings.Contains(err.Error(), "context canceled") {
+				t.Fatalf("err = %v after Ctrl-C, want context canceled\n%s", err, out)
+			}
+			noProcessIn(t, dir)
+			onlyParts(t, dir, sizes[0])
+
+			// 2. Cut the link once the layer is at about 90 %.
+			proxy.Reset()
+			proxy.CutAfter(bulk / 2)
+			_, out, err = shipVia(ctx, t, local, proxy, sshd, known, ref, o)
 			if err == nil || !strings.Contains(err.Error(), "lost") {
 				t.Fatalf("err = %v after the cut, want a lost connection\n%s", err, out)
 			}
@@ -67,19 +84,9 @@ func TestStagedResumesAfterCut(t *testing.T) {
 			}
 			t.Logf("cut: %v", err)
 			noProcessIn(t, dir)
-			files := stagedFiles(t, dir)
-			parts := 0
-			for name, size := range files {
-				if strings.HasSuffix(name, ".part") {
-					parts++
-					t.Logf("left by the cut: %s, %d bytes (%.0f%% of the layer)", name, size, float64(size)*100/float64(sizes[0]))
-				}
-			}
-			if parts != 1 || len(files) > 2 {
-				t.Errorf("staging folder after the cut: %v, want one .part (and at most one complete file)", files)
-			}
+			onlyParts(t, dir, sizes[0])
 
-			// 2. Again, over a new connection: the rest only.
+			// 3. Again, over a new connection: the rest only.
 			proxy.Reset()
 			st, out, err := shipVia(ctx, t, local, proxy, sshd, known, ref, o)
 			if err != nil {
@@ -97,7 +104,7 @@ func TestStagedResumesAfterCut(t *testing.T) {
 				t.Errorf("staging folder after the load: %v, want it empty", files)
 			}
 
-			// 3. What the whole costs, streamed as before staging.
+			// 4. What the whole costs, streamed as before staging.
 			rmiOn(server, ref)
 			proxy.Reset()
 			full, out, err := shipVia(ctx, t, local, proxy, sshd, known, ref, Options{Compression: "auto", StageDir: dir, Stage: StageNever})
@@ -168,6 +175,23 @@ func buildBulky(t *testing.T, e *engine.Engine, ref string, size int) engine.Ima
 		t.Fatal(err)
 	}
 	return img
+}
+
+// onlyParts checks that an interrupted transfer left one .part in dir,
+// besides at most one complete (small) layer.
+func onlyParts(t *testing.T, dir string, layer int64) {
+	t.Helper()
+	files := stagedFiles(t, dir)
+	parts := 0
+	for name, size := range files {
+		if strings.HasSuffix(name, ".part") {
+			parts++
+			t.Logf("left: %s, %d bytes (%.0f%% of the layer)", name, size, float64(size)*100/float64(layer))
+		}
+	}
+	if parts != 1 || len(files) > 2 {
+		t.Errorf("staging folder after the interruption: %v, want one .part (and at most one complete file)", files)
+	}
 }
 
 // stagedFiles lists the staging folder: name -> size.
