@@ -28,13 +28,14 @@ type stageServer struct {
 	failLoad bool         // docker load fails
 	full     bool         // the disk is full after 1000 bytes of an upload
 	cut      bool         // an upload's input ends after 1000 bytes, as a cut link ends it
+	refuse   int          // how many loads the containerd store refuses (exit 0, an error line)
 }
 
 func newStageServer(t *testing.T, img engine.Image) *stageServer {
 	t.Helper()
 	s := &stageServer{fakeServer: server(img), dir: filepath.Join(t.TempDir(), ".carebot", "staging"), bin: t.TempDir()}
 	shims := map[string]string{
-		"docker": "#!/bin/sh\n[ \"$1\" = load ] || exit 2\n/bin/cat > \"$LOADED\"\n[ -z \"$FAIL_LOAD\" ] || { echo 'Error processing tar file: no space left on device'; exit 1; }\necho 'Loaded image: carebot:v2'\n",
+		"docker": "#!/bin/sh\n[ \"$1\" = load ] || exit 2\n/bin/cat > \"$LOADED\"\n[ -z \"$FAIL_LOAD\" ] || { echo 'Error processing tar file: no space left on device'; exit 1; }\n[ -z \"$REFUSE\" ] || { echo 'Loaded image: carebot:v2'; echo 'Error unpacking image carebot:v2: layer not found'; exit 0; }\necho 'Loaded image: carebot:v2'\n",
 		"cat":    "#!/bin/sh\nif [ -n \"$FULL\" ]; then /usr/bin/head -c 1000; echo 'cat: write error: No space left on device' >&2; exit 1; fi\nexec /bin/cat \"$@\"\n",
 	}
 	for name, script := range shims {
@@ -61,6 +62,11 @@ func (s *stageServer) Exec(ctx context.Context, cmd string, stdin io.Reader, std
 	if s.full {
 		c.Env = append(c.Env, "FULL=1")
 	}
+	refused := s.refuse > 0 && strings.Contains(cmd, "docker load")
+	if refused {
+		c.Env = append(c.Env, "REFUSE=1")
+		s.refuse--
+	}
 	if strings.Contains(cmd, "&& cat ") && stdin != nil {
 		stdin = io.TeeReader(stdin, counter{&s.uploaded})
 		if s.cut {
@@ -77,7 +83,7 @@ func (s *stageServer) Exec(ctx context.Context, cmd string, stdin io.Reader, std
 		}
 		s.mu.Lock()
 		s.loads = append(s.loads, layers)
-		if err == nil {
+		if err == nil && !refused {
 			s.id = s.after
 		}
 		s.mu.Unlock()
@@ -269,6 +275,25 @@ func TestStaged(t *testing.T) {
 		loadedAll(t, img, srv, st)
 		if !strings.Contains(out, "resumed at 1.0 kB of") {
 			t.Errorf("output:\n%s", out)
+		}
+	})
+
+	t.Run("partial image refused: staged again whole, the staged top layer kept", func(t *testing.T) {
+		src, img := built(t)
+		srv := newStageServer(t, img)
+		srv.chains = [][]string{img.Layers[:2]}
+		srv.refuse = 1
+		st, out, err := shipStaged(t, src, img, srv, "none")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(srv.loads) != 2 || !slices.Equal(srv.loads[0], img.Layers[2:]) {
+			t.Fatalf("loads carried %v, want the top layer, then all", srv.loads)
+		}
+		loadedAll(t, img, srv, st)
+		if !st.Fallback || strings.Count(out, "sending the whole image once") != 1 || !strings.Contains(out, "layer 3/3 (") ||
+			!strings.Contains(out, "staged already, not sent again") {
+			t.Errorf("fallback %v, output:\n%s", st.Fallback, out)
 		}
 	})
 
