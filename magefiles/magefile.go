@@ -136,8 +136,8 @@ func test(ctx context.Context) error {
 // Deploy backs up the data, then puts the built IMAGE_NAME:IMAGE_TAG into service with Compose, rolling back if it is not healthy.
 //
 // Reads DEPLOY_HOST (empty: this machine), DEPLOY_PATH, COMPOSE_FILE,
-// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT, BACKUP_KEEP, LOCK_WAIT, and SSH_*
-// for a server. Does not build: any built tag can be deployed with
+// APP_PORT, HEALTH_PATH, HEALTH_TIMEOUT, BACKUP_KEEP, LOCK_WAIT, and SSH_*,
+// TRANSFER_COMPRESSION and TRANSFER_STAGE for a server. Does not build: any built tag can be deployed with
 // IMAGE_TAG=<tag> mage deploy. -noBackup skips the backup (not advised).
 func Deploy(ctx context.Context, noBackup *bool) error {
 	if noBackup != nil {

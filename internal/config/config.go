@@ -67,6 +67,7 @@ type Config struct {
 	SSHKnownHosts    string // SSH_KNOWN_HOSTS, default ~/.ssh/known_hosts
 	SSHAcceptNew     bool   // SSH_ACCEPT_NEW: record an unknown host key (a changed one is always refused)
 	Compression      string // TRANSFER_COMPRESSION: auto (zstd where the server takes it, else gzip), zstd, gzip, none
+	Stage            string // TRANSFER_STAGE: auto (stage layers in DEPLOY_PATH/.carebot/staging above 32 MiB), always, never
 
 	// The Docker engine inside WSL, used from Windows.
 	WSLDistro    string // WSL_DISTRO, default "Ubuntu-22.04": the WSL distro whose engine Windows uses
@@ -256,6 +257,7 @@ func (c *Config) Print(w io.Writer) {
 		"SSH_ACCEPT_NEW":       strconv.FormatBool(c.SSHAcceptNew),
 		"TRANSFER_COMPRESSION": c.Compression,
 		"DEPLOY_DOCKER_SUDO":   strconv.FormatBool(c.DeployDockerSudo),
+		"TRANSFER_STAGE":       c.Stage,
 
 		"WSL_DISTRO":     c.WSLDistro,
 		"DOCKER_VIA_WSL": c.DockerViaWSL,
@@ -513,6 +515,12 @@ func (l *loader) loadSSH() {
 		c.Compression = s.val
 	default:
 		l.fail(s, "is not one of auto, zstd, gzip, none")
+	}
+	switch st := l.get("TRANSFER_STAGE", "auto"); st.val {
+	case "auto", "always", "never":
+		c.Stage = st.val
+	default:
+		l.fail(st, "is not one of auto, always, never")
 	}
 	c.SSHKeyPassphrase = l.get("SSH_KEY_PASSPHRASE", "").val
 	c.SSHAuthSock = l.get("SSH_AUTH_SOCK", "").val

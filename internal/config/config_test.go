@@ -103,6 +103,7 @@ func TestLoadDefaults(t *testing.T) {
 		BackupKeep:    10,
 		SSHKnownHosts: filepath.Join(home(t), ".ssh", "known_hosts"),
 		Compression:   "auto",
+		Stage:         "auto",
 		WSLDistro:     "Ubuntu-22.04",
 		DockerViaWSL:  "auto",
 	}
@@ -279,6 +280,15 @@ func TestValidation(t *testing.T) {
 			want: []string{`environment: LOCK_WAIT="forever" is not a duration (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
 		{name: "lock wait more than a day", env: []string{"LOCK_WAIT=25h"},
 			want: []string{`environment: LOCK_WAIT="25h" is more than 24h (use a duration such as "30s" or "2m", a whole number of seconds, or 0 to refuse at once)`}},
+
+		// TRANSFER_STAGE
+		{name: "stage default", check: func(t *testing.T, c *Config) { eq(t, c.Stage, "auto") }},
+		{name: "stage always", dotenv: "TRANSFER_STAGE=always\n",
+			check: func(t *testing.T, c *Config) { eq(t, c.Stage, "always") }},
+		{name: "stage never", env: []string{"TRANSFER_STAGE=never"},
+			check: func(t *testing.T, c *Config) { eq(t, c.Stage, "never") }},
+		{name: "stage garbage", env: []string{"TRANSFER_STAGE=yes"},
+			want: []string{`environment: TRANSFER_STAGE="yes" is not one of auto, always, never`}},
 
 		// DEPLOY_HOST and DEPLOY_PATH
 		{name: "remote host with defaults", dotenv: "DEPLOY_HOST=ubuntu@203.0.113.10\n",
@@ -954,6 +964,7 @@ SSH_KEY_PASSPHRASE= (source: default)
 SSH_KNOWN_HOSTS={home}/.ssh/known_hosts (source: default)
 SSH_ACCEPT_NEW=false (source: default)
 TRANSFER_COMPRESSION=auto (source: default)
+TRANSFER_STAGE=auto (source: default)
 DEPLOY_DOCKER_SUDO=false (source: default)
 WSL_DISTRO=Ubuntu-22.04 (source: default)
 DOCKER_VIA_WSL=auto (source: default)

@@ -49,6 +49,7 @@ type Deployer struct {
 	// (a deploy to this machine's own engine).
 	Engine      ship.Source
 	Compression string // COMPRESSION: how the image travels (see ship.Options)
+	Stage       string // TRANSFER_STAGE: whether it goes through DEPLOY_PATH/.carebot/staging (see ship.Options)
 
 	// Server is the host's engine, reached through its API. nil: on first
 	// use, through `docker system dial-stdio` on the host (see
@@ -156,7 +157,8 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	if err != nil {
 		return err
 	}
-	st, err := ship.Image(ctx, d.Engine, srv, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out})
+	st, err := ship.Image(ctx, d.Engine, srv, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
+		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/text"
 	"github.com/carebot/carebot/internal/transfer"
 )
@@ -39,6 +40,14 @@ type Options struct {
 	// archive.
 	Compression string
 	Out         io.Writer // what is done, and the transfer's progress; nil: nothing
+
+	// StageDir is the host's staging folder (DEPLOY_PATH/.carebot/staging),
+	// where a big transfer goes layer by layer and a cut one resumes (see
+	// stage.go); "" = never stage. Stage is TRANSFER_STAGE: StageAuto ("" too),
+	// StageAlways or StageNever.
+	StageDir string
+	Stage    string
+	Files    host.Host // the host whose StageDir it is: staged files are written, and loaded, with its shell
 }
 
 // Stats is what one Image call did, for messages and benchmarks.
@@ -114,11 +123,12 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 	} else {
 		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
-	st.Stats, err = load(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
-	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) {
+	send := o.transport(ctx, src, img, skip, out) // streamed, or staged (stage.go)
+	st.Stats, err = send(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
+	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) && !errors.As(err, new(*stageError)) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
-		st.Stats, err = load(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
+		st.Stats, err = send(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
 	}
 	st.Duration = time.Since(start)
 	if err != nil {

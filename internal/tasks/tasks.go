@@ -156,8 +156,8 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 	return &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
-		Engine: buildEngine{r}, Compression: c.Compression, LockWait: c.LockWait,
-		Server:   srv,
+		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
+		Server: srv,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
@@ -181,6 +181,15 @@ func (b buildEngine) Save(ctx context.Context, refs ...string) (io.ReadCloser, e
 		return nil, err
 	}
 	return e.Save(ctx, refs...)
+}
+
+// LayerSizes lets shipping estimate a transfer (and so whether to stage it).
+func (b buildEngine) LayerSizes(ctx context.Context, id string) ([]int64, error) {
+	e, err := b.r.Engine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.LayerSizes(ctx, id)
 }
 
 // sshConfig is how the settings reach target: the one place that turns

@@ -89,9 +89,13 @@ type meter struct {
 	busy time.Duration // time spent writing them
 }
 
-func (m *meter) Write(b []byte) (int, error) {
+func (m *meter) Write(b []byte) (int, error) { return m.timed(m.w, b) }
+
+// timed writes b to w, which is the link (or, when staging, a layer's way
+// to it), and records how long that took.
+func (m *meter) timed(w io.Writer, b []byte) (int, error) {
 	t := m.now()
-	n, err := m.w.Write(b)
+	n, err := w.Write(b)
 	d := m.now().Sub(t)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -179,6 +183,10 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 		c.Method, c.Reason = a.decide(i), "forced"
 		return c, nil
 	}
+	if m, why := x.stageMethod(i); m != "" { // stage.go
+		c.Method, c.Reason = m, why
+		return c, nil
+	}
 	ratio, sampleRate := a.sample(head)
 	if ratio > maxRatio {
 		c.Reason = fmt.Sprintf("incompressible (%s takes a sample to %.0f%%)", a.codec, ratio*100)
@@ -196,6 +204,9 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 	switch {
 	case !ok:
 		c.Method, c.Reason = a.codec, "link not measured yet, small layer"
+		if x.o.Stage != nil {
+			c.Reason = "link not measured yet" // (no filler when staging: see probe)
+		}
 	case link < comp*(1-ratio):
 		c.Method, c.Reason = a.codec, fmt.Sprintf("link %s < %s", rate(link), saving)
 	default:
@@ -218,6 +229,9 @@ var probeBlock = sync.OnceValue(func() []byte {
 // an unreferenced blob, for its garbage collector; it is the same block
 // every time).
 func (x *rewriter) probe() error {
+	if x.o.Stage != nil {
+		return nil // filler would stay on this machine; the staged layers measure the link
+	}
 	if err := x.drain(); err != nil { // whatever is queued measures it too
 		return err
 	}
@@ -291,7 +305,7 @@ func (x *rewriter) autoFile(diffID string, size int64, f *os.File) error {
 	if c.Method == None {
 		c.Wire = size
 		x.choices = append(x.choices, c)
-		return x.queue(blobPath(diffID), size, f)
+		return x.queue(blobPath(diffID), size, f, Blob{DiffID: diffID, Method: None, Digest: diffID, Size: size})
 	}
 	defer drop(f)
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -355,5 +369,5 @@ func (x *rewriter) take(sp spool, c Choice) error {
 	x.choices = append(x.choices, c)
 	x.blobOf[sp.diffID] = sp.blob
 	x.saved += sp.n - sp.blob.Size
-	return x.queue(blobPath(sp.blob.Digest), sp.blob.Size, sp.f)
+	return x.queue(blobPath(sp.blob.Digest), sp.blob.Size, sp.f, Blob{DiffID: sp.diffID, Method: c.Method, Digest: sp.blob.Digest, Size: sp.blob.Size})
 }

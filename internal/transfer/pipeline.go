@@ -19,6 +19,7 @@ type job struct {
 	name    string
 	size    int64
 	f       *os.File   // removed once sent
+	blob    Blob       // what f holds, for a Stager
 	barrier chan error // or, a drain: gets the first error so far
 }
 
@@ -40,7 +41,12 @@ func (x *rewriter) startSender() {
 				continue
 			}
 			if s.failed() == nil {
-				err := x.fileFrom(j.name, j.size, j.f)
+				var err error
+				if x.o.Stage != nil {
+					err = x.put(j.blob, j.f) // stage.go
+				} else {
+					err = x.fileFrom(j.name, j.size, j.f)
+				}
 				if err != nil {
 					s.mu.Lock()
 					s.err = err
@@ -68,13 +74,13 @@ func (x *rewriter) fileFrom(name string, size int64, f *os.File) error {
 }
 
 // queue hands a spooled file to the sender, which removes it once sent.
-func (x *rewriter) queue(name string, size int64, f *os.File) error {
+func (x *rewriter) queue(name string, size int64, f *os.File, b Blob) error {
 	if err := x.snd.failed(); err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		return err
 	}
-	x.snd.jobs <- job{name: name, size: size, f: f}
+	x.snd.jobs <- job{name: name, size: size, f: f, blob: b}
 	return nil
 }
 

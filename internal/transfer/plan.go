@@ -13,7 +13,8 @@
 // The archive is compressed as a whole (gzip, zstd), or with Auto it is a
 // plain tar in which each layer is sent raw or as a gzip/zstd blob, decided
 // per layer from the link's and the compressor's rates measured while
-// sending (see Auto).
+// sending (see Auto). With a Stager (Options.Stage), each layer blob goes
+// to it instead, for a transfer that can resume (see stage.go).
 package transfer
 
 // Present returns how many leading layers of an image (its diff IDs, base

@@ -47,6 +47,11 @@ type Options struct {
 	Progress io.Writer
 	Estimate int64
 
+	// Stage, if set, takes the layer blobs instead of the archive (see
+	// Stager): the archive written to w then holds only the config and the
+	// manifests, and every layer is spooled locally before it goes.
+	Stage Stager
+
 	// TempDir is a directory on THIS machine for holding one layer at a time:
 	// the legacy save layout names a layer only by a v1 ID, so its diff ID is
 	// known after its last byte, too late for the tar header that must come
@@ -131,6 +136,7 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 	}
 	raw := &Counter{W: zw}
 	x := &rewriter{
+		ctx:    ctx,
 		o:      o,
 		tw:     tar.NewWriter(raw),
 		need:   map[string]bool{},
@@ -181,8 +187,9 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 
 // rewriter is the state of one Write.
 type rewriter struct {
-	o  Options
-	tw *tar.Writer
+	ctx context.Context // for the stager, which the sender calls
+	o   Options
+	tw  *tar.Writer
 
 	need map[string]bool  // diff IDs to send
 	ours map[string]bool  // diff IDs of the image
@@ -255,6 +262,9 @@ func (x *rewriter) blob(tr *tar.Reader, h *tar.Header, name, digest string) erro
 		if !x.need[digest] || x.sent[digest] {
 			return nil
 		}
+		if x.o.Stage != nil {
+			return x.stageLayer(tr, h.Size, name, digest) // stage.go
+		}
 		x.sent[digest] = true
 		if x.auto != nil {
 			return x.sendAuto(digest, h.Size, tr)
@@ -301,7 +311,8 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 	}
 	var src io.Reader = zr
 	var early *Choice
-	if x.auto != nil && x.o.Skip == 0 && x.auto.decide == nil { // (a forced decision needs the layer's index)
+	// (A forced decision needs the layer's index, a staged one its diff ID.)
+	if x.auto != nil && x.o.Skip == 0 && x.auto.decide == nil && x.o.Stage == nil {
 		lb := bufio.NewReaderSize(zr, sampleSize)
 		head, err := peek(lb)
 		if err != nil {
@@ -353,6 +364,10 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 		drop(f)
 		return nil // the server has it, or it is already in the archive
 	}
+	if x.o.Stage != nil && x.staged(diffID) {
+		drop(f)
+		return nil
+	}
 	x.sent[diffID] = true
 	switch {
 	case x.auto == nil:
@@ -363,7 +378,7 @@ func (x *rewriter) layer(r io.Reader, stored int64, name, digest string) error {
 	default:
 		return x.autoFile(diffID, n, f)
 	}
-	return x.queue(blobPath(diffID), n, f)
+	return x.queue(blobPath(diffID), n, f, Blob{DiffID: diffID, Method: None, Digest: diffID, Size: n})
 }
 
 // stream sends a needed layer of the legacy layout raw as it is read: its
