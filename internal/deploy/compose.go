@@ -94,7 +94,7 @@ func (d *Deployer) forgetCompose(ctx context.Context, err error) {
 	if !errors.As(err, &ce) {
 		return
 	}
-	if st, ok := ce.Err.(interface{ ExitStatus() int }); (ok && st.ExitStatus() == 127) || strings.Contains(ce.Output, "is not a docker command") {
+	if ce.ExitStatus() == 127 || strings.Contains(ce.Output, "is not a docker command") {
 		_, _ = host.Run(context.WithoutCancel(ctx), d.Host, "rm -f "+shell.Quote(d.composeCache()))
 	}
 }
