@@ -363,7 +363,16 @@ func (s *staging) upload(ctx context.Context, name string, b transfer.Blob, r io
 		return fmt.Errorf("the disk of %s is full: staging layer %d/%d (%s) in %s stopped; free space there (docker system prune, old backups), then deploy again: what arrived is kept and the next deploy resumes",
 			s.h, i, of, text.Bytes(b.Size), s.dir)
 	}
-	return fmt.Errorf("stage layer %d/%d in %s on %s: %w", i, of, s.dir, s.h, &host.CommandError{Cmd: "cat", Output: out.String(), Err: err})
+	if ctx.Err() != nil {
+		return &said{fmt.Sprintf("interrupted while staging layer %d/%d in %s on %s: what arrived is kept, and the next deploy resumes from there; nothing else was changed",
+			i, of, s.dir, s.h), ctx.Err()}
+	}
+	cerr := &host.CommandError{Cmd: "cat", Output: out.String(), Err: err}
+	var lost *host.ConnLostError
+	if errors.As(err, &lost) {
+		return fmt.Errorf("staging layer %d/%d in %s: %w; what arrived is kept, and the next deploy resumes from there", i, of, s.dir, cerr)
+	}
+	return fmt.Errorf("stage layer %d/%d in %s on %s: %w", i, of, s.dir, s.h, cerr)
 }
 
 // load builds the `docker load` archive on the host from meta (a tar of
@@ -385,6 +394,15 @@ if [ $s -eq 0 ] && [ -n "$ok" ]; then rm -f --`)
 	b.WriteString("; fi; exit $s; }")
 	return host.RunWithInput(ctx, s.h, b.String(), bytes.NewReader(meta))
 }
+
+// said is err told in the words of msg alone (err stays in the chain).
+type said struct {
+	msg string
+	err error
+}
+
+func (e *said) Error() string { return e.msg }
+func (e *said) Unwrap() error { return e.err }
 
 // stageError is a staged transfer that failed before the load: the host
 // did not refuse the image, so sending the whole of it would not help.
