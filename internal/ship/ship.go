@@ -1,8 +1,10 @@
-// Package ship gets an image built on this machine onto a host: one round
-// trip asks the host's engine what it has, an image the host cannot run is
-// refused before a byte is sent, only the layers the host lacks travel,
-// compressed and streamed into `docker load`, the whole image goes once if
-// the partial one is refused, and the ID the host ends up with is checked.
+// Package ship gets an image built on this machine onto a host: the host's
+// engine is asked through its API what it has, an image the host cannot run
+// is refused before a byte is sent, only the layers the host lacks travel
+// (each raw or compressed, as measured), streamed into the engine's load or
+// staged in files on the host so that a cut transfer resumes (stage.go),
+// the whole image goes once if the partial one is refused, and the ID the
+// host ends up with is checked.
 //
 // It sits below deploy and above engine, transfer and host: deploy calls it
 // for the image of a release, and nothing here calls back up.
