@@ -157,7 +157,7 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
-		Server: srv,
+		Server:   srv,
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
