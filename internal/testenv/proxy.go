@@ -27,12 +27,14 @@ type Proxy struct {
 	live   map[*link]bool
 	budget int64 // bytes that may still cross before every link is cut; -1 = no cut armed
 	silent bool  // what the armed budget does: silence the links instead of cutting them
+
 }
 
 // link is one proxied connection: the client's side and the target's.
 type link struct {
 	c, u   *net.TCPConn
 	silent atomic.Bool // black-holed: bytes read from either side are dropped
+	doomed bool        // an armed cut or silence fired: nothing more crosses (Proxy.mu)
 	gone   chan struct{}
 	once   sync.Once
 }
@@ -128,9 +130,12 @@ func (p *Proxy) Live() int {
 
 // take is how many of n bytes may cross, whether the armed budget fires
 // now, and whether it silences (else cuts).
-func (p *Proxy) take(n int) (int, bool, bool) {
+func (p *Proxy) take(l *link, n int) (int, bool, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if l.doomed {
+		return 0, false, false
+	}
 	if p.budget < 0 {
 		return n, false, false
 	}
@@ -140,6 +145,11 @@ func (p *Proxy) take(n int) (int, bool, bool) {
 	}
 	k := int(p.budget)
 	p.budget = -1
+	// Until the cut (or silence) reaches them, the links live now pass
+	// nothing more: the other direction would slip bytes through.
+	for x := range p.live {
+		x.doomed = true
+	}
 	return k, true, p.silent
 }
 
@@ -198,7 +208,7 @@ func (p *Proxy) copy(l *link, dst io.Writer, src io.Reader) {
 			n = 0
 		}
 		if n > 0 {
-			n, fire, silence := p.take(n)
+			n, fire, silence := p.take(l, n)
 			cut := fire && !silence
 			if p.rate > 0 {
 				sent += int64(n)
