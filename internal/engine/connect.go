@@ -106,7 +106,8 @@ func (e *ConnectError) Error() string {
 func ConnectVia(ctx context.Context, via Via, opts ...client.Opt) (*Engine, error) {
 	var d *stdioDialer
 	if via.WSL {
-		d = &stdioDialer{argv: via.DialCommand()}
+		argv := via.DialCommand()
+		d = &stdioDialer{start: func(report func(string)) (*stdioConn, error) { return startStdioConn(argv, report) }}
 		opts = append([]client.Opt{
 			client.WithVersionFromEnv(), client.WithAPIVersionNegotiation(),
 			// The engine's own socket, seen from the distro; every dial goes

@@ -14,12 +14,11 @@ import (
 	"time"
 )
 
-// stdioDialer opens API connections by starting a command each time
-// (argv on this machine, or start when set: a command on a server); the
-// connection is the command's stdin and stdout.
+// stdioDialer opens API connections by starting a command each time (on
+// this machine, or on a server); the connection is the command's stdin and
+// stdout.
 type stdioDialer struct {
-	argv  []string
-	start func(report func(string)) (net.Conn, error)
+	start func(report func(string)) (*stdioConn, error)
 
 	mu      sync.Mutex
 	failure string // what the last command that failed printed, one line
@@ -29,13 +28,7 @@ func (d *stdioDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var c net.Conn
-	var err error
-	if d.start != nil {
-		c, err = d.start(d.fail)
-	} else {
-		c, err = startStdioConn(d.argv, d.fail)
-	}
+	c, err := d.start(d.fail)
 	if err != nil {
 		d.fail(err.Error())
 		return nil, err
@@ -77,29 +70,39 @@ type stdioConn struct {
 	closeOnce sync.Once
 }
 
-func startStdioConn(argv []string, report func(string)) (*stdioConn, error) {
-	name := strings.Join(argv, " ")
-	// Our own pipes, not cmd.StdinPipe/StdoutPipe: Wait would close those
-	// under a reader, and we wait as soon as the command starts.
+// newStdioConn makes the pipes of a connection named name: the command
+// gets inR and outW, the connection keeps the other ends. Our own pipes,
+// not cmd.StdinPipe/StdoutPipe: Wait would close those under a reader,
+// and we wait as soon as the command starts.
+func newStdioConn(name string, report func(string)) (c *stdioConn, inR, outW *os.File, err error) {
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
+		return nil, nil, nil, err
+	}
+	c = &stdioConn{name: name, in: inW, out: outR, stderr: &tailBuffer{max: 4 << 10}, report: report, done: make(chan struct{})}
+	return c, inR, outW, nil
+}
+
+func startStdioConn(argv []string, report func(string)) (*stdioConn, error) {
+	name := strings.Join(argv, " ")
+	c, inR, outW, err := newStdioConn(name, report)
+	if err != nil {
 		return nil, err
 	}
-	c := &stdioConn{name: name, in: inW, out: outR, stderr: &tailBuffer{max: 4 << 10}, report: report, done: make(chan struct{})}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, c.stderr
 	err = cmd.Start()
 	inR.Close()
 	outW.Close()
 	if err != nil {
-		inW.Close()
-		outR.Close()
+		c.in.Close()
+		c.out.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	c.kill = func() { _ = cmd.Process.Kill() } // reaped by the goroutine waiting on it
@@ -118,18 +121,12 @@ type ExecFunc func(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 // startExecConn is startStdioConn for a command that run starts: the
 // connection lives until the command ends or Close cancels it.
 func startExecConn(run ExecFunc, cmdline string, report func(string)) (*stdioConn, error) {
-	inR, inW, err := os.Pipe()
+	c, inR, outW, err := newStdioConn(cmdline, report)
 	if err != nil {
-		return nil, err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inR.Close()
-		inW.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &stdioConn{name: cmdline, in: inW, out: outR, stderr: &tailBuffer{max: 4 << 10}, report: report, done: make(chan struct{}), kill: cancel}
+	c.kill = cancel
 	go func() {
 		c.waitErr = run(ctx, cmdline, inR, outW, c.stderr)
 		inR.Close()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -30,7 +29,7 @@ const DialStdio = "docker system dial-stdio"
 // command on the run's one SSH connection): each API connection is a
 // `docker system dial-stdio` there. name says where, for messages.
 func ConnectServer(ctx context.Context, name string, run ExecFunc) (*Engine, error) {
-	d := &stdioDialer{start: func(report func(string)) (net.Conn, error) { return startExecConn(run, DialStdio, report) }}
+	d := &stdioDialer{start: func(report func(string)) (*stdioConn, error) { return startExecConn(run, DialStdio, report) }}
 	api, err := client.NewClientWithOpts(client.WithAPIVersionNegotiation(),
 		// A name for the client's URLs; every dial goes through the command.
 		client.WithHost("unix:///var/run/docker.sock"), client.WithDialContext(d.DialContext))
