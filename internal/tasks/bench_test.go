@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -248,8 +247,8 @@ func (e *benchEnv) writeProject() {
 			b.Fatal(err)
 		}
 	}
-	collectFiles(b, filepath.Join(e.dir, "base"), base, 1<<20, 1<<40)
-	collectFiles(b, filepath.Join(e.dir, "deps"), deps, 64<<10, 1<<20)
+	testenv.CollectFiles(b, filepath.Join(e.dir, "base"), base, 1<<20, 1<<40)
+	testenv.CollectFiles(b, filepath.Join(e.dir, "deps"), deps, 64<<10, 1<<20)
 	blob, err := os.Create(filepath.Join(e.dir, "blob.bin"))
 	if err != nil {
 		b.Fatal(err)
@@ -737,47 +736,6 @@ func (t *timedLines) text() string {
 		fmt.Fprintf(&s, "%6.2fs %s\n", l.at.Seconds(), l.text)
 	}
 	return s.String()
-}
-
-// collectFiles links (or copies) regular files under /usr whose size is in
-// [minSize, maxSize) into dir until it holds about limit bytes.
-func collectFiles(b *testing.B, dir string, limit, minSize, maxSize int64) {
-	type f struct {
-		path string
-		size int64
-	}
-	var files []f
-	filepath.WalkDir("/usr", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return nil
-		}
-		if info, err := d.Info(); err == nil && info.Size() >= minSize && info.Size() < maxSize {
-			files = append(files, f{p, info.Size()})
-		}
-		return nil
-	})
-	sort.Slice(files, func(i, j int) bool { return files[i].path < files[j].path })
-	var total int64
-	for i, x := range files {
-		if total+x.size > limit {
-			continue
-		}
-		dst := filepath.Join(dir, fmt.Sprintf("%04d-%s", i, filepath.Base(x.path)))
-		if os.Link(x.path, dst) != nil {
-			in, err := os.Open(x.path)
-			if err != nil {
-				continue
-			}
-			out, _ := os.Create(dst)
-			io.Copy(out, in)
-			in.Close()
-			out.Close()
-		}
-		total += x.size
-	}
-	if total < limit/2 {
-		b.Fatalf("found only %s of files of %s to %s under /usr", text.Bytes(total), text.Bytes(minSize), text.Bytes(maxSize))
-	}
 }
 
 // resetPeakRSS starts a new peak-RSS measurement of this process (Linux:

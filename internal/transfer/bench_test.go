@@ -7,12 +7,9 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -184,7 +181,7 @@ func benchImage(b *testing.B, e *engine.Engine, ref string) engine.Image {
 	if err := os.MkdirAll(filepath.Join(dir, "usr"), 0o755); err != nil {
 		b.Fatal(err)
 	}
-	collect(b, filepath.Join(dir, "usr"), 125<<20)
+	testenv.CollectFiles(b, filepath.Join(dir, "usr"), 125<<20, 1<<20+1, 1<<40)
 	random := make([]byte, 90<<20)
 	rand.Read(random)
 	os.WriteFile(filepath.Join(dir, "random.bin"), random, 0o644)
@@ -208,45 +205,4 @@ func benchImage(b *testing.B, e *engine.Engine, ref string) engine.Image {
 		b.Fatal(err)
 	}
 	return img
-}
-
-// collect links (or copies) the largest regular files under /usr into dir
-// until it holds about limit bytes.
-func collect(b *testing.B, dir string, limit int64) {
-	type file struct {
-		path string
-		size int64
-	}
-	var files []file
-	filepath.WalkDir("/usr", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return nil
-		}
-		if info, err := d.Info(); err == nil && info.Size() > 1<<20 {
-			files = append(files, file{p, info.Size()})
-		}
-		return nil
-	})
-	sort.Slice(files, func(i, j int) bool { return files[i].path < files[j].path })
-	var total int64
-	for i, f := range files {
-		if total+f.size > limit {
-			continue
-		}
-		dst := filepath.Join(dir, fmt.Sprintf("%04d-%s", i, filepath.Base(f.path)))
-		if os.Link(f.path, dst) != nil {
-			in, err := os.Open(f.path)
-			if err != nil {
-				continue
-			}
-			out, _ := os.Create(dst)
-			io.Copy(out, in)
-			in.Close()
-			out.Close()
-		}
-		total += f.size
-	}
-	if total < limit/2 {
-		b.Fatalf("found only %s of large files under /usr", text.Bytes(total))
-	}
 }
