@@ -6,7 +6,6 @@ package deploy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -345,16 +344,21 @@ func (d *Deployer) undoSwitch(e Entry, fallback, fallbackID string) string {
 		}
 		b.WriteString(d.ComposeCommand(fallback, "up -d") + " || exit 1\n")
 	}
-	line, _ := json.Marshal(e)
-	fmt.Fprintf(&b, "printf '%%s\\n' %s >> %s\n", shell.Quote(string(line)), shell.Quote(d.historyPath()))
+	b.WriteString(d.appendHistoryCmd(e) + "\n")
 	return b.String()
 }
 
-func (d *Deployer) waitHealthy(ctx context.Context, version string) (health.Status, error) {
-	probe := health.Probe{
+// Probe asks the service's health endpoint from the host's side (through
+// the SSH connection for a server), where its port is published.
+func (d *Deployer) Probe() health.Probe {
+	return health.Probe{
 		URL:  "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(d.AppPort)) + d.HealthPath,
 		Dial: d.Host.DialContext,
 	}
+}
+
+func (d *Deployer) waitHealthy(ctx context.Context, version string) (health.Status, error) {
+	probe := d.Probe()
 	d.printf("waiting up to %s for %s to report %s\n", d.HealthTimeout, probe.URL, version)
 	return probe.Until(ctx, health.Wait{Version: version, Timeout: d.HealthTimeout, Alive: d.alive})
 }
@@ -423,8 +427,7 @@ func (d *Deployer) unchanged(ctx context.Context, states []ContainerState, r Rel
 	if !ok {
 		return false
 	}
-	probe := health.Probe{URL: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(d.AppPort)) + d.HealthPath, Dial: d.Host.DialContext}
-	st, err := probe.Check(ctx)
+	st, err := d.Probe().Check(ctx)
 	return err == nil && st.Version == r.Version
 }
 

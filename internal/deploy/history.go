@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 )
 
 // Entry is one line of the deploy history (DEPLOY_PATH/deploy-history.jsonl).
@@ -92,6 +93,12 @@ func (d *Deployer) History(ctx context.Context) ([]Entry, error) {
 		return nil, fmt.Errorf("read deploy history: %w", err)
 	}
 	return ParseHistory(data), nil
+}
+
+// appendHistoryCmd is the command that adds e to the history.
+func (d *Deployer) appendHistoryCmd(e Entry) string {
+	line, _ := json.Marshal(e) // an Entry is plain strings and a time
+	return fmt.Sprintf("printf '%%s\\n' %s >> %s", shell.Quote(string(line)), shell.Quote(d.historyPath()))
 }
 
 // Confirmed is the version the history last recorded as serving healthy,

@@ -2,7 +2,6 @@ package deploy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -57,11 +56,7 @@ func (d *Deployer) settle(ctx context.Context) error {
 // trip: the switch's outcome is what serves now, and the history says so.
 func (d *Deployer) conclude(ctx context.Context, e Entry) error {
 	e.Time = d.now()
-	line, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	cmd := fmt.Sprintf("printf '%%s\\n' %s >> %s && rm -f %s", shell.Quote(string(line)), shell.Quote(d.historyPath()), shell.Quote(d.journalPath()))
+	cmd := d.appendHistoryCmd(e) + " && rm -f " + shell.Quote(d.journalPath())
 	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, cmd); err != nil {
 		return fmt.Errorf("record deploy history and clear the journal on %s: %w", d.Host, err)
 	}

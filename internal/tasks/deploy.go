@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/engine"
-	"github.com/carebot/carebot/internal/health"
 )
 
 // Deploy puts IMAGE_NAME:IMAGE_TAG, already built, into service on
@@ -74,7 +72,7 @@ func (r *Runner) Status(ctx context.Context) error {
 	for _, s := range states {
 		r.printf("container  %s\n", s)
 	}
-	probe := health.Probe{URL: "http://127.0.0.1:" + strconv.Itoa(d.AppPort) + d.HealthPath, Dial: d.Host.DialContext}
+	probe := d.Probe()
 	st, herr := probe.Check(ctx)
 	if herr == nil {
 		r.printf("health     %s, version %s, commit %s (%s)\n", st.Status, st.Version, st.Commit, probe.URL)
