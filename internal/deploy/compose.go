@@ -66,8 +66,8 @@ func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
 	if d.compose != "" {
 		return d.compose, nil
 	}
-	if !d.looked && d.Path != "" {
-		if _, err := d.look(ctx); err != nil {
+	if d.Path != "" {
+		if err := d.lookOnce(ctx); err != nil {
 			return "", err
 		}
 		if d.compose != "" {
@@ -81,8 +81,8 @@ func (d *Deployer) detectCompose(ctx context.Context) (string, error) {
 	d.compose = c.Command
 	// Best effort, and only in a deploy folder that exists (a refused
 	// first deploy leaves nothing): without it, the next run detects again.
-	_, _ = host.Run(ctx, d.Host, fmt.Sprintf("cd %s 2>/dev/null && mkdir -p .carebot && printf '%%s\\n' %s > .carebot/compose",
-		shell.Quote(d.Path), shell.Quote(c.Command)))
+	_, _ = host.Run(ctx, d.Host, fmt.Sprintf("[ -d %s ] && mkdir -p %s && printf '%%s\\n' %s > %s",
+		shell.Quote(d.Path), shell.Quote(d.stateDir()), shell.Quote(c.Command), shell.Quote(d.composeCache())))
 	return d.compose, nil
 }
 
@@ -111,14 +111,14 @@ type facts struct {
 // the deploy folder's resolved path (Compose v1 labels containers with it,
 // v2 with the path as given). Each task that starts asks again (another
 // run may have deployed meanwhile); what it changes itself it notes.
-func (d *Deployer) look(ctx context.Context) (facts, error) {
+func (d *Deployer) look(ctx context.Context) error {
 	p := shell.Quote(d.Path)
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf("cd %s 2>/dev/null || exit 0; echo \"real $(pwd -P)\"; "+
 		"[ -e .env ] && echo \"env $(stat -c %%Y .env 2>/dev/null)\"; [ -e %s ] && echo compose-file; "+
 		"c=$(cat %s 2>/dev/null) && [ -n \"$c\" ] && command -v \"${c%%%% *}\" >/dev/null && echo \"compose $c\"; true",
 		p, shell.Quote(d.composeName()), shell.Quote(d.composeCache())))
 	if err != nil {
-		return facts{}, fmt.Errorf("look at %s on %s: %w", d.Path, d.Host, err)
+		return fmt.Errorf("look at %s on %s: %w", d.Path, d.Host, err)
 	}
 	var f facts
 	for _, line := range strings.Split(out, "\n") {
@@ -138,7 +138,15 @@ func (d *Deployer) look(ctx context.Context) (facts, error) {
 		}
 	}
 	d.facts, d.looked = f, true
-	return f, nil
+	return nil
+}
+
+// lookOnce is look, unless a task of this run looked already.
+func (d *Deployer) lookOnce(ctx context.Context) error {
+	if d.looked {
+		return nil
+	}
+	return d.look(ctx)
 }
 
 // ComposeCommand is the command line that runs compose args in the deploy
@@ -189,28 +197,17 @@ type ContainerState = engine.ProjectContainer
 // the project in the deploy folder, found by its label through the
 // host's engine (no Compose process, no text to parse).
 func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
-	if !d.looked {
-		if _, err := d.look(ctx); err != nil {
-			return nil, err
-		}
+	if err := d.lookOnce(ctx); err != nil {
+		return nil, err
 	}
-	f := d.facts
-	if !f.hasComposeFile && f.realPath == "" {
+	if !d.facts.hasComposeFile && d.facts.realPath == "" {
 		return nil, nil
 	}
 	srv, err := d.server(ctx)
 	if err != nil {
 		return nil, err
 	}
-	list, err := srv.ProjectContainers(ctx, d.Path, f.realPath)
-	if err != nil {
-		return nil, err
-	}
-	states := make([]ContainerState, len(list))
-	for i, c := range list {
-		states[i] = ContainerState(c)
-	}
-	return states, nil
+	return srv.ProjectContainers(ctx, d.Path, d.facts.realPath)
 }
 
 // Containers is the deployment's containers, for Status.

@@ -236,7 +236,7 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 // Deployed checks that something was deployed to Path, so commands that
 // need a deployment say so instead of failing on a missing file.
 func (d *Deployer) Deployed(ctx context.Context) error {
-	if _, err := d.look(ctx); err != nil {
+	if err := d.look(ctx); err != nil {
 		return err
 	}
 	if _, err := d.detectCompose(ctx); err != nil {
@@ -384,7 +384,7 @@ func (d *Deployer) alive(ctx context.Context) error {
 // prepare makes the deploy folder and checks the host's .env, before
 // anything that serves changes.
 func (d *Deployer) prepare(ctx context.Context) error {
-	if _, err := d.look(ctx); err != nil {
+	if err := d.look(ctx); err != nil {
 		return err
 	}
 	if _, err := d.detectCompose(ctx); err != nil {
@@ -432,8 +432,9 @@ func (d *Deployer) unchanged(ctx context.Context, states []ContainerState, r Rel
 }
 
 // syncFiles copies the compose file and migrations, writing only files
-// whose contents differ, and says whether it wrote any. Migrations gone from here stay on the host: a
-// database that applied them still records them.
+// whose contents differ from the host's (have: their checksums, from
+// historyAndSums), and says whether it wrote any. Migrations gone from
+// here stay on the host: a database that applied them still records them.
 func (d *Deployer) syncFiles(ctx context.Context, have map[string]string) (changed bool, err error) {
 	files := map[string]string{d.Path + "/" + d.composeName(): d.ComposeFile}
 	if entries, err := os.ReadDir(d.Migrations); err == nil {
@@ -458,11 +459,6 @@ func (d *Deployer) syncFiles(ctx context.Context, have map[string]string) (chang
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("migrations: %w", err)
 	}
-	if have == nil {
-		if have, err = d.remoteSums(ctx); err != nil {
-			return false, err
-		}
-	}
 	for dst, src := range files {
 		data, err := os.ReadFile(src)
 		if err != nil {
@@ -483,14 +479,6 @@ func (d *Deployer) syncFiles(ctx context.Context, have map[string]string) (chang
 		d.printf("updated %s\n", dst)
 	}
 	return changed, nil
-}
-
-func (d *Deployer) remoteSums(ctx context.Context) (map[string]string, error) {
-	out, err := host.Run(ctx, d.Host, d.sumsCmd())
-	if err != nil {
-		return nil, fmt.Errorf("list files in %s: %w", d.Path, err)
-	}
-	return d.parseSums(out), nil
 }
 
 func (d *Deployer) sumsCmd() string {

@@ -692,7 +692,7 @@ func TestSyncFiles(t *testing.T) {
 		"migrations/link.sql":          {filepath.Join(d.Migrations, "001_init.sql"), 0o644}, // the file a link names
 	}
 
-	if _, err := d.syncFiles(ctx, nil); err != nil {
+	if _, err := d.syncNow(ctx); err != nil {
 		t.Fatalf("first syncFiles: %v", err)
 	}
 	if !strings.Contains(out.String(), "skipped "+filepath.Join(d.Migrations, "subdir")+": only files") {
@@ -733,7 +733,7 @@ func TestSyncFiles(t *testing.T) {
 
 	// Nothing changed: nothing written.
 	out.Reset()
-	if _, err := d.syncFiles(ctx, nil); err != nil {
+	if _, err := d.syncNow(ctx); err != nil {
 		t.Fatalf("second syncFiles: %v", err)
 	}
 	if strings.Contains(out.String(), "updated ") {
@@ -742,7 +742,7 @@ func TestSyncFiles(t *testing.T) {
 
 	// One file changed: only it is written.
 	writeFile(t, filepath.Join(d.Migrations, "001_init.sql"), "CREATE TABLE t (id INTEGER, name TEXT);\n", 0o644)
-	if _, err := d.syncFiles(ctx, nil); err != nil {
+	if _, err := d.syncNow(ctx); err != nil {
 		t.Fatalf("third syncFiles: %v", err)
 	}
 	// link.sql names 001_init.sql: it changed too.
@@ -758,7 +758,7 @@ func TestSyncFiles(t *testing.T) {
 	// The host's copy was edited by hand: it is put back.
 	out.Reset()
 	writeFile(t, filepath.Join(d.Path, "compose.yml"), "edited on the server\n", 0o644)
-	if _, err := d.syncFiles(ctx, nil); err != nil {
+	if _, err := d.syncNow(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "updated "+filepath.Join(d.Path, "compose.yml")) {
@@ -772,14 +772,14 @@ func TestSyncFilesWithoutMigrations(t *testing.T) {
 	if err := os.MkdirAll(d.Path, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.syncFiles(context.Background(), nil); err != nil {
+	if _, err := d.syncNow(context.Background()); err != nil {
 		t.Fatalf("syncFiles without a migrations folder: %v", err)
 	}
 	if got := strings.TrimSpace(out.String()); got != "updated "+filepath.Join(d.Path, "compose.yml") {
 		t.Errorf("output %q, want only the compose file", got)
 	}
 	d.ComposeFile = filepath.Join(t.TempDir(), "missing.yml")
-	if _, err := d.syncFiles(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "missing.yml") {
+	if _, err := d.syncNow(context.Background()); err == nil || !strings.Contains(err.Error(), "missing.yml") {
 		t.Errorf("syncFiles with a missing compose file = %v, want an error naming it", err)
 	}
 }
@@ -839,7 +839,7 @@ func deployedWorld(t *testing.T, serving string) (*Deployer, *bytes.Buffer, *wor
 	}
 	writeFile(t, filepath.Join(d.Path, ".env"), "BOT_TOKEN=x\n", 0o600)
 	if serving != "" {
-		if _, err := d.syncFiles(context.Background(), nil); err != nil {
+		if _, err := d.syncNow(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		w.serve(serving)
@@ -1350,7 +1350,7 @@ func TestSyncFilesFollowsLinks(t *testing.T) {
 	if err := os.Symlink(target, filepath.Join(d.Migrations, "002_linked.sql")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.syncFiles(ctx, nil); err != nil {
+	if _, err := d.syncNow(ctx); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(d.Path, "migrations", "002_linked.sql"))
@@ -1364,7 +1364,7 @@ func TestSyncFilesFollowsLinks(t *testing.T) {
 	if err := os.Symlink(filepath.Join(t.TempDir(), "gone.sql"), filepath.Join(d.Migrations, "003_broken.sql")); err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.syncFiles(ctx, nil)
+	_, err = d.syncNow(ctx)
 	if err == nil || !strings.Contains(err.Error(), "003_broken.sql is a broken link") {
 		t.Fatalf("syncFiles with a broken link: %v", err)
 	}

@@ -322,3 +322,13 @@ func (d *Deployer) record(ctx context.Context, e Entry) error {
 	}
 	return nil
 }
+
+// syncNow is syncFiles after asking the host for its files' checksums, as
+// a deploy does in historyAndSums.
+func (d *Deployer) syncNow(ctx context.Context) (bool, error) {
+	out, err := host.Run(ctx, d.Host, d.sumsCmd())
+	if err != nil {
+		return false, err
+	}
+	return d.syncFiles(ctx, d.parseSums(out))
+}

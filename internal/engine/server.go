@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -230,8 +231,7 @@ func (e *Engine) ProjectContainers(ctx context.Context, dirs ...string) ([]Proje
 	}
 	var out []ProjectContainer
 	for _, c := range list {
-		dir := c.Labels[ComposeLabelDir]
-		if !contains(dirs, dir) {
+		if dir := c.Labels[ComposeLabelDir]; dir == "" || !slices.Contains(dirs, dir) {
 			continue
 		}
 		ci, err := e.api.ContainerInspect(ctx, c.ID)
@@ -283,12 +283,3 @@ type causeError struct {
 
 func (e *causeError) Error() string { return e.msg }
 func (e *causeError) Unwrap() error { return e.err }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s && s != "" {
-			return true
-		}
-	}
-	return false
-}
