@@ -76,7 +76,7 @@ func (o Options) transport(ctx context.Context, src Source, img engine.Image, sk
 // layerSizer is a build engine that knows how big its image's layers are
 // (*engine.Engine).
 type layerSizer interface {
-	LayerSizes(ctx context.Context, id string) ([]int64, error)
+	LayerSizes(ctx context.Context, id string, n int) ([]int64, error)
 }
 
 // estimate is roughly how many bytes the layers above skip are,
@@ -87,7 +87,7 @@ func estimate(ctx context.Context, src Source, img engine.Image, skip int) int64
 		return 0
 	}
 	if s, ok := src.(layerSizer); ok {
-		if sizes, err := s.LayerSizes(ctx, img.ID); err == nil && len(sizes) == len(img.Layers) {
+		if sizes, err := s.LayerSizes(ctx, img.ID, len(img.Layers)); err == nil && len(sizes) == len(img.Layers) {
 			var n int64
 			for _, z := range sizes[skip:] {
 				n += z

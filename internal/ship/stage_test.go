@@ -370,7 +370,7 @@ type sized struct {
 	sizes []int64
 }
 
-func (s sized) LayerSizes(context.Context, string) ([]int64, error) { return s.sizes, nil }
+func (s sized) LayerSizes(context.Context, string, int) ([]int64, error) { return s.sizes, nil }
 
 func TestStageOrStream(t *testing.T) {
 	src, img := built(t)

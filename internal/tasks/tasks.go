@@ -184,12 +184,12 @@ func (b buildEngine) Save(ctx context.Context, refs ...string) (io.ReadCloser, e
 }
 
 // LayerSizes lets shipping estimate a transfer (and so whether to stage it).
-func (b buildEngine) LayerSizes(ctx context.Context, id string) ([]int64, error) {
+func (b buildEngine) LayerSizes(ctx context.Context, id string, n int) ([]int64, error) {
 	e, err := b.r.Engine(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return e.LayerSizes(ctx, id)
+	return e.LayerSizes(ctx, id, n)
 }
 
 // sshConfig is how the settings reach target: the one place that turns
