@@ -41,7 +41,7 @@ func TestStagedResumesAfterCut(t *testing.T) {
 	rand.Read(suffix)
 	ref := "carebot-stage-test:" + hex.EncodeToString(suffix)
 	img := buildBulky(t, local, ref, bulk)
-	sizes, err := local.LayerSizes(ctx, img.ID)
+	sizes, err := local.LayerSizes(ctx, img.ID, len(img.Layers))
 	if err != nil || len(sizes) != 2 || sizes[0] < bulk {
 		t.Fatalf("layer sizes %v, %v: want 2 layers, the first over %d bytes", sizes, err, bulk)
 	}
@@ -71,11 +71,15 @@ func TestStagedResumesAfterCut(t *testing.T) {
 				t.Fatalf("err = %v after Ctrl-C, want it to say the next deploy resumes\n%s", err, out)
 			}
 			noProcessIn(t, dir)
-			onlyParts(t, dir, sizes[0])
+			part := onlyParts(t, dir, sizes[0])
 
-			// 2. Cut the link once the layer is at about 90 %.
+			// 2. Cut the link once the layer is at about 90 % (from where
+			// the Ctrl-C left it, which a busy machine makes later than 40 %).
+			if part > bulk*8/10 {
+				t.Fatalf("the Ctrl-C at 40 %% left %d of %d bytes: too late to cut at 90 %%", part, bulk)
+			}
 			proxy.Reset()
-			proxy.CutAfter(bulk / 2)
+			proxy.CutAfter(bulk*9/10 - part)
 			_, out, err = shipVia(ctx, t, local, proxy, sshd, known, ref, o)
 			if err == nil || !strings.Contains(err.Error(), "lost") {
 				t.Fatalf("err = %v after the cut, want a lost connection\n%s", err, out)
@@ -185,19 +189,21 @@ func buildBulky(t *testing.T, e *engine.Engine, ref string, size int) engine.Ima
 
 // onlyParts checks that an interrupted transfer left one .part in dir,
 // besides at most one complete (small) layer.
-func onlyParts(t *testing.T, dir string, layer int64) {
+func onlyParts(t *testing.T, dir string, layer int64) (part int64) {
 	t.Helper()
 	files := stagedFiles(t, dir)
 	parts := 0
 	for name, size := range files {
 		if strings.HasSuffix(name, ".part") {
 			parts++
+			part = size
 			t.Logf("left: %s, %d bytes (%.0f%% of the layer)", name, size, float64(size)*100/float64(layer))
 		}
 	}
 	if parts != 1 || len(files) > 2 {
 		t.Errorf("staging folder after the interruption: %v, want one .part (and at most one complete file)", files)
 	}
+	return part
 }
 
 // stagedFiles lists the staging folder: name -> size.
