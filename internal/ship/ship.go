@@ -49,7 +49,9 @@ type Options struct {
 	// StageAlways or StageNever.
 	StageDir string
 	Stage    string
-	Files    host.Host // the host whose StageDir it is: staged files are written, and loaded, with its shell
+	Files    host.Host // the host whose StageDir it is: staged files are written, and loaded, with its shell; the link to it is measured with it
+
+	probe func(ctx context.Context, h host.Host) (float64, error) // measures the link (tests); nil: linkRate
 }
 
 // Stats is what one Image call did, for messages and benchmarks.
@@ -125,12 +127,14 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 	} else {
 		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
-	send := o.transport(ctx, src, img, skip, out) // streamed, or staged (stage.go)
-	st.Stats, err = send(ctx, src, h, img, ref, skip, st.Compression, st.Codec, out)
+	p := plan{img: img, ref: ref, skip: skip, comp: st.Compression, codec: st.Codec, out: out}
+	send := o.transport(ctx, src, &p) // streamed, or staged (stage.go)
+	st.Stats, err = send(ctx, src, h, p)
 	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) && !errors.As(err, new(*stageError)) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true
-		st.Stats, err = send(ctx, src, h, img, ref, 0, st.Compression, st.Codec, out)
+		p.skip = 0
+		st.Stats, err = send(ctx, src, h, p)
 	}
 	st.Duration = time.Since(start)
 	if err != nil {
@@ -221,13 +225,25 @@ func apiAtLeast(v, min string) bool {
 	return a > c || a == c && b >= d
 }
 
+// plan is one transfer: the image, the layers above skip, how they are
+// encoded, the link's rate if measured (0 = not), and where progress goes.
+type plan struct {
+	img   engine.Image
+	ref   string
+	skip  int
+	comp  string // the archive's encoding, or transfer.Auto
+	codec string // with Auto: what a compressed layer uses
+	link  float64
+	out   io.Writer
+}
+
 // load streams one archive (the layers above skip) into `docker load` on
 // the host: no file on either side but a local spool for layers whose
 // identity the save format hides.
-func load(ctx context.Context, src Source, h Server, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
+func load(ctx context.Context, src Source, h Server, p plan) (transfer.Stats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	save, err := src.Save(ctx, img.ID)
+	save, err := src.Save(ctx, p.img.ID)
 	if err != nil {
 		return transfer.Stats{}, err
 	}
@@ -238,12 +254,12 @@ func load(ctx context.Context, src Source, h Server, img engine.Image, ref strin
 	go func() {
 		var err error
 		var estimate int64
-		if skip == 0 {
-			estimate = img.Size
+		if p.skip == 0 {
+			estimate = p.img.Size
 		}
 		stats, err = transfer.Write(ctx, save, pw, transfer.Options{
-			Ref: ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: comp, Codec: codec,
-			Progress: progress, Estimate: estimate,
+			Ref: p.ref, ID: p.img.ID, Layers: p.img.Layers, Skip: p.skip, Compress: p.comp, Codec: p.codec,
+			LinkRate: p.link, Progress: p.out, Estimate: estimate,
 		})
 		pw.CloseWithError(err)
 		werr <- err

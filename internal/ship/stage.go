@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
@@ -44,33 +45,78 @@ const (
 // the host's disk.
 const stageThreshold = 32 << 20
 
-// sender gets the archive of img (the layers above skip) loaded on h:
+// sender gets the archive of p.img (the layers above p.skip) loaded on h:
 // streamed (load) or staged (Options.stage).
-type sender func(ctx context.Context, src Source, h Server, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error)
+type sender func(ctx context.Context, src Source, h Server, p plan) (transfer.Stats, error)
 
 // transport decides whether the transfer streams or stages, and says which
-// and why.
-func (o Options) transport(ctx context.Context, src Source, img engine.Image, skip int, out io.Writer) sender {
+// and why. A transfer big enough to be worth it has the link measured
+// first (p.link): auto stages what would take longer than stageAfter.
+func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
+	n := len(p.img.Layers) - p.skip
+	size := estimate(ctx, src, p.img, p.skip)
+	auto := o.Stage != StageNever && o.Stage != StageAlways && o.StageDir != "" && o.Files != nil
+	resume := auto && size > stageThreshold && o.arrived(ctx, p.img.Layers[p.skip:])
+	if size >= probeMin && (p.comp == transfer.Auto || auto) && o.Files != nil && !resume {
+		probe := o.probe
+		if probe == nil {
+			probe = linkRate
+		}
+		r, err := probe(ctx, o.Files)
+		if err == nil {
+			p.link = r
+		} else if ctx.Err() == nil {
+			fmt.Fprintf(p.out, "  (%s; the transfer measures it as it goes)\n", text.ErrLine(err))
+		}
+	}
 	if o.StageDir == "" || o.Files == nil {
 		return load
 	}
-	n := len(img.Layers) - skip
-	size := estimate(ctx, src, img, skip)
 	what := fmt.Sprintf("%d layer", n)
 	if n != 1 {
 		what += "s"
 	}
 	what += " (" + text.Bytes(size) + ")"
+	took := ""
+	if p.link > 0 {
+		took = fmt.Sprintf(", ~%s at the %s measured", (time.Duration(float64(size) / p.link * float64(time.Second))).Round(time.Second), text.Rate(p.link))
+	}
 	switch {
 	case o.Stage == StageNever:
-		fmt.Fprintf(out, "streaming %s into docker load (TRANSFER_STAGE=never)\n", what)
+		fmt.Fprintf(p.out, "streaming %s into docker load (TRANSFER_STAGE=never)\n", what)
 		return load
-	case o.Stage == StageAlways || size > stageThreshold:
-		fmt.Fprintf(out, "staging %s in %s: a cut transfer resumes where it stopped\n", what, o.StageDir)
+	case o.Stage == StageAlways:
+		fmt.Fprintf(p.out, "staging %s in %s: a cut transfer resumes where it stopped\n", what, o.StageDir)
 		return o.stage
+	case resume:
+		fmt.Fprintf(p.out, "staging %s in %s: resuming the transfer that was cut\n", what, o.StageDir)
+		return o.stage
+	case size > stageThreshold && (p.link == 0 || float64(size)/p.link > stageAfter.Seconds()):
+		fmt.Fprintf(p.out, "staging %s%s in %s: a cut transfer resumes where it stopped\n", what, took, o.StageDir)
+		return o.stage
+	case size > stageThreshold:
+		fmt.Fprintf(p.out, "streaming %s%s into docker load: a cut costs little to send again\n", what, took)
+		return load
 	}
-	fmt.Fprintf(out, "streaming %s into docker load\n", what)
+	fmt.Fprintf(p.out, "streaming %s into docker load\n", what)
 	return load
+}
+
+// arrived says whether the staging folder holds files of these layers: a
+// transfer that was cut, which resumes whatever the link (one round trip,
+// and no filler to measure it).
+func (o Options) arrived(ctx context.Context, layers []string) bool {
+	out, err := host.Run(ctx, o.Files, "ls "+shell.Quote(o.StageDir)+" 2>/dev/null || true")
+	if err != nil {
+		return false
+	}
+	for _, f := range strings.Fields(out) {
+		hexID, _, _ := strings.Cut(f, ".")
+		if slices.Contains(layers, "sha256:"+hexID) {
+			return true
+		}
+	}
+	return false
 }
 
 // layerSizer is a build engine that knows how big its image's layers are
@@ -99,9 +145,10 @@ func estimate(ctx context.Context, src Source, img engine.Image, skip int) int64
 }
 
 // stage is the staged sender (see sender).
-func (o Options) stage(ctx context.Context, src Source, _ Server, img engine.Image, ref string, skip int, comp, codec string, progress io.Writer) (transfer.Stats, error) {
+func (o Options) stage(ctx context.Context, src Source, _ Server, p plan) (transfer.Stats, error) {
+	img, skip := p.img, p.skip
 	s := &staging{h: o.Files, dir: o.StageDir, layers: img.Layers}
-	compress, codec := stagedEncoding(comp, codec, s)
+	compress, codec := stagedEncoding(p.comp, p.codec, s)
 	if err := s.survey(ctx, img.Layers[skip:]); err != nil {
 		return transfer.Stats{}, &stageError{err}
 	}
@@ -110,17 +157,17 @@ func (o Options) stage(ctx context.Context, src Source, _ Server, img engine.Ima
 		return transfer.Stats{}, err
 	}
 	defer save.Close()
-	s.prog = transfer.NewProgress(nil, progress, estimate(ctx, src, img, skip))
+	s.prog = transfer.NewProgress(nil, p.out, estimate(ctx, src, img, skip))
 	var meta bytes.Buffer // the config and manifests: a few kB
 	st, err := transfer.Write(ctx, save, &meta, transfer.Options{
-		Ref: ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: compress, Codec: codec, Stage: s,
+		Ref: p.ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: compress, Codec: codec, Stage: s, LinkRate: p.link,
 	})
 	for _, n := range s.notes {
-		fmt.Fprintf(progress, "  %s\n", n)
+		fmt.Fprintf(p.out, "  %s\n", n)
 	}
 	if err != nil {
 		if s.prog.TTY && s.prog.N() > 0 {
-			fmt.Fprintln(progress) // the error on a line of its own
+			fmt.Fprintln(p.out) // the error on a line of its own
 		}
 		return st, &stageError{err} // not a refusal of the partial image: no second transfer
 	}

@@ -84,7 +84,7 @@ func TestStagedResumesAfterCut(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "lost") {
 				t.Fatalf("err = %v after the cut, want a lost connection\n%s", err, out)
 			}
-			if !strings.Contains(out, "staging 2 layers (") || !strings.Contains(out, "a cut transfer resumes where it stopped") {
+			if !strings.Contains(out, "staging 2 layers (") || !strings.Contains(out, "resuming the transfer that was cut") {
 				t.Errorf("output does not say that it stages:\n%s", out)
 			}
 			t.Logf("cut: %v", err)

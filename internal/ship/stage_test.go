@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
@@ -375,30 +376,73 @@ func (s sized) LayerSizes(context.Context, string, int) ([]int64, error) { retur
 func TestStageOrStream(t *testing.T) {
 	src, img := built(t)
 	big := sized{src, []int64{100 << 20, 30 << 20, 3 << 20}}
+	const slow, fast = 6.25e6, 300e6 // 50 Mbit/s, loopback
 	for _, tc := range []struct {
 		setting string
 		src     Source
 		skip    int
+		link    float64 // the probe's answer; 0: it fails
 		want    string
 	}{
-		{"auto", big, 0, "staging 3 layers (139.5 MB) in /srv/.carebot/staging: a cut transfer resumes where it stopped"},
-		{"", big, 0, "staging 3 layers (139.5 MB)"},
-		{"auto", big, 1, "staging 2 layers (34.6 MB)"},
-		{"auto", big, 2, "streaming 1 layer (3.1 MB) into docker load"},
-		{"never", big, 0, "streaming 3 layers (139.5 MB) into docker load (TRANSFER_STAGE=never)"},
-		{"always", big, 2, "staging 1 layer (3.1 MB)"},
-		{"auto", src, 0, "streaming 3 layers ("}, // no sizes: the image's, small
+		{"auto", big, 0, slow, "staging 3 layers (139.5 MB), ~22s at the 6.2 MB/s measured in /srv/.carebot/staging: a cut transfer resumes where it stopped"},
+		{"", big, 0, slow, "staging 3 layers (139.5 MB)"},
+		{"auto", big, 0, fast, "streaming 3 layers (139.5 MB), ~0s at the 300.0 MB/s measured into docker load: a cut costs little to send again"},
+		{"auto", big, 0, 0, "  (measure the link to this machine: no link; the transfer measures it as it goes)\nstaging 3 layers (139.5 MB) in"},
+		{"auto", big, 1, slow, "streaming 2 layers (34.6 MB), ~6s at the 6.2 MB/s measured into docker load: a cut costs little"},
+		{"auto", big, 1, 2e6, "staging 2 layers (34.6 MB), ~17s at the 2.0 MB/s measured"},
+		{"auto", big, 2, slow, "streaming 1 layer (3.1 MB) into docker load"},
+		{"never", big, 0, slow, "streaming 3 layers (139.5 MB) into docker load (TRANSFER_STAGE=never)"},
+		{"always", big, 2, slow, "staging 1 layer (3.1 MB)"},
+		{"auto", src, 0, slow, "streaming 3 layers ("}, // no sizes: the image's, small
 	} {
 		var out bytes.Buffer
-		Options{StageDir: "/srv/.carebot/staging", Stage: tc.setting, Files: host.Local{}}.transport(context.Background(), tc.src, img, tc.skip, &out)
+		probed := false
+		o := Options{StageDir: "/srv/.carebot/staging", Stage: tc.setting, Files: host.Local{}}
+		o.probe = func(context.Context, host.Host) (float64, error) {
+			probed = true
+			if tc.link == 0 {
+				return 0, errors.New("measure the link to this machine: no link")
+			}
+			return tc.link, nil
+		}
+		p := plan{img: img, skip: tc.skip, comp: transfer.Auto, out: &out}
+		o.transport(context.Background(), tc.src, &p)
 		if !strings.HasPrefix(out.String(), tc.want) {
-			t.Errorf("TRANSFER_STAGE=%q, skip %d: %q, want %q", tc.setting, tc.skip, out.String(), tc.want)
+			t.Errorf("TRANSFER_STAGE=%q, skip %d, link %.0f: %q, want %q", tc.setting, tc.skip, tc.link, out.String(), tc.want)
+		}
+		if _, sized := tc.src.(sized); probed != (sized && tc.skip < 2) {
+			t.Errorf("TRANSFER_STAGE=%q, skip %d: link measured %v, want it only for 16 MiB or more", tc.setting, tc.skip, probed)
+		}
+		if tc.link != 0 && probed && p.link != tc.link {
+			t.Errorf("TRANSFER_STAGE=%q, skip %d: the transfer is told the link is %.0f B/s, want %.0f", tc.setting, tc.skip, p.link, tc.link)
 		}
 	}
 	var out bytes.Buffer
-	Options{Stage: "always"}.transport(context.Background(), big, img, 0, &out)
-	if out.Len() != 0 {
-		t.Errorf("without a staging folder: %q, want today's streaming and nothing said", out.String())
+	p := plan{img: img, comp: transfer.Gzip, out: &out}
+	Options{Stage: "always"}.transport(context.Background(), big, &p)
+	if out.Len() != 0 || p.link != 0 {
+		t.Errorf("without a staging folder: %q (link %.0f), want today's streaming, nothing said and nothing measured", out.String(), p.link)
+	}
+}
+
+// The probe measures what the host's shell reads: the filler arrives, and
+// the rate is a rate.
+func TestLinkRate(t *testing.T) {
+	r, err := linkRate(context.Background(), host.Local{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(r > 1e6) {
+		t.Errorf("this machine's own pipe measured %.0f B/s, want more than 1 MB/s", r)
+	}
+	f := &filler{left: 1 << 20, until: time.Now().Add(time.Hour)}
+	n, _ := io.Copy(io.Discard, f)
+	if n != 1<<20 {
+		t.Errorf("filler gave %d bytes, want %d", n, 1<<20)
+	}
+	f = &filler{left: 1 << 20, until: time.Now().Add(-time.Second)}
+	if n, _ := io.Copy(io.Discard, f); n != 0 {
+		t.Errorf("filler past its time gave %d bytes, want none", n)
 	}
 }
 

@@ -5,6 +5,7 @@ package text
 
 import (
 	"fmt"
+	"math"
 	"strings"
 )
 
@@ -20,6 +21,15 @@ func Bytes(n int64) string {
 		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// Rate is a rate in bytes/s as Bytes prints sizes ("6.2 MB/s"), or "∞"
+// for a rate too fast to have been timed.
+func Rate(r float64) string {
+	if math.IsInf(r, 1) || r > 1e12 {
+		return "∞"
+	}
+	return Bytes(int64(r)) + "/s"
 }
 
 // ShortID is an image or container ID as docker prints it: without the

@@ -24,7 +24,8 @@ import (
 // compressing it saves, by the rates measured so far in this Write:
 //
 //   - link: bytes per second the writer takes (time spent inside its Write,
-//     past the first burst that fills the SSH channel's window);
+//     past the first burst that fills the SSH channel's window), or before
+//     that, Options.LinkRate;
 //   - compressor: bytes per second the parallel encoders have compressed on
 //     this machine (before the first layer: a 1 MiB sample of the layer,
 //     times the number of encoders);
@@ -87,6 +88,8 @@ type meter struct {
 	n    int64         // all bytes written
 	sn   int64         // bytes written past the burst
 	busy time.Duration // time spent writing them
+
+	prior float64 // the rate measured before, until enough went to tell
 }
 
 func (m *meter) Write(b []byte) (int, error) { return m.timed(m.w, b) }
@@ -114,7 +117,7 @@ func (m *meter) rate() (float64, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.sn < measureMin && m.busy < measureDur {
-		return 0, false
+		return m.prior, m.prior > 0
 	}
 	if m.busy <= 0 {
 		return math.Inf(1), true
@@ -167,13 +170,6 @@ func (a *adaptive) compressorRate(sampleRate float64) float64 {
 	return sampleRate * float64(a.workers)
 }
 
-func rate(r float64) string {
-	if math.IsInf(r, 1) || r > 1e12 {
-		return "∞"
-	}
-	return text.Bytes(int64(r)) + "/s"
-}
-
 // choose decides how the layer at index i (0-based) of size bytes goes,
 // given its first bytes; it may send filler to measure the link first.
 func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
@@ -200,7 +196,7 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 		}
 		link, ok = a.link.rate()
 	}
-	saving := fmt.Sprintf("%s %s saving %.0f%%", a.codec, rate(comp), (1-ratio)*100)
+	saving := fmt.Sprintf("%s %s saving %.0f%%", a.codec, text.Rate(comp), (1-ratio)*100)
 	switch {
 	case !ok:
 		c.Method, c.Reason = a.codec, "link not measured yet, small layer"
@@ -208,9 +204,9 @@ func (x *rewriter) choose(i int, size int64, head []byte) (Choice, error) {
 			c.Reason = "link not measured yet" // (no filler when staging: see probe)
 		}
 	case link < comp*(1-ratio):
-		c.Method, c.Reason = a.codec, fmt.Sprintf("link %s < %s", rate(link), saving)
+		c.Method, c.Reason = a.codec, fmt.Sprintf("link %s < %s", text.Rate(link), saving)
 	default:
-		c.Reason = fmt.Sprintf("link %s > %s", rate(link), saving)
+		c.Reason = fmt.Sprintf("link %s > %s", text.Rate(link), saving)
 	}
 	return c, nil
 }

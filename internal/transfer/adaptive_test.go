@@ -289,3 +289,24 @@ func TestParallelWriterOrder(t *testing.T) {
 		t.Errorf("empty stream: %x", b.Bytes())
 	}
 }
+
+// A link measured before the transfer (ship's probe) decides the first big
+// layer: no filler, and a fast link's rate sends it raw into a slow writer
+// (a server's `docker load` that reads slower than the link carries).
+func TestAutoGoesByTheMeasuredLink(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector slows the compressor down")
+	}
+	img := newImage(t, 1, textLayer(t, 1, 20<<20), textLayer(t, 2, 64<<10))
+	w := &slowWriter{rate: 16 << 20}
+	st := writeAuto(t, img, w, Options{Codec: Gzip, LinkRate: 1e9})
+	if st.ProbeBytes != 0 {
+		t.Errorf("%d bytes of filler sent with the link already measured", st.ProbeBytes)
+	}
+	if media := checkAutoArchive(t, w.Bytes(), img, 0); len(media) != 2 || media[0] != mediaLayer {
+		t.Errorf("layers sent as %v, want the first raw: the link measured 1 GB/s", media)
+	}
+	if !strings.Contains(st.Choices[0].Reason, "link 1.0 GB/s >") {
+		t.Errorf("choice reads %q, want the measured rate", st.Choices[0])
+	}
+}

@@ -38,6 +38,12 @@ type Options struct {
 	Compress string
 	Codec    string
 
+	// LinkRate is the link's rate in bytes/s as measured before the
+	// transfer (ship probes it without `docker load` in the way), which Auto
+	// goes by until its own measurement while sending takes over; 0 =
+	// unknown, so a few MiB of filler measure it before the first big layer.
+	LinkRate float64
+
 	// decide, if set, fixes Auto's choice for the layer at an index (tests).
 	decide func(layer int) string
 
@@ -113,7 +119,7 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		prog = NewProgress(w, o.Progress, o.Estimate)
 		w = prog
 	}
-	link := &meter{w: w, now: time.Now}
+	link := &meter{w: w, now: time.Now, prior: o.LinkRate}
 	wire := &Counter{W: link}
 	var auto *adaptive
 	var zw io.WriteCloser
