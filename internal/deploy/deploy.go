@@ -145,6 +145,18 @@ func (d *Deployer) composeName() string { return filepath.Base(d.ComposeFile) }
 // Deploy puts r into service. On a health failure it rolls back to the
 // release that served before and returns an error saying both.
 func (d *Deployer) Deploy(ctx context.Context, r Release) error {
+	ref := d.ImageName + ":" + r.Version
+	// The build engine starts saving the image as soon as the host's engine
+	// says it lacks it, while the steps below talk to the host.
+	src := ship.SaveEarly(ctx, d.Engine, r.ImageID, func(ctx context.Context) bool {
+		srv, err := d.server(ctx)
+		if err != nil {
+			return false
+		}
+		have, err := srv.ImageID(ctx, ref)
+		return err == nil && have != r.ImageID
+	})
+	defer src.Close()
 	if err := d.prepare(ctx); err != nil {
 		return err
 	}
@@ -156,7 +168,7 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 	if err != nil {
 		return err
 	}
-	st, err := ship.Image(ctx, d.Engine, srv, d.ImageName+":"+r.Version, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
+	st, err := ship.Image(ctx, src, srv, ref, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
 		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage})
 	if err != nil {
 		return err

@@ -15,7 +15,7 @@ if [ ! -x "$b/docker" ]; then
   mkdir -p "$b" || exit 3
   for c in docker docker-compose; do
     r=$(command -v "$c") || continue
-    printf '#!/bin/sh\nexec sudo -n %s "$@"\n' "$r" > "$b/$c.tmp" && chmod 755 "$b/$c.tmp" && mv -f "$b/$c.tmp" "$b/$c" || exit 3
+    printf '#!/bin/sh\nexec sudo -n %s "$@"\n' "$r" > "$b/$c.$$" && chmod 755 "$b/$c.$$" && mv -f "$b/$c.$$" "$b/$c" || exit 3
   done
 fi
 PATH="$b:$PATH"; export PATH
