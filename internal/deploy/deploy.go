@@ -47,8 +47,9 @@ type Deployer struct {
 	// release's image from it, and nothing travels when the host has it
 	// (a deploy to this machine's own engine).
 	Engine      ship.Source
-	Compression string // COMPRESSION: how the image travels (see ship.Options)
-	Stage       string // TRANSFER_STAGE: whether it goes through DEPLOY_PATH/.carebot/staging (see ship.Options)
+	Compression string     // COMPRESSION: how the image travels (see ship.Options)
+	Stage       string     // TRANSFER_STAGE: whether it goes through DEPLOY_PATH/.carebot/staging (see ship.Options)
+	Links       ship.Links // where the link's rate to each host is kept between runs; "" = measured each time
 
 	// Server is the host's engine, reached through its API. nil: on first
 	// use, through `docker system dial-stdio` on the host (see
@@ -169,7 +170,7 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 		return err
 	}
 	st, err := ship.Image(ctx, src, srv, ref, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
-		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage})
+		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage, Links: d.Links})
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,10 @@ type Options struct {
 	Stage    string
 	Files    host.Host // the host whose StageDir it is: staged files are written, and loaded, with its shell; the link to it is measured with it
 
+	// Links, if set, is where the rate of each host's transfers is kept,
+	// and read instead of measuring the link anew.
+	Links Links
+
 	probe func(ctx context.Context, h host.Host) (float64, error) // measures the link (tests); nil: linkRate
 }
 
@@ -129,7 +133,11 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 	}
 	p := plan{img: img, ref: ref, skip: skip, comp: st.Compression, codec: st.Codec, out: out}
 	send := o.transport(ctx, src, &p) // streamed, or staged (stage.go)
+	sending := time.Now()
 	st.Stats, err = send(ctx, src, h, p)
+	if err == nil && st.WireBytes >= probeMin && o.Files != nil {
+		o.Links.Record(o.Files.String(), float64(st.WireBytes)/time.Since(sending).Seconds())
+	}
 	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) && !errors.As(err, new(*stageError)) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))
 		st.Fallback = true

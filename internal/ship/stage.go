@@ -57,16 +57,22 @@ func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
 	size := estimate(ctx, src, p.img, p.skip)
 	auto := o.Stage != StageNever && o.Stage != StageAlways && o.StageDir != "" && o.Files != nil
 	resume := auto && size > stageThreshold && o.arrived(ctx, p.img.Layers[p.skip:])
+	measured := false // now, rather than by the last transfer
 	if size >= probeMin && (p.comp == transfer.Auto || auto) && o.Files != nil && !resume {
-		probe := o.probe
-		if probe == nil {
-			probe = linkRate
-		}
-		r, err := probe(ctx, o.Files)
-		if err == nil {
-			p.link = r
-		} else if ctx.Err() == nil {
-			fmt.Fprintf(p.out, "  (%s; the transfer measures it as it goes)\n", text.ErrLine(err))
+		p.link, measured = o.Links.Rate(o.Files.String())
+		if measured {
+			measured = false
+		} else {
+			probe := o.probe
+			if probe == nil {
+				probe = linkRate
+			}
+			r, err := probe(ctx, o.Files)
+			if err == nil {
+				p.link, measured = r, true
+			} else if ctx.Err() == nil {
+				fmt.Fprintf(p.out, "  (%s; the transfer measures it as it goes)\n", text.ErrLine(err))
+			}
 		}
 	}
 	if o.StageDir == "" || o.Files == nil {
@@ -79,7 +85,11 @@ func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
 	what += " (" + text.Bytes(size) + ")"
 	took := ""
 	if p.link > 0 {
-		took = fmt.Sprintf(", ~%s at the %s measured", (time.Duration(float64(size) / p.link * float64(time.Second))).Round(time.Second), text.Rate(p.link))
+		how := "the last transfer's"
+		if measured {
+			how = "the measured"
+		}
+		took = fmt.Sprintf(", ~%s at %s %s", (time.Duration(float64(size) / p.link * float64(time.Second))).Round(time.Second), how, text.Rate(p.link))
 	}
 	switch {
 	case o.Stage == StageNever:

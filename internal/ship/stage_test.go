@@ -384,12 +384,12 @@ func TestStageOrStream(t *testing.T) {
 		link    float64 // the probe's answer; 0: it fails
 		want    string
 	}{
-		{"auto", big, 0, slow, "staging 3 layers (139.5 MB), ~22s at the 6.2 MB/s measured in /srv/.carebot/staging: a cut transfer resumes where it stopped"},
+		{"auto", big, 0, slow, "staging 3 layers (139.5 MB), ~22s at the measured 6.2 MB/s in /srv/.carebot/staging: a cut transfer resumes where it stopped"},
 		{"", big, 0, slow, "staging 3 layers (139.5 MB)"},
-		{"auto", big, 0, fast, "streaming 3 layers (139.5 MB), ~0s at the 300.0 MB/s measured into docker load: a cut costs little to send again"},
+		{"auto", big, 0, fast, "streaming 3 layers (139.5 MB), ~0s at the measured 300.0 MB/s into docker load: a cut costs little to send again"},
 		{"auto", big, 0, 0, "  (measure the link to this machine: no link; the transfer measures it as it goes)\nstaging 3 layers (139.5 MB) in"},
-		{"auto", big, 1, slow, "streaming 2 layers (34.6 MB), ~6s at the 6.2 MB/s measured into docker load: a cut costs little"},
-		{"auto", big, 1, 2e6, "staging 2 layers (34.6 MB), ~17s at the 2.0 MB/s measured"},
+		{"auto", big, 1, slow, "streaming 2 layers (34.6 MB), ~6s at the measured 6.2 MB/s into docker load: a cut costs little"},
+		{"auto", big, 1, 2e6, "staging 2 layers (34.6 MB), ~17s at the measured 2.0 MB/s"},
 		{"auto", big, 2, slow, "streaming 1 layer (3.1 MB) into docker load"},
 		{"never", big, 0, slow, "streaming 3 layers (139.5 MB) into docker load (TRANSFER_STAGE=never)"},
 		{"always", big, 2, slow, "staging 1 layer (3.1 MB)"},
@@ -435,14 +435,16 @@ func TestLinkRate(t *testing.T) {
 	if !(r > 1e6) {
 		t.Errorf("this machine's own pipe measured %.0f B/s, want more than 1 MB/s", r)
 	}
-	f := &filler{left: 1 << 20, until: time.Now().Add(time.Hour)}
+	f := &filler{left: 1 << 20}
 	n, _ := io.Copy(io.Discard, f)
 	if n != 1<<20 {
 		t.Errorf("filler gave %d bytes, want %d", n, 1<<20)
 	}
-	f = &filler{left: 1 << 20, until: time.Now().Add(-time.Second)}
+	f = &filler{left: 1 << 40}
+	f.Read(make([]byte, 10))
+	f.start = f.start.Add(-time.Second)
 	if n, _ := io.Copy(io.Discard, f); n != 0 {
-		t.Errorf("filler past its time gave %d bytes, want none", n)
+		t.Errorf("filler past its time gave %d bytes more, want none", n)
 	}
 }
 
@@ -480,4 +482,44 @@ func TestStagedPartChoice(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A host's rate on record decides instead of a probe, and a stale or
+// missing one does not.
+func TestLinksRemembered(t *testing.T) {
+	src, img := built(t)
+	big := sized{src, []int64{100 << 20, 30 << 20, 3 << 20}}
+	links := Links(filepath.Join(t.TempDir(), "cache", "links.json"))
+	if _, ok := links.Rate("this machine"); ok {
+		t.Fatal("a rate on record in an empty file")
+	}
+	links.Record("this machine", 80e6)
+	links.Record("elsewhere", 1e6)
+	if r, ok := links.Rate("this machine"); !ok || r != 80e6 {
+		t.Fatalf("rate on record %v %v, want 80 MB/s", r, ok)
+	}
+	var out bytes.Buffer
+	o := Options{StageDir: "/srv/.carebot/staging", Files: host.Local{}, Links: links}
+	o.probe = func(context.Context, host.Host) (float64, error) { t.Error("probed with a rate on record"); return 1, nil }
+	p := plan{img: img, comp: transfer.Auto, out: &out}
+	o.transport(context.Background(), big, &p)
+	if want := "streaming 3 layers (139.5 MB), ~2s at the last transfer's 80.0 MB/s into docker load"; !strings.HasPrefix(out.String(), want) || p.link != 80e6 {
+		t.Errorf("said %q (link %.0f), want %q", out.String(), p.link, want)
+	}
+
+	// A week old: measured again.
+	b, _ := os.ReadFile(string(links))
+	old := strings.Replace(string(b), time.Now().UTC().Format("2006-01-02"), "2020-01-01", -1)
+	os.WriteFile(string(links), []byte(old), 0o600)
+	if _, ok := links.Rate("this machine"); ok {
+		t.Errorf("a rate from 2020 is still trusted:\n%s", old)
+	}
+	probed := false
+	o.probe = func(context.Context, host.Host) (float64, error) { probed = true; return 2e6, nil }
+	out.Reset()
+	o.transport(context.Background(), big, &p)
+	if !probed || !strings.Contains(out.String(), "at the measured 2.0 MB/s") {
+		t.Errorf("with a stale record: probed %v, said %q", probed, out.String())
+	}
+	Links("").Record("x", 1) // no file: nothing, no panic
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/ship"
 )
 
 // Runner carries what the tasks of one mage run share: the configuration,
@@ -157,9 +159,19 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
-		Server:   srv,
+		Server: srv, Links: linksFile(),
 		LogLines: 20, Out: r.Out,
 	}, nil
+}
+
+// linksFile is where the rates of past transfers are kept, per server (see
+// ship.Links): this machine's user cache, or nowhere.
+func linksFile() ship.Links {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return ship.Links(filepath.Join(dir, "carebot", "links.json"))
 }
 
 // buildEngine is the run's build engine as shipping sees it, connected on
