@@ -223,6 +223,7 @@ func Full(ctx context.Context) error {
 	}
 	defer r.Close() // after the timings: Full is the whole run
 	defer r.PrintTimings()
+	r.KeepSave = true // the engine saves the image once, for inspect and deploy
 	mg.SerialCtxDeps(ctx, build, Inspect, test, deploy)
 	return nil
 }

@@ -133,10 +133,9 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 	}
 	p := plan{img: img, ref: ref, skip: skip, comp: st.Compression, codec: st.Codec, out: out}
 	send := o.transport(ctx, src, &p) // streamed, or staged (stage.go)
-	sending := time.Now()
 	st.Stats, err = send(ctx, src, h, p)
-	if err == nil && st.WireBytes >= probeMin && o.Files != nil {
-		o.Links.Record(o.Files.String(), float64(st.WireBytes)/time.Since(sending).Seconds())
+	if err == nil && st.WireBytes >= probeMin && st.Took > 0 && o.Files != nil {
+		o.Links.Record(o.Files.String(), float64(st.WireBytes)/st.Took.Seconds())
 	}
 	if err != nil && skip > 0 && ctx.Err() == nil && !engine.Lost(err) && !errors.As(err, new(*stageError)) {
 		fmt.Fprintf(out, "the server refused the partial image (%s); sending the whole image once\n", text.ErrLine(err))

@@ -500,7 +500,10 @@ func TestLinksRemembered(t *testing.T) {
 	}
 	var out bytes.Buffer
 	o := Options{StageDir: "/srv/.carebot/staging", Files: host.Local{}, Links: links}
-	o.probe = func(context.Context, host.Host) (float64, error) { t.Error("probed with a rate on record"); return 1, nil }
+	o.probe = func(context.Context, host.Host) (float64, error) {
+		t.Error("probed with a rate on record")
+		return 1, nil
+	}
 	p := plan{img: img, comp: transfer.Auto, out: &out}
 	o.transport(context.Background(), big, &p)
 	if want := "streaming 3 layers (139.5 MB), ~2s at the last transfer's 80.0 MB/s into docker load"; !strings.HasPrefix(out.String(), want) || p.link != 80e6 {

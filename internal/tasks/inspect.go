@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -30,9 +31,17 @@ func (r *Runner) Inspect(ctx context.Context) (Report, error) {
 		return Report{}, err
 	}
 	ref := r.Cfg.Image()
-	rep, err := inspectImage(ctx, e, ref)
+	var keep *spool
+	if r.KeepSave {
+		keep = newSpool()
+		defer keep.discard() // unless kept below
+	}
+	rep, err := inspectImage(ctx, e, ref, keep)
 	if err != nil {
 		return rep, err
+	}
+	if keep.complete() {
+		r.keepSave(rep.Image.ID, keep)
 	}
 	r.printReport(ref, rep)
 	if len(rep.Findings) > 0 {
@@ -45,7 +54,9 @@ func (r *Runner) Inspect(ctx context.Context) (Report, error) {
 	return rep, nil
 }
 
-func inspectImage(ctx context.Context, e *engine.Engine, ref string) (Report, error) {
+// inspectImage reads the image's history and files; keep, if not nil,
+// gets a copy of the save it reads them from.
+func inspectImage(ctx context.Context, e *engine.Engine, ref string, keep *spool) (Report, error) {
 	img, err := e.Image(ctx, ref)
 	if errors.Is(err, engine.ErrNotFound) {
 		return Report{}, fmt.Errorf("image %s does not exist: run mage build (or set IMAGE_TAG to a built version)", ref)
@@ -62,9 +73,16 @@ func inspectImage(ctx context.Context, e *engine.Engine, ref string) (Report, er
 		return rep, err
 	}
 	defer rc.Close()
-	contents, err := imagefs.Read(rc)
+	var save io.Reader = rc
+	if keep != nil {
+		save = io.TeeReader(rc, keep)
+	}
+	contents, err := imagefs.Read(save)
 	if err != nil {
 		return rep, fmt.Errorf("read files of %s: %w", ref, err)
+	}
+	if keep != nil {
+		keep.finish(save)
 	}
 	for _, f := range contents.Files {
 		if strings.HasPrefix(f.Path, "/app/") {

@@ -442,3 +442,64 @@ func TestRollbackUsesTheReleasesOwnComposeFile(t *testing.T) {
 		}
 	})
 }
+
+// In mage full, inspect's save is kept for the deploy: the transfer reads
+// the same bytes from a local file, the engine is not asked to save again,
+// and the file goes with the run.
+func TestInspectKeepsSaveForDeploy(t *testing.T) {
+	testenv.NeedEngine(t)
+	p := newProject(t, "keep")
+	id := p.build("v1", nil)
+	r := p.runner("v1")
+	r.KeepSave = true
+	ctx := context.Background()
+	if _, err := r.Inspect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.saved == nil || r.saved.id != id {
+		t.Fatalf("kept %+v, want the save of %s", r.saved, id)
+	}
+	path := r.saved.path
+	kept, err := buildEngine{r}.Save(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := kept.(*os.File); !ok {
+		t.Errorf("the deploy's save is a %T, want the kept file", kept)
+	}
+	got, _ := io.ReadAll(kept)
+	kept.Close()
+	e, _ := r.Engine(ctx)
+	rc, err := e.Save(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, want) || len(got) == 0 {
+		t.Errorf("the kept save has %d bytes, the engine's %d: not the same archive", len(got), len(want))
+	}
+	other, err := buildEngine{r}.Save(ctx, "carebot-other:v1")
+	if _, isFile := other.(*os.File); err == nil && isFile {
+		t.Error("a save of another image came from the kept file")
+	}
+	if other != nil {
+		other.Close()
+	}
+	r.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the kept save %s is still there after the run: %v", path, err)
+	}
+
+	// Without KeepSave (mage inspect alone): nothing kept, no file left.
+	r2 := p.runner("v1")
+	defer r2.Close()
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "carebot-save-*.tar"))
+	if _, err := r2.Inspect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "carebot-save-*.tar"))
+	if r2.saved != nil || len(after) > len(before) {
+		t.Errorf("inspect alone kept %+v, temp files %v → %v", r2.saved, before, after)
+	}
+}

@@ -30,10 +30,15 @@ type Runner struct {
 	// until Close, so one lock covers a whole run (mage backup deploy);
 	// without it each task gives the lock back when it ends.
 	HoldLock bool
+	// KeepSave has Inspect keep the save it reads in a local temporary
+	// file, which the deploy of the same image later in the run sends from
+	// (mage full: the engine saves the image once).
+	KeepSave bool
 
 	mu      sync.Mutex
 	eng     *engine.Engine
 	timings []Timing
+	saved   *savedImage // Inspect's save, for the deploy (KeepSave)
 
 	hostMu sync.Mutex // held while the deploy host is dialled
 	dep    *deploy.Deployer
@@ -188,6 +193,9 @@ func (b buildEngine) Image(ctx context.Context, ref string) (engine.Image, error
 }
 
 func (b buildEngine) Save(ctx context.Context, refs ...string) (io.ReadCloser, error) {
+	if rc, ok := b.r.savedCopy(ctx, refs); ok {
+		return rc, nil
+	}
 	e, err := b.r.Engine(ctx)
 	if err != nil {
 		return nil, err
@@ -239,5 +247,6 @@ func (r *Runner) Close() error {
 		errs = append(errs, r.eng.Close())
 	}
 	r.mu.Unlock()
+	r.dropSave()
 	return errors.Join(errs...)
 }

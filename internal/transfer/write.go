@@ -75,6 +75,9 @@ type Stats struct {
 	// of filler sent to measure the link.
 	Choices    []Choice
 	ProbeBytes int64
+	// Took is how long Write ran: until the last byte was taken by w (or,
+	// staging, by the stager), not counting what the server does after.
+	Took time.Duration
 	// The image ID the server will show after the load: Config (the config's
 	// digest) on the classic store, Manifest (of the OCI image manifest in
 	// the archive) on the containerd store. Config is also the local image
@@ -103,6 +106,7 @@ const maxMeta = 16 << 20
 // o.Layers, and the config against them and o.ID. On error the archive
 // written so far is unusable: abort the load it feeds.
 func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, error) {
+	start := time.Now()
 	if len(o.Layers) == 0 {
 		return Stats{}, errors.New("transfer: no layers given (Options.Layers)")
 	}
@@ -188,7 +192,7 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 		return Stats{}, err
 	}
 	return Stats{Layers: len(o.Layers), Sent: len(x.sent), RawBytes: raw.N + x.saved - x.probed, WireBytes: wire.N,
-		Choices: x.choices, ProbeBytes: x.probed, Config: x.configDigest, Manifest: x.manifestDigest}, nil
+		Choices: x.choices, ProbeBytes: x.probed, Config: x.configDigest, Manifest: x.manifestDigest, Took: time.Since(start)}, nil
 }
 
 // rewriter is the state of one Write.
