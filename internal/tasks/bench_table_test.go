@@ -55,19 +55,22 @@ func spread(samples []benchSample, f func(benchSample) time.Duration) (lo, hi ti
 func (e *benchEnv) report(cells []benchCell, took time.Duration) string {
 	var w strings.Builder
 	e.header(&w, took)
-	fmt.Fprintf(&w, "| link | case | method | wall: median (min–max) | × fastest baseline | × save\\|gzip\\|ssh | bytes on the wire | peak RSS | temp disk on server | downtime: median (max) |\n")
-	fmt.Fprintf(&w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&w, "| link | case | method | wall: median (min–max) | × fastest baseline | × seed | × save\\|gzip\\|ssh | bytes on the wire | peak RSS | temp disk on server | downtime: median (max) |\n")
+	fmt.Fprintf(&w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, c := range cells {
-		fastest, gzip := time.Duration(0), time.Duration(0)
+		fastest, seed, gzip := time.Duration(0), time.Duration(0), time.Duration(0)
 		for _, o := range cells {
-			if o.link != c.link || o.cs != c.cs || o.method == "carebot" {
+			if o.link != c.link || o.cs != c.cs || strings.HasPrefix(o.method, "carebot") {
 				continue
 			}
 			if fastest == 0 || o.wall() < fastest {
 				fastest = o.wall()
 			}
-			if o.method == "pipe-gzip" {
+			switch o.method {
+			case "pipe-gzip":
 				gzip = o.wall()
+			case "seed":
+				seed = o.wall()
 			}
 		}
 		link, cs := c.link.name, benchCaseNames[c.cs]
@@ -78,9 +81,9 @@ func (e *benchEnv) report(cells []benchCell, took time.Duration) string {
 		wire := int64(c.median(func(s benchSample) float64 { return float64(s.wire) }))
 		rss := int64(c.median(func(s benchSample) float64 { return float64(s.peakKB) }) * 1024)
 		disk := int64(c.median(func(s benchSample) float64 { return float64(s.tempDisk) }))
-		fmt.Fprintf(&w, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(&w, "| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s | %s | %s | %s |\n",
 			link, cs, benchMethodNames[c.method], secs(c.wall()), secs(lo), secs(hi),
-			ratio(c.wall(), fastest), ratio(c.wall(), gzip), text.Bytes(wire), text.Bytes(rss), text.Bytes(disk), e.downtime(c))
+			ratio(c.wall(), fastest), ratio(c.wall(), seed), ratio(c.wall(), gzip), text.Bytes(wire), text.Bytes(rss), text.Bytes(disk), e.downtime(c))
 	}
 	e.stagesTable(&w, cells)
 	return w.String()
@@ -207,11 +210,15 @@ func (t *timedLines) stages() benchStages {
 func (e *benchEnv) stagesTable(w *strings.Builder, cells []benchCell) {
 	var rows []string
 	for _, c := range cells {
-		st, ok := e.stages[c.link.key+"/"+c.cs]
-		if c.method != "carebot" || !ok {
+		st, ok := e.stages[c.method+"/"+c.link.key+"/"+c.cs]
+		if !ok {
 			continue
 		}
-		row := fmt.Sprintf("| %s | %s |", c.link.name, benchCaseNames[c.cs])
+		how := "deploy"
+		if c.method == "carebot-full" {
+			how = "in mage full"
+		}
+		row := fmt.Sprintf("| %s | %s | %s |", c.link.name, benchCaseNames[c.cs], how)
 		for _, d := range st.durs {
 			if d < 0 {
 				row += " – |"
@@ -224,7 +231,7 @@ func (e *benchEnv) stagesTable(w *strings.Builder, cells []benchCell) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\ncarebot's last deploy of each case, by stage (from when its output lines were printed):\n\n| link | case | %s | ship says |\n|---|---|%s---|\n",
+	fmt.Fprintf(w, "\ncarebot's last deploy of each case, by stage (from when its output lines were printed):\n\n| link | case | run | %s | ship says |\n|---|---|---|%s---|\n",
 		strings.Join(benchStageNames[:], " | "), strings.Repeat("---:|", len(benchStageNames)))
 	for _, r := range rows {
 		fmt.Fprintln(w, r)

@@ -86,10 +86,11 @@ type benchLink struct {
 var (
 	benchLinks   = []benchLink{{"loopback", "loopback", 0}, {"50mbit", "50 Mbit/s", 50_000_000}}
 	benchCases   = []string{"first", "redeploy", "noop"}
-	benchMethods = []string{"carebot", "seed", "pipe", "pipe-gzip"}
+	benchMethods = []string{"carebot", "carebot-full", "seed", "pipe", "pipe-gzip"}
 	// What each method is, in the table.
 	benchMethodNames = map[string]string{
-		"carebot":   "**carebot** (`Runner.Deploy`)",
+		"carebot":      "**carebot** (`Runner.Deploy`)",
+		"carebot-full": "**carebot in `mage full`** (`Runner.Deploy` after `Runner.Inspect`, one save)",
 		"seed":      "seed: `docker save -o`, `scp`, `docker load -i`",
 		"pipe":      "`docker save \\| ssh docker load`",
 		"pipe-gzip": "`docker save \\| gzip -1 \\| ssh docker load`",
@@ -373,9 +374,19 @@ func (e *benchEnv) measure(method, cs string) benchSample {
 		down = e.watchDowntime()
 	}
 	var smp benchSample
+	var r *Runner
+	if method == "carebot-full" {
+		// As in mage full: inspect (not timed; every way inspects) keeps
+		// the save it reads for the deploy.
+		r = e.runner(tag)
+		r.KeepSave = true
+		if _, err := r.Inspect(context.Background()); err != nil {
+			b.Fatalf("%s, %s: inspect: %v", method, cs, err)
+		}
+	}
 	start := time.Now()
-	if method == "carebot" {
-		smp.peakKB = e.carebot(tag, cs, start)
+	if strings.HasPrefix(method, "carebot") {
+		smp.peakKB = e.carebot(r, method, tag, cs, start)
 	} else {
 		smp.peakKB = e.baseline(method, tag)
 	}
@@ -410,7 +421,7 @@ func (e *benchEnv) prepare(cs, method string) string {
 		if err := os.WriteFile(filepath.Join(e.deployPath, ".env"), []byte("BOT_TOKEN=bench\n"), 0o600); err != nil {
 			e.b.Fatal(err)
 		}
-		if method == "carebot" {
+		if strings.HasPrefix(method, "carebot") {
 			return e.tags[0]
 		}
 		data, _ := os.ReadFile(filepath.Join(e.dir, "docker-compose.production.yml"))
@@ -481,8 +492,10 @@ func (e *benchEnv) removeLocalImages() {
 // carebot is a whole mage deploy: settings, dial, lock, ship, files,
 // compose up, health, history. Its output is kept with the time of each
 // line, for the stages of the last run.
-func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
-	r := e.runner(tag)
+func (e *benchEnv) carebot(r *Runner, method, tag, cs string, start time.Time) int64 {
+	if r == nil {
+		r = e.runner(tag)
+	}
 	lines := &timedLines{start: start}
 	r.Out = lines
 	// Give the heap left from building and earlier runs back first, so
@@ -503,9 +516,9 @@ func (e *benchEnv) carebot(tag, cs string, start time.Time) int64 {
 	}
 	lines.mark("(done)")
 	if e.s.verbose {
-		fmt.Printf("carebot, %s, %s:\n%s\n", e.link.name, cs, lines.text())
+		fmt.Printf("%s, %s, %s:\n%s\n", method, e.link.name, cs, lines.text())
 	}
-	e.stages[e.link.key+"/"+cs] = lines.stages()
+	e.stages[method+"/"+e.link.key+"/"+cs] = lines.stages()
 	return peakRSS()
 }
 

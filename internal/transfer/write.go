@@ -146,21 +146,23 @@ func Write(ctx context.Context, save io.Reader, w io.Writer, o Options) (Stats, 
 	}
 	raw := &Counter{W: zw}
 	x := &rewriter{
-		ctx:    ctx,
-		o:      o,
-		tw:     tar.NewWriter(raw),
-		need:   map[string]bool{},
-		ours:   map[string]bool{},
-		sent:   map[string]bool{},
-		size:   map[string]int64{},
-		digest: map[string]string{},
-		links:  map[string]string{},
-		meta:   map[string][]byte{},
-		blobs:  map[string]bool{},
-		auto:   auto,
-		blobOf: map[string]descriptor{},
-		pathOf: map[string]string{},
-		dirs:   map[string]bool{},
+		ctx:      ctx,
+		o:        o,
+		tw:       tar.NewWriter(raw),
+		need:     map[string]bool{},
+		ours:     map[string]bool{},
+		sent:     map[string]bool{},
+		size:     map[string]int64{},
+		digest:   map[string]string{},
+		links:    map[string]string{},
+		meta:     map[string][]byte{},
+		blobs:    map[string]bool{},
+		auto:     auto,
+		blobOf:   map[string]descriptor{},
+		pathOf:   map[string]string{},
+		dirs:     map[string]bool{},
+		v1:       map[string]v1Layer{},
+		presumed: map[string]bool{},
 	}
 	for i, d := range o.Layers {
 		x.ours[d] = true
@@ -216,8 +218,10 @@ type rewriter struct {
 	}
 	dirs           map[string]bool // directories written
 	configDigest   string
-	manifestDigest string          // of the OCI manifest written
-	blobs          map[string]bool // digests named by blobs/sha256/ in the save
+	manifestDigest string             // of the OCI manifest written
+	blobs          map[string]bool    // digests named by blobs/sha256/ in the save
+	v1             map[string]v1Layer // legacy layout: layer folder -> what its json says
+	presumed       map[string]bool    // save path -> a layer taken for one the server has, unread (see present)
 
 	snd     *sender
 	auto    *adaptive             // nil unless Options.Compress is Auto
@@ -253,7 +257,12 @@ func (x *rewriter) read(ctx context.Context, save io.Reader) error {
 			x.blobs["sha256:"+path.Base(name)] = true
 			err = x.blob(tr, h, name, "sha256:"+path.Base(name))
 		case path.Base(name) == "layer.tar":
+			if x.present(path.Dir(name), name, h.Size) {
+				break // not read: the server has it
+			}
 			err = x.layer(tr, h.Size, name, "")
+		case path.Base(name) == "json" && strings.Count(name, "/") == 1:
+			err = x.v1JSON(tr, path.Dir(name))
 		case !strings.Contains(name, "/") && strings.HasSuffix(name, ".json"):
 			err = x.keep(tr, h, name) // the legacy layout's <image ID>.json config
 		}
@@ -482,6 +491,12 @@ func (x *rewriter) finish() error {
 	}
 	for i, p := range m.Layers {
 		got, ok := x.digest[x.resolve(path.Clean(p))]
+		if x.presumed[x.resolve(path.Clean(p))] {
+			if i >= x.o.Skip {
+				return fmt.Errorf("layer %d (%s) was taken for one the server has, and it is not", i+1, p)
+			}
+			got = x.o.Layers[i]
+		}
 		if !ok {
 			return fmt.Errorf("read image archive: layer %s is missing", p)
 		}
@@ -666,4 +681,95 @@ func (c ctxReader) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(b)
+}
+
+// The legacy layout names each layer's folder by a v1 ID that hides its
+// diff ID until its last byte is hashed. Its json, which comes before its
+// layer.tar, tells its parent's folder and whether it is the image's top
+// layer (the only one with the image's config): enough, often, to know the
+// layer's place in the image before reading it, and so to pass over a
+// layer the server has without reading, hashing or spooling it. A wrong
+// guess cannot load: finish checks every place against manifest.json.
+type v1Layer struct {
+	parent string
+	top    bool
+}
+
+func (x *rewriter) v1JSON(r io.Reader, dir string) error {
+	var j struct {
+		ID     string          `json:"id"`
+		Parent string          `json:"parent"`
+		Config json.RawMessage `json:"config"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r, maxMeta)).Decode(&j); err != nil || j.ID != dir {
+		return nil // not a v1 layer's json after all: the layer is read and hashed
+	}
+	x.v1[dir] = v1Layer{parent: j.Parent, top: len(j.Config) > 0 && string(j.Config) != "null"}
+	return nil
+}
+
+// v1Trusted says whether the jsons read so far describe one chain: at most
+// one base, at most one top. Anything else, and every layer is read.
+func (x *rewriter) v1Trusted() bool {
+	bases, tops := 0, 0
+	for _, l := range x.v1 {
+		if l.parent == "" {
+			bases++
+		}
+		if l.top {
+			tops++
+		}
+	}
+	return bases <= 1 && tops <= 1
+}
+
+// place is the index in the image of the layer in folder dir, or -1 when
+// its chain is not known yet; and whether it is the top layer.
+func (x *rewriter) place(dir string) (int, bool) {
+	l, ok := x.v1[dir]
+	if !ok {
+		return -1, false
+	}
+	n := len(x.o.Layers)
+	if l.top {
+		return n - 1, true
+	}
+	depth := 0
+	for id := dir; depth < n; depth++ {
+		l, ok := x.v1[id]
+		if !ok {
+			return -1, false
+		}
+		if l.parent == "" {
+			return depth, false
+		}
+		id = l.parent
+	}
+	return -1, false
+}
+
+// present passes over the layer.tar at name (in folder dir, size bytes)
+// when its place says the server has it: below Skip, or not the top layer
+// when only the top one is sent (a redeploy after a change in the last
+// step).
+func (x *rewriter) present(dir, name string, size int64) bool {
+	if x.o.Skip == 0 || x.o.Stage != nil || !x.v1Trusted() {
+		return false
+	}
+	i, top := x.place(dir)
+	_, known := x.v1[dir]
+	// (A layer the image repeats above Skip is read here: its copy up
+	// there is a symlink to these bytes.)
+	reused := slices.ContainsFunc(x.o.Layers[:x.o.Skip], func(d string) bool { return x.need[d] })
+	switch {
+	case reused:
+		return false
+	case i >= 0 && i < x.o.Skip:
+		x.digest[name], x.size[x.o.Layers[i]] = x.o.Layers[i], size
+	case known && !top && x.o.Skip == len(x.o.Layers)-1:
+		x.digest[name], x.presumed[name] = "", true
+	default:
+		return false
+	}
+	return true
 }

@@ -128,16 +128,39 @@ func mustJSON(t *testing.T, v any) []byte {
 // the first copy, the config as <image ID>.json.
 func saveLegacy(t *testing.T, img image, tags ...string) []byte {
 	t.Helper()
+	return saveLegacyV1(t, img, true, tags...)
+}
+
+// saveLegacyOpaque is saveLegacy with v1 jsons that tell nothing of the
+// layers' places (no parent, no config): every layer must be read.
+func saveLegacyOpaque(t *testing.T, img image, tags ...string) []byte {
+	t.Helper()
+	return saveLegacyV1(t, img, false, tags...)
+}
+
+func saveLegacyV1(t *testing.T, img image, chain bool, tags ...string) []byte {
+	t.Helper()
 	var es []entry
 	var paths []string
 	first := map[string]string{}
+	parent := ""
 	for i, l := range img.layers {
 		v1 := hexOf(digestOf([]byte(fmt.Sprintf("v1 %d %s", i, img.id))))
 		p := v1 + "/layer.tar"
 		paths = append(paths, p)
+		// As Docker writes it: the parent's v1 ID, and the image's config
+		// in the top layer's only.
+		j := `{"id":"` + v1 + `"`
+		if parent != "" && chain {
+			j += `,"parent":"` + parent + `"`
+		}
+		if i == len(img.layers)-1 && chain {
+			j += `,"config":{"Cmd":["/app"]}`
+		}
+		parent = v1
 		es = append(es, entry{name: v1 + "/", typeflag: tar.TypeDir},
 			entry{name: v1 + "/VERSION", data: []byte("1.0")},
-			entry{name: v1 + "/json", data: []byte(`{"id":"` + v1 + `"}`)})
+			entry{name: v1 + "/json", data: []byte(j + `,"container_config":{"Hostname":""},"os":"linux"}`)})
 		if f, ok := first[img.diffIDs[i]]; ok {
 			es = append(es, entry{name: p, link: "../" + f})
 			continue
@@ -467,8 +490,9 @@ func TestWriteCorruptLayer(t *testing.T) {
 		skip int
 	}{
 		{"legacy needed layer", corrupt(t, saveLegacy(t, img), img.layers[1]), 0},
-		// Read to learn which layer it is: a skipped layer is checked too.
-		{"legacy skipped layer", corrupt(t, saveLegacy(t, img), img.layers[0]), 1},
+		// Read to learn which layer it is (its json does not tell): a
+		// skipped layer is checked too.
+		{"legacy skipped layer", corrupt(t, saveLegacyOpaque(t, img), img.layers[0]), 1},
 		{"oci needed layer", corrupt(t, saveOCI(t, img, false), img.layers[2]), 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -609,4 +633,41 @@ func TestWriteCompressions(t *testing.T) {
 		}
 	}
 	checkLoadArchive(t, outs[Zstd], img, 1, "carebot:v1", "docker.io/library/carebot:v1", "v1")
+}
+
+
+// A redeploy on the classic store: the layers the server has are passed
+// over unread when their v1 jsons tell their places (a flipped byte in
+// them goes unnoticed: they are not sent), and the archive still loads.
+// When the jsons lie, the manifest check refuses the archive.
+func TestWriteSkipsPresentLayersUnread(t *testing.T) {
+	img := threeLayers(t)
+	for skip := 1; skip <= 2; skip++ {
+		save := corrupt(t, saveLegacy(t, img), img.layers[0])
+		var out bytes.Buffer
+		st, err := Write(context.Background(), bytes.NewReader(save), &out,
+			Options{Ref: "carebot:x", Layers: img.diffIDs, Skip: skip, Compress: None, TempDir: t.TempDir()})
+		if err != nil {
+			t.Fatalf("skip %d: %v", skip, err)
+		}
+		checkLoadArchive(t, out.Bytes(), img, skip, "carebot:x", "docker.io/library/carebot:x", "x")
+		if st.Sent != 3-skip {
+			t.Errorf("skip %d: sent %d layers, want %d", skip, st.Sent, 3-skip)
+		}
+	}
+	// The top layer's json lies: its parent is the base and it has no
+	// config, so it passes for layer 2, which the server has. The archive
+	// is refused, not sent with the wrong layer.
+	v1 := func(i int) string { return hexOf(digestOf([]byte(fmt.Sprintf("v1 %d %s", i, img.id)))) }
+	lying := bytes.Replace(saveLegacy(t, img), []byte(`"parent":"`+v1(1)+`","config":{"Cmd":["/app"]}`), []byte(`"parent":"`+v1(0)+`","config":null            `), 1)
+	if bytes.Equal(lying, saveLegacy(t, img)) {
+		t.Fatal("the top layer's json was not rewritten")
+	}
+	_, err := Write(context.Background(), bytes.NewReader(lying), io.Discard,
+		Options{Ref: "carebot:x", Layers: img.diffIDs, Skip: 2, Compress: None, TempDir: t.TempDir()})
+	if err == nil {
+		t.Error("an archive whose top layer passed for one the server has was written without an error")
+	} else {
+		t.Log(err)
+	}
 }
