@@ -91,9 +91,9 @@ var (
 	benchMethodNames = map[string]string{
 		"carebot":      "**carebot** (`Runner.Deploy`)",
 		"carebot-full": "**carebot in `mage full`** (`Runner.Deploy` after `Runner.Inspect`, one save)",
-		"seed":      "seed: `docker save -o`, `scp`, `docker load -i`",
-		"pipe":      "`docker save \\| ssh docker load`",
-		"pipe-gzip": "`docker save \\| gzip -1 \\| ssh docker load`",
+		"seed":         "seed: `docker save -o`, `scp`, `docker load -i`",
+		"pipe":         "`docker save \\| ssh docker load`",
+		"pipe-gzip":    "`docker save \\| gzip -1 \\| ssh docker load`",
 	}
 	benchCaseNames = map[string]string{"first": "first deploy", "redeploy": "redeploy", "noop": "no-op redeploy"}
 )

@@ -635,7 +635,6 @@ func TestWriteCompressions(t *testing.T) {
 	checkLoadArchive(t, outs[Zstd], img, 1, "carebot:v1", "docker.io/library/carebot:v1", "v1")
 }
 
-
 // A redeploy on the classic store: the layers the server has are passed
 // over unread when their v1 jsons tell their places (a flipped byte in
 // them goes unnoticed: they are not sent), and the archive still loads.
