@@ -328,7 +328,10 @@ func (e *benchEnv) runner(tag string) *Runner {
 	if err != nil {
 		e.b.Fatal(err)
 	}
-	return &Runner{Cfg: cfg, Out: io.Discard}
+	// What carebot learns of a link (ship.Links) stays with that link: the
+	// 50 Mbit/s runs do not start from loopback's rate. Each link's first
+	// big transfer measures it.
+	return &Runner{Cfg: cfg, Out: io.Discard, LinksFile: filepath.Join(e.dir, "links-"+e.link.key+".json")}
 }
 
 func (e *benchEnv) ref(tag string) string { return e.imageName + ":" + tag }

@@ -34,6 +34,9 @@ type Runner struct {
 	// file, which the deploy of the same image later in the run sends from
 	// (mage full: the engine saves the image once).
 	KeepSave bool
+	// LinksFile is where the rate of each server's transfers is kept
+	// ("" = this user's cache folder; see ship.Links).
+	LinksFile string
 
 	mu      sync.Mutex
 	eng     *engine.Engine
@@ -164,14 +167,17 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
-		Server: srv, Links: linksFile(),
+		Server: srv, Links: r.linksFile(),
 		LogLines: 20, Out: r.Out,
 	}, nil
 }
 
 // linksFile is where the rates of past transfers are kept, per server (see
 // ship.Links): this machine's user cache, or nowhere.
-func linksFile() ship.Links {
+func (r *Runner) linksFile() ship.Links {
+	if r.LinksFile != "" {
+		return ship.Links(r.LinksFile)
+	}
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		return ""
