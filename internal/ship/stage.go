@@ -57,23 +57,9 @@ func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
 	size := estimate(ctx, src, p.img, p.skip)
 	auto := o.Stage != StageNever && o.Stage != StageAlways && o.StageDir != "" && o.Files != nil
 	resume := auto && size > stageThreshold && o.arrived(ctx, p.img.Layers[p.skip:])
-	measured := false // now, rather than by the last transfer
+	how := "" // where p.link comes from
 	if size >= probeMin && (p.comp == transfer.Auto || auto) && o.Files != nil && !resume {
-		p.link, measured = o.Links.Rate(o.Files.String())
-		if measured {
-			measured = false
-		} else {
-			probe := o.probe
-			if probe == nil {
-				probe = linkRate
-			}
-			r, err := probe(ctx, o.Files)
-			if err == nil {
-				p.link, measured = r, true
-			} else if ctx.Err() == nil {
-				fmt.Fprintf(p.out, "  (%s; the transfer measures it as it goes)\n", text.ErrLine(err))
-			}
-		}
+		p.link, how = o.linkRate(ctx, p.out)
 	}
 	if o.StageDir == "" || o.Files == nil {
 		return load
@@ -84,11 +70,7 @@ func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
 	}
 	what += " (" + text.Bytes(size) + ")"
 	took := ""
-	if p.link > 0 {
-		how := "the last transfer's"
-		if measured {
-			how = "the measured"
-		}
+	if how != "" {
 		took = fmt.Sprintf(", ~%s at %s %s", (time.Duration(float64(size) / p.link * float64(time.Second))).Round(time.Second), how, text.Rate(p.link))
 	}
 	switch {
@@ -110,6 +92,27 @@ func (o Options) transport(ctx context.Context, src Source, p *plan) sender {
 	}
 	fmt.Fprintf(p.out, "streaming %s into docker load\n", what)
 	return load
+}
+
+// linkRate is the link's rate to o.Files: the last big transfer's, when
+// one is on record, else a probe's; and which of the two ("" = neither:
+// the transfer measures as it goes).
+func (o Options) linkRate(ctx context.Context, out io.Writer) (float64, string) {
+	if r, ok := o.Links.Rate(o.Files.String()); ok {
+		return r, "the last transfer's"
+	}
+	probe := o.probe
+	if probe == nil {
+		probe = linkRate
+	}
+	r, err := probe(ctx, o.Files)
+	if err != nil {
+		if ctx.Err() == nil {
+			fmt.Fprintf(out, "  (%s; the transfer measures it as it goes)\n", text.ErrLine(err))
+		}
+		return 0, ""
+	}
+	return r, "the measured"
 }
 
 // arrived says whether the staging folder holds files of these layers: a
