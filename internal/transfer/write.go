@@ -753,7 +753,7 @@ func (x *rewriter) place(dir string) (int, bool) {
 // when only the top one is sent (a redeploy after a change in the last
 // step).
 func (x *rewriter) present(dir, name string, size int64) bool {
-	if x.o.Skip == 0 || x.o.Stage != nil || !x.v1Trusted() {
+	if x.o.Skip == 0 || !x.v1Trusted() {
 		return false
 	}
 	i, top := x.place(dir)
