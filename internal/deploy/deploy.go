@@ -62,6 +62,12 @@ type Deployer struct {
 	LockWait  time.Duration
 	LeaseTime time.Duration
 
+	// Run names the run in the journal and the history, and Fleet the
+	// hosts it deploys to together, so a run over several hosts that is
+	// cut short can be told apart (and is undone on each host alike).
+	Run   string
+	Fleet []string
+
 	Out io.Writer
 	Now func() time.Time
 
@@ -146,6 +152,51 @@ func (d *Deployer) composeName() string { return filepath.Base(d.ComposeFile) }
 // Deploy puts r into service. On a health failure it rolls back to the
 // release that served before and returns an error saying both.
 func (d *Deployer) Deploy(ctx context.Context, r Release) error {
+	if err := d.Check(ctx); err != nil {
+		return err
+	}
+	s, err := d.Prepare(ctx, r)
+	if err != nil || s.Noop {
+		return err
+	}
+	if err := d.Switch(ctx, s, 0); err != nil {
+		return err
+	}
+	return d.Confirm(ctx, s)
+}
+
+// Staged is a release made ready on the host (image loaded, files
+// written, the lock held) and not yet serving.
+type Staged struct {
+	Release  Release
+	Current  string // the version serving when it was staged ("" none)
+	Fallback string // what a failed switch goes back to ("" none)
+	Noop     bool   // the host serves it already, healthy: nothing to switch
+	Sent     int64  // bytes of image sent
+	history  []Entry
+	entry    Entry // the switch's history entry, once switched
+	switched bool
+}
+
+// Check looks at the host without changing it: the deploy folder, Compose,
+// and the .env a deploy needs. A fleet checks every host before it
+// changes any.
+func (d *Deployer) Check(ctx context.Context) error {
+	if err := d.look(ctx); err != nil {
+		return err
+	}
+	if _, err := d.detectCompose(ctx); err != nil {
+		return err
+	}
+	if !d.facts.hasEnv && d.SeedEnv == "" {
+		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
+	}
+	return nil
+}
+
+// Prepare takes the lock, sends the image and writes the files of r,
+// changing nothing that serves: after it, Switch puts r into service.
+func (d *Deployer) Prepare(ctx context.Context, r Release) (*Staged, error) {
 	ref := d.ImageName + ":" + r.Version
 	// The build engine starts saving the image as soon as the host's engine
 	// says it lacks it, while the steps below talk to the host.
@@ -158,54 +209,75 @@ func (d *Deployer) Deploy(ctx context.Context, r Release) error {
 		return err == nil && have != r.ImageID
 	})
 	defer src.Close()
-	if err := d.prepare(ctx); err != nil {
-		return err
+	if err := d.makeFolder(ctx); err != nil {
+		return nil, err
 	}
 	if err := d.Lock(ctx); err != nil {
-		return err
+		return nil, err
 	}
 
 	srv, err := d.server(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	st, err := ship.Image(ctx, src, srv, ref, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
 		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage, Links: d.Links})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	r.ImageID = st.ServerID // checked by ship; the containerd store names it by manifest, not config
 	history, sums, err := d.historyAndSums(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	states, err := d.containers(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	current := d.serving(states)
 	if err := d.checkPort(ctx, states); err != nil {
-		return err
+		return nil, err
 	}
 	// Files change only now that every check passed: a refused deploy
 	// leaves the host as it was.
 	changed, err := d.syncFiles(ctx, sums)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	s := &Staged{Release: r, Current: current, Sent: st.WireBytes, history: history}
 	if !changed && st.Skipped && current == r.Version && d.unchanged(ctx, states, r) {
 		d.printf("%s already serves %s:%s (%s), healthy, with these files: nothing sent, nothing restarted\n", d.Host, d.ImageName, r.Version, text.ShortID(r.ImageID))
-		return nil
+		s.Noop = true
+		return s, nil
 	}
 	if err := d.keepCompose(ctx, r.Version); err != nil {
-		return err
+		return nil, err
 	}
-	d.printf("deploying %s:%s to %s (serving now: %s)\n", d.ImageName, r.Version, d.Host, orNone(current))
-	fallback := current
-	if fallback == r.Version { // redeploying the same tag: fall back to the one before it
-		fallback = Previous(history, current)
+	s.Fallback = current
+	if s.Fallback == r.Version { // redeploying the same tag: fall back to the one before it
+		s.Fallback = Previous(history, current)
 	}
-	return d.switchTo(ctx, "deploy", r, fallback, history)
+	return s, nil
+}
+
+// Unstage puts back the compose file of the release that serves, for a
+// staged release that will not be switched to (a fleet stopped first).
+func (d *Deployer) Unstage(ctx context.Context, s *Staged) error {
+	if s.Noop || s.Current == "" || s.switched {
+		return nil
+	}
+	return d.useCompose(context.WithoutCancel(ctx), s.Current)
+}
+
+// Switch puts a staged release into service and waits for its health;
+// if health never comes, it brings the fallback back and fails. Once it
+// succeeds, Confirm records it, or Revert undoes it: until then the
+// journal still puts the fallback back should the run go away, and with
+// within > 0 the host does so by itself when the run has not confirmed
+// by then (a fleet's later hosts take their time too).
+func (d *Deployer) Switch(ctx context.Context, s *Staged, within time.Duration) error {
+	d.printf("deploying %s:%s to %s (serving now: %s)\n", d.ImageName, s.Release.Version, d.Host, orNone(s.Current))
+	return d.switchTo(ctx, "deploy", s, within)
 }
 
 // Rollback serves version (or, when empty, the release before the one
@@ -243,7 +315,11 @@ func (d *Deployer) Rollback(ctx context.Context, version string) error {
 		return err
 	}
 	d.printf("rolling back %s from %s to %s\n", d.Host, orNone(current), version)
-	return d.switchTo(ctx, "rollback", r, current, history)
+	s := &Staged{Release: r, Current: current, Fallback: current, history: history}
+	if err := d.switchTo(ctx, "rollback", s, 0); err != nil {
+		return err
+	}
+	return d.Confirm(ctx, s)
 }
 
 // Deployed checks that something was deployed to Path, so commands that
@@ -261,19 +337,25 @@ func (d *Deployer) Deployed(ctx context.Context) error {
 	return nil
 }
 
-// switchTo runs compose up with r and waits for health; if health never
-// comes, it brings fallback back (or stops r when there is none).
+// switchTo runs compose up with s's release and waits for health; if
+// health never comes, it brings s.Fallback back (or stops the release
+// when there is none) and fails.
 //
-// Before anything changes, the journal on the host says how to put
+// Before anything changes, the journal on the host says how to put the
 // fallback back, so a run that goes away in the middle (killed, its link
 // cut, Ctrl-C) does not leave an unconfirmed release serving: the lock's
 // holder on the host runs the journal as soon as the run is gone, and the
-// next run does when the holder could not.
-func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallback string, history []Entry) error {
-	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup}
+// next run does when the holder could not. The journal stays until
+// Confirm or Revert.
+func (d *Deployer) switchTo(ctx context.Context, action string, s *Staged, within time.Duration) error {
+	r, fallback := s.Release, s.Fallback
+	entry := Entry{Action: action, Version: r.Version, ImageID: r.ImageID, Commit: r.Commit, Previous: fallback, Backup: r.Backup, Run: d.Run}
 	// The run confirms within its own health wait, a rollback's, and slack.
 	confirm := 2*d.HealthTimeout + 2*time.Minute
-	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(history, fallback)), confirm); err != nil {
+	if within > confirm {
+		confirm = within
+	}
+	if err := d.intend(ctx, d.switchIntent(r, fallback), d.undoSwitch(entry, fallback, ImageOf(s.history, fallback)), confirm); err != nil {
 		return err
 	}
 	_, upErr := d.composeStep(ctx, r.Version, "up -d")
@@ -284,8 +366,9 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 	}
 	if err == nil {
 		entry.Result, entry.Serving = ResultOK, r.Version
+		s.entry, s.switched = entry, true
 		d.printf("%s is serving %s (commit %s) on port %d\n", d.Host, st.Version, orNone(st.Commit), d.AppPort)
-		return d.conclude(ctx, entry)
+		return nil
 	}
 	if ctx.Err() != nil {
 		// Interrupted (Ctrl-C): mage gives us 5 s, and bringing the old
@@ -298,22 +381,51 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		}
 		return fmt.Errorf("interrupted before %s was confirmed healthy: %s puts %s back by itself (mage status shows when)", r.Version, d.Host, fallback)
 	}
-	cause := text.ErrLine(err)
-	entry.Error = cause
+	entry.Error = text.ErrLine(err)
 	d.showLogs(ctx, r.Version)
+	return d.goBack(ctx, s, entry, fmt.Sprintf("release %s failed", r.Version))
+}
 
+// Confirm records a switched release as serving and clears the journal:
+// from now on nothing puts the fallback back by itself.
+func (d *Deployer) Confirm(ctx context.Context, s *Staged) error {
+	if !s.switched {
+		return nil
+	}
+	s.switched = false
+	return d.conclude(ctx, s.entry)
+}
+
+// Revert puts the fallback back after a switch that succeeded here, when
+// the run does not keep it (a fleet's other host failed: why).
+func (d *Deployer) Revert(ctx context.Context, s *Staged, why string) error {
+	if !s.switched {
+		return nil
+	}
+	s.switched = false
+	e := s.entry
+	e.Error = why
+	d.printf("putting %s back on %s: %s\n", orNone(s.Fallback), d.Host, why)
+	return d.goBack(ctx, s, e, fmt.Sprintf("%s was undone on %s", s.Release.Version, d.Host))
+}
+
+// goBack serves s.Fallback again (or stops the release when there is
+// none), waits for its health, records e with the outcome and fails with
+// what (what happened), the cause and the outcome.
+func (d *Deployer) goBack(ctx context.Context, s *Staged, e Entry, what string) error {
 	// From here on the user's interrupt must not leave the host half-switched.
 	ctx = context.WithoutCancel(ctx)
+	version, fallback, cause := s.Release.Version, s.Fallback, e.Error
 	if fallback == "" {
-		_, _ = d.composeStep(ctx, r.Version, "stop")
-		entry.Result = ResultFailed
-		_ = d.conclude(ctx, entry)
-		return fmt.Errorf("release %s failed: %s; there is no earlier release to roll back to, so it was stopped", r.Version, cause)
+		_, _ = d.composeStep(ctx, version, "stop")
+		e.Result, e.Serving = ResultFailed, ""
+		_ = d.conclude(ctx, e)
+		return fmt.Errorf("%s: %s; there is no earlier release to roll back to, so it was stopped", what, cause)
 	}
-	d.printf("release %s failed (%s); rolling back to %s\n", r.Version, cause, fallback)
-	err = d.useCompose(ctx, fallback)
+	d.printf("%s (%s); rolling back to %s\n", what, cause, fallback)
+	err := d.useCompose(ctx, fallback)
 	if err == nil {
-		err = d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(history, fallback)})
+		err = d.retag(ctx, Release{Version: fallback, ImageID: ImageOf(s.history, fallback)})
 	}
 	if err == nil {
 		_, err = d.composeStep(ctx, fallback, "up -d")
@@ -322,14 +434,15 @@ func (d *Deployer) switchTo(ctx context.Context, action string, r Release, fallb
 		_, err = d.waitHealthy(ctx, fallback)
 	}
 	if err == nil {
-		entry.Result, entry.Serving = ResultRolledBack, fallback
-		_ = d.conclude(ctx, entry)
-		return fmt.Errorf("release %s failed: %s; rolled back to %s, which is serving", r.Version, cause, fallback)
+		e.Result, e.Serving = ResultRolledBack, fallback
+		_ = d.conclude(ctx, e)
+		return fmt.Errorf("%s: %s; rolled back to %s, which is serving", what, cause, fallback)
 	}
 	cause += "; rollback to " + fallback + " failed too: " + text.ErrLine(err)
-	entry.Result = ResultFailed
-	_ = d.conclude(ctx, entry)
-	return fmt.Errorf("release %s failed: %s: run mage status and mage logs", r.Version, cause)
+	e.Result, e.Serving = ResultFailed, ""
+	e.Error = cause
+	_ = d.conclude(ctx, e)
+	return fmt.Errorf("%s: %s: run mage status and mage logs", what, cause)
 }
 
 func (d *Deployer) switchIntent(r Release, fallback string) string {
@@ -394,20 +507,16 @@ func (d *Deployer) alive(ctx context.Context) error {
 	return nil
 }
 
-// prepare makes the deploy folder and checks the host's .env, before
+// makeFolder makes the deploy folder and checks the host's .env, before
 // anything that serves changes.
-func (d *Deployer) prepare(ctx context.Context) error {
-	if err := d.look(ctx); err != nil {
-		return err
-	}
-	if _, err := d.detectCompose(ctx); err != nil {
-		return err
+func (d *Deployer) makeFolder(ctx context.Context) error {
+	if !d.looked {
+		if err := d.Check(ctx); err != nil {
+			return err
+		}
 	}
 	envPath := d.Path + "/.env"
 	hasEnv := d.facts.hasEnv
-	if !hasEnv && d.SeedEnv == "" {
-		return fmt.Errorf("%s has no .env on %s: create it there (cp .env.example .env, then set BOT_TOKEN) and deploy again; nothing was changed", d.Path, d.Host)
-	}
 	p := shell.Quote(d.Path)
 	out, err := host.Run(ctx, d.Host, fmt.Sprintf("mkdir -p %s %s/data %s/migrations && cd %s && pwd -P", p, p, p, p))
 	if err != nil {

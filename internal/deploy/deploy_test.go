@@ -593,7 +593,7 @@ func TestPrepare(t *testing.T) {
 				d.SeedEnv, d.SeedEnvData = filepath.Join(t.TempDir(), "seed .env"), []byte(tc.seed)
 			}
 
-			err := d.prepare(context.Background())
+			err := d.makeFolder(context.Background())
 			if tc.wantErr != nil {
 				if err == nil {
 					t.Fatal("prepare succeeded, want an error")
@@ -650,7 +650,7 @@ func strp(s string) *string { return &s }
 
 func TestPrepareWithoutCompose(t *testing.T) {
 	d, _ := testDeployer(t, &fakeHost{compose: ""})
-	err := d.prepare(context.Background())
+	err := d.makeFolder(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "neither") {
 		t.Fatalf("prepare = %v, want the no-compose error", err)
 	}

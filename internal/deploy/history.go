@@ -23,6 +23,7 @@ type Entry struct {
 	Previous string    `json:"previous,omitempty"`
 	Error    string    `json:"error,omitempty"`
 	Backup   string    `json:"backup,omitempty"` // the data backup taken before it
+	Run      string    `json:"run,omitempty"`    // the run that deployed it to several hosts together
 }
 
 // Results of an entry.

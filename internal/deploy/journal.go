@@ -30,6 +30,9 @@ func (d *Deployer) intend(ctx context.Context, what, undo string, confirm time.D
 		return err
 	}
 	script := "# " + what + "\n"
+	if d.Run != "" {
+		script += fmt.Sprintf("# run %s over %s\n", d.Run, strings.Join(d.Fleet, ","))
+	}
 	if confirm > 0 {
 		script += fmt.Sprintf("# confirm within %d\n", int(confirm.Seconds()))
 	}
