@@ -30,8 +30,7 @@ var (
 	keepTest       bool
 	skipBackup     bool
 	downloadBackup bool
-	// Set by the backup step for the deploy after it, which names it in the history.
-	backupTaken string
+	backupHost     string
 )
 
 // run loads and validates the configuration once per mage process. The
@@ -155,16 +154,19 @@ func deploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return r.Timed("deploy", func() error { return r.Deploy(ctx, backupTaken) })
+	return r.Timed("deploy", func() error { return r.Deploy(ctx) })
 }
 
-// Backup archives DEPLOY_PATH/data on the deploy host with its sha256; -download also copies it to ./backups.
+// Backup archives DEPLOY_PATH/data on each deploy host with its sha256; -download also copies it to ./backups (-host picks the server when there are several).
 //
 // Reads DEPLOY_HOST, DEPLOY_PATH, BACKUP_KEEP (older backups are removed).
 // The service is paused only while the folder is copied.
-func Backup(ctx context.Context, download *bool) error {
+func Backup(ctx context.Context, download *bool, host *string) error {
 	if download != nil {
 		downloadBackup = *download
+	}
+	if host != nil {
+		backupHost = *host
 	}
 	mg.CtxDeps(ctx, backup)
 	return nil
@@ -175,23 +177,24 @@ func backup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.Host = backupHost
 	return r.Timed("backup", func() error {
-		b, err := r.Backup(ctx, downloadBackup)
-		backupTaken = b.Name
+		_, err := r.Backup(ctx, downloadBackup)
 		return err
 	})
 }
 
-// Restore puts a backup back as the data (-name, default the newest) after a safety backup; -list lists them.
+// Restore puts a backup back as the data (-name, default the newest) after a safety backup; -list lists them; -host picks the server.
 //
 // Reads DEPLOY_HOST, DEPLOY_PATH. A corrupt or truncated archive is refused
 // before anything is touched; the service is stopped, restored, started
 // and health-checked.
-func Restore(ctx context.Context, name *string, list *bool) error {
+func Restore(ctx context.Context, name *string, list *bool, host *string) error {
 	r, err := run()
 	if err != nil {
 		return err
 	}
+	r.Host = deref(host)
 	return r.Restore(ctx, deref(name), deref(list))
 }
 
@@ -240,14 +243,15 @@ func Status(ctx context.Context) error {
 	return r.Status(ctx)
 }
 
-// Logs prints the service's last log lines (-n, default 100); -follow keeps printing.
+// Logs prints the service's last log lines (-n, default 100); -follow keeps printing; -host picks the server.
 //
 // Reads DEPLOY_HOST and DEPLOY_PATH.
-func Logs(ctx context.Context, n *int, follow *bool) error {
+func Logs(ctx context.Context, n *int, follow *bool, host *string) error {
 	r, err := run()
 	if err != nil {
 		return err
 	}
+	r.Host = deref(host)
 	lines := 100
 	if n != nil {
 		lines = *n

@@ -53,6 +53,7 @@ type Config struct {
 	HealthTimeout time.Duration // HEALTH_TIMEOUT, default 60s
 	DeployHost    string        // DEPLOY_HOST as written; "" deploys to this machine
 	Targets       []Target      // DEPLOY_HOST parsed: the servers deployed to (none: this machine)
+	Strategy      string        // DEPLOY_STRATEGY with several servers: rolling (one at a time) or all
 	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
 	ImageKeep     int           // IMAGE_KEEP, default 5
 	BackupKeep    int           // BACKUP_KEEP, default 10
@@ -235,19 +236,20 @@ func (t Target) String() string { return t.User + "@" + t.Addr() }
 // in name order. Secret values are redacted (see Redact).
 func (c *Config) Print(w io.Writer) {
 	values := map[string]string{
-		"IMAGE_NAME":     c.ImageName,
-		"IMAGE_TAG":      c.ImageTag,
-		"DOCKERFILE":     c.Dockerfile,
-		"IMAGE_KEEP":     strconv.Itoa(c.ImageKeep),
-		"TEST_PORT":      strconv.Itoa(c.TestPort),
-		"HEALTH_PATH":    c.HealthPath,
-		"HEALTH_TIMEOUT": c.HealthTimeout.String(),
-		"TEST_DATA":      c.TestData,
-		"DEPLOY_HOST":    c.DeployHost,
-		"DEPLOY_PATH":    c.DeployPath,
-		"COMPOSE_FILE":   c.ComposeFile,
-		"APP_PORT":       strconv.Itoa(c.AppPort),
-		"MIGRATIONS":     c.Migrations,
+		"IMAGE_NAME":      c.ImageName,
+		"IMAGE_TAG":       c.ImageTag,
+		"DOCKERFILE":      c.Dockerfile,
+		"IMAGE_KEEP":      strconv.Itoa(c.ImageKeep),
+		"TEST_PORT":       strconv.Itoa(c.TestPort),
+		"HEALTH_PATH":     c.HealthPath,
+		"HEALTH_TIMEOUT":  c.HealthTimeout.String(),
+		"TEST_DATA":       c.TestData,
+		"DEPLOY_HOST":     c.DeployHost,
+		"DEPLOY_PATH":     c.DeployPath,
+		"DEPLOY_STRATEGY": c.Strategy,
+		"COMPOSE_FILE":    c.ComposeFile,
+		"APP_PORT":        strconv.Itoa(c.AppPort),
+		"MIGRATIONS":      c.Migrations,
 
 		"BACKUP_KEEP":          strconv.Itoa(c.BackupKeep),
 		"LOCK_WAIT":            c.LockWait.String(),
@@ -456,10 +458,20 @@ func (l *loader) loadDeploy() {
 			}
 			c.Targets = append(c.Targets, t)
 		}
-		if len(c.Targets) > 1 {
-			l.fail(host, fmt.Sprintf("names %d servers; deploying to several servers is not supported yet: name one", len(c.Targets)))
-			c.Targets = c.Targets[:1]
+		seen := map[string]bool{}
+		for _, t := range c.Targets {
+			if seen[t.String()] {
+				l.fail(host, "names "+t.String()+" twice: name each server once")
+				break
+			}
+			seen[t.String()] = true
 		}
+	}
+	switch st := l.get("DEPLOY_STRATEGY", "rolling"); st.val {
+	case "rolling", "all":
+		c.Strategy = st.val
+	default:
+		l.fail(st, "is not one of rolling (one server at a time), all (every server at once)")
 	}
 
 	if host.set {

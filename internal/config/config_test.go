@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,7 @@ func TestLoadDefaults(t *testing.T) {
 		HealthPath:    "/health",
 		HealthTimeout: 60 * time.Second,
 		DeployPath:    filepath.Join(dir, ".deploy", "production"),
+		Strategy:      "rolling",
 		ImageKeep:     5,
 		TestData:      filepath.Join(dir, "test-data"),
 		Migrations:    filepath.Join(dir, "migrations"),
@@ -327,8 +329,10 @@ func TestValidation(t *testing.T) {
 			want: []string{`environment: DEPLOY_HOST="host/srv" must not contain a path (put that in DEPLOY_PATH) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host bare ipv6", env: []string{"DEPLOY_HOST=2001:db8::1"},
 			want: []string{`environment: DEPLOY_HOST="2001:db8::1" is a bare IPv6 address: write it in brackets, e.g. [2001:db8::1]:22 (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
-		{name: "deploy host several", env: []string{"DEPLOY_HOST=a,b"},
-			want: []string{`environment: DEPLOY_HOST="a,b" names 2 servers; deploying to several servers is not supported yet: name one`}},
+		{name: "deploy host twice", env: []string{"DEPLOY_HOST=u@a,u@a:22"},
+			want: []string{`environment: DEPLOY_HOST="u@a,u@a:22" names u@a:22 twice: name each server once`}},
+		{name: "strategy garbage", env: []string{"DEPLOY_STRATEGY=canary"},
+			want: []string{`environment: DEPLOY_STRATEGY="canary" is not one of rolling (one server at a time), all (every server at once)`}},
 		{name: "deploy host empty entry", env: []string{"DEPLOY_HOST=a,"},
 			want: []string{`environment: DEPLOY_HOST="a," names no server (an empty entry) (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host bad name", env: []string{"DEPLOY_HOST=my_host!"},
@@ -954,6 +958,7 @@ HEALTH_TIMEOUT=1m30s (source: environment)
 TEST_DATA={dir}/test-data (source: default)
 DEPLOY_HOST=ubuntu@example.com (source: environment)
 DEPLOY_PATH=/home/ubuntu/carebot-production (source: default)
+DEPLOY_STRATEGY=rolling (source: default)
 COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)
@@ -1002,8 +1007,12 @@ func TestDeployTargets(t *testing.T) {
 			t.Errorf("DEPLOY_HOST=%q: targets %+v, want %+v", tt.env, c.Targets, tt.want)
 		}
 	}
-	c, err := Load(newProject(t, ""), []string{"IMAGE_TAG=v1", "USER=", "DEPLOY_HOST=h"})
-	if err != nil || c.Targets[0].User != "root" {
+	c, err := Load(newProject(t, ""), []string{"IMAGE_TAG=v1", "USER=me", "DEPLOY_HOST=ubuntu@10.0.0.5, ubuntu@10.0.0.6:2222", "DEPLOY_STRATEGY=all"})
+	if want := []Target{{"ubuntu", "10.0.0.5", 22}, {"ubuntu", "10.0.0.6", 2222}}; err != nil || !slices.Equal(c.Targets, want) || c.Strategy != "all" {
+		t.Errorf("two servers: %+v %q %v, want %+v", c.Targets, c.Strategy, err, want)
+	}
+	c, err = Load(newProject(t, ""), []string{"IMAGE_TAG=v1", "USER=", "DEPLOY_HOST=h"})
+	if err != nil || c.Targets[0].User != "root" || c.Strategy != "rolling" {
 		t.Errorf("no USER: %+v %v", c, err)
 	}
 	if got := (Target{"u", "2001:db8::1", 2222}).String(); got != "u@[2001:db8::1]:2222" {

@@ -326,7 +326,7 @@ rm -rf data.restoring
 	// runs the journal: say so instead of undoing it twice.
 	gone := func() bool { return ctx.Err() != nil || !d.held() }
 	leftToHost := func(err error) error {
-		d.abandon()
+		d.Abandon()
 		return fmt.Errorf("restore %s on %s interrupted (%s): the host puts the data before it back and starts %s again by itself",
 			b.Name, d.Host, text.ErrLine(err), orNone(strings.Join(names, ", ")))
 	}

@@ -194,6 +194,9 @@ func (d *Deployer) Check(ctx context.Context) error {
 	return nil
 }
 
+// HasDeployment says whether Check found a release deployed there before.
+func (d *Deployer) HasDeployment() bool { return d.facts.hasComposeFile }
+
 // Prepare takes the lock, sends the image and writes the files of r,
 // changing nothing that serves: after it, Switch puts r into service.
 func (d *Deployer) Prepare(ctx context.Context, r Release) (*Staged, error) {
@@ -375,7 +378,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, s *Staged, withi
 		// release back may take longer. The host does it: giving the lock
 		// back makes its holder run the journal, and keep the lock until
 		// that is done.
-		d.abandon()
+		d.Abandon()
 		if fallback == "" {
 			return fmt.Errorf("interrupted before %s was confirmed healthy: %s stops it by itself (mage status shows when)", r.Version, d.Host)
 		}
@@ -383,7 +386,8 @@ func (d *Deployer) switchTo(ctx context.Context, action string, s *Staged, withi
 	}
 	entry.Error = text.ErrLine(err)
 	d.showLogs(ctx, r.Version)
-	return d.goBack(ctx, s, entry, fmt.Sprintf("release %s failed", r.Version))
+	_, err = d.goBack(ctx, s, entry, fmt.Sprintf("release %s failed", r.Version))
+	return err
 }
 
 // Confirm records a switched release as serving and clears the journal:
@@ -397,7 +401,8 @@ func (d *Deployer) Confirm(ctx context.Context, s *Staged) error {
 }
 
 // Revert puts the fallback back after a switch that succeeded here, when
-// the run does not keep it (a fleet's other host failed: why).
+// the run does not keep it (a fleet's other host failed: why). It fails
+// only when the fallback could not be brought back.
 func (d *Deployer) Revert(ctx context.Context, s *Staged, why string) error {
 	if !s.switched {
 		return nil
@@ -405,14 +410,18 @@ func (d *Deployer) Revert(ctx context.Context, s *Staged, why string) error {
 	s.switched = false
 	e := s.entry
 	e.Error = why
-	d.printf("putting %s back on %s: %s\n", orNone(s.Fallback), d.Host, why)
-	return d.goBack(ctx, s, e, fmt.Sprintf("%s was undone on %s", s.Release.Version, d.Host))
+	result, err := d.goBack(ctx, s, e, fmt.Sprintf("%s is undone on %s", s.Release.Version, d.Host))
+	if result == ResultRolledBack || (result == ResultFailed && s.Fallback == "") {
+		return nil
+	}
+	return err
 }
 
 // goBack serves s.Fallback again (or stops the release when there is
-// none), waits for its health, records e with the outcome and fails with
-// what (what happened), the cause and the outcome.
-func (d *Deployer) goBack(ctx context.Context, s *Staged, e Entry, what string) error {
+// none), waits for its health, records e with the outcome, and returns
+// the outcome and an error that says what happened (what), the cause and
+// the outcome.
+func (d *Deployer) goBack(ctx context.Context, s *Staged, e Entry, what string) (string, error) {
 	// From here on the user's interrupt must not leave the host half-switched.
 	ctx = context.WithoutCancel(ctx)
 	version, fallback, cause := s.Release.Version, s.Fallback, e.Error
@@ -420,7 +429,7 @@ func (d *Deployer) goBack(ctx context.Context, s *Staged, e Entry, what string) 
 		_, _ = d.composeStep(ctx, version, "stop")
 		e.Result, e.Serving = ResultFailed, ""
 		_ = d.conclude(ctx, e)
-		return fmt.Errorf("%s: %s; there is no earlier release to roll back to, so it was stopped", what, cause)
+		return e.Result, fmt.Errorf("%s: %s; there is no earlier release to roll back to, so it was stopped", what, cause)
 	}
 	d.printf("%s (%s); rolling back to %s\n", what, cause, fallback)
 	err := d.useCompose(ctx, fallback)
@@ -436,13 +445,13 @@ func (d *Deployer) goBack(ctx context.Context, s *Staged, e Entry, what string) 
 	if err == nil {
 		e.Result, e.Serving = ResultRolledBack, fallback
 		_ = d.conclude(ctx, e)
-		return fmt.Errorf("%s: %s; rolled back to %s, which is serving", what, cause, fallback)
+		return e.Result, fmt.Errorf("%s: %s; rolled back to %s, which is serving", what, cause, fallback)
 	}
 	cause += "; rollback to " + fallback + " failed too: " + text.ErrLine(err)
 	e.Result, e.Serving = ResultFailed, ""
 	e.Error = cause
 	_ = d.conclude(ctx, e)
-	return fmt.Errorf("%s: %s: run mage status and mage logs", what, cause)
+	return e.Result, fmt.Errorf("%s: %s: run mage status and mage logs", what, cause)
 }
 
 func (d *Deployer) switchIntent(r Release, fallback string) string {

@@ -387,7 +387,7 @@ func TestLockRunsTheJournal(t *testing.T) {
 	if err := d.intend(ctx, "testing: write a file", "sleep 1; echo yes > "+shell.Quote(done)+"\n", 0); err != nil {
 		t.Fatal(err)
 	}
-	d.abandon() // the run goes away
+	d.Abandon() // the run goes away
 	other := locker(t, d)
 	if err := other.Lock(ctx); err != nil {
 		t.Fatalf("Lock while the holder runs the journal: %v", err)

@@ -66,9 +66,9 @@ func (d *Deployer) conclude(ctx context.Context, e Entry) error {
 	return nil
 }
 
-// abandon gives the lock back without waiting: the run was interrupted and
+// Abandon gives the lock back without waiting: the run was interrupted and
 // leaves what is left to do (the journal) to the host.
-func (d *Deployer) abandon() { d.letGo() }
+func (d *Deployer) Abandon() { d.letGo() }
 
 // recoverJournal runs a journal that an interrupted run left and its
 // holder could not run (the holder was killed too, or the host rebooted).

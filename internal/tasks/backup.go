@@ -3,12 +3,16 @@ package tasks
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"path/filepath"
 
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/text"
 
 	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/fleet"
 )
 
 // Backup archives DEPLOY_PATH/data on the deploy host (consistently: the
@@ -17,12 +21,20 @@ import (
 // returns the backup ("" name when there was no data yet), for the deploy
 // that follows to name in its history.
 func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
+	if r.Several() && (download || r.Host != "") {
+		if r.Host == "" {
+			return deploy.Backup{}, fmt.Errorf("backup -download copies one server's backup: choose it with -host (one of %s)", targetList(r.Cfg.Targets))
+		}
+	} else if r.Several() {
+		return deploy.Backup{}, r.backupEach(ctx)
+	}
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return deploy.Backup{}, err
 	}
 	defer r.taskDone(d)
 	b, err := d.Backup(ctx, r.Cfg.BackupKeep)
+	r.tookBackup(d, b.Name)
 	if err != nil || b.Name == "" || !download {
 		return b, err
 	}
@@ -32,6 +44,38 @@ func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, erro
 	}
 	r.printf("copied it to %s (sha256 checked)\n", dst)
 	return b, nil
+}
+
+// backupEach backs up every server at once; a failure on one fails the
+// task, so the deploy after it does not start.
+func (r *Runner) backupEach(ctx context.Context) error {
+	deps, err := r.Deployers(ctx)
+	if err != nil {
+		return err
+	}
+	return fleet.Each(deps, func(d *deploy.Deployer) error {
+		defer r.taskDone(d)
+		b, err := d.Backup(ctx, r.Cfg.BackupKeep)
+		r.tookBackup(d, b.Name)
+		return err
+	})
+}
+
+// tookBackup remembers the backup taken on d, for the history of the
+// deploy that follows in this run.
+func (r *Runner) tookBackup(d *deploy.Deployer, name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.backups == nil {
+		r.backups = map[string]string{}
+	}
+	r.backups[d.Host.String()] = name
+}
+
+func (r *Runner) backupOn(d *deploy.Deployer) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.backups[d.Host.String()]
 }
 
 // Restore puts a backup (the newest when name is empty) back as the data,
@@ -59,31 +103,36 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 	return err
 }
 
-// Cleanup removes image tags beyond IMAGE_KEEP on the build engine and the
-// server (never the serving image or the rollback target), dangling
-// images, leftover test containers, and backups beyond BACKUP_KEEP. With
-// dryRun it only says what would go.
+// Cleanup removes image tags beyond IMAGE_KEEP on the build engine and
+// each server (never an image a server serves or would roll back to),
+// dangling images, leftover test containers, and backups beyond
+// BACKUP_KEEP. With dryRun it only says what would go.
 func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
-	d, err := r.Deployer(ctx)
+	deps, err := r.Deployers(ctx)
 	if err != nil {
 		return err
 	}
-	if !dryRun { // not while a deploy of another run loads or switches images
-		if err := d.Lock(ctx); err != nil {
-			return err
-		}
-		defer r.taskDone(d)
-	}
-	protect, err := d.Protected(ctx)
-	if err != nil {
-		return err
-	}
-	protect[r.Cfg.ImageTag] = true // what was just built is about to be tested or deployed
-
 	verb := "removed"
 	if dryRun {
 		verb = "would remove"
 	}
+	// What any server serves or would roll back to stays everywhere: the
+	// build engine is where a redeploy of it would come from.
+	protect := map[string]bool{r.Cfg.ImageTag: true} // what was just built is about to be tested or deployed
+	for _, d := range deps {
+		if !dryRun { // not while a deploy of another run loads or switches images
+			if err := d.Lock(ctx); err != nil {
+				return err
+			}
+			defer r.taskDone(d)
+		}
+		p, err := d.Protected(ctx)
+		if err != nil {
+			return err
+		}
+		maps.Copy(protect, p)
+	}
+
 	// The build engine through its API, reached as build and test reach it
 	// (WSL, sudo); a server's engine through the host's shell. A deploy to
 	// this machine uses the build engine.
@@ -91,17 +140,9 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	engines := []deploy.Images{e}
-	if r.Cfg.Remote() {
-		engines = append(engines, deploy.HostImages{Host: d.Host})
-	}
-	var reclaimed int64
-	for _, imgs := range engines {
-		n, err := r.cleanEngine(ctx, imgs, protect, dryRun, verb)
-		if err != nil {
-			return err
-		}
-		reclaimed += n
+	reclaimed, err := r.cleanEngine(ctx, r.Out, e, protect, dryRun, verb)
+	if err != nil {
+		return err
 	}
 
 	// This project's test container, left by test -keep (only when it
@@ -120,16 +161,10 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 		}
 	}
 
-	old, err := d.PlanBackupCleanup(ctx, r.Cfg.BackupKeep)
-	if err != nil {
-		return err
-	}
-	for _, b := range old {
-		r.printf("%s backup %s (%s) beyond BACKUP_KEEP=%d\n", verb, b.Name, text.Bytes(b.Size), r.Cfg.BackupKeep)
-		reclaimed += b.Size
-	}
-	if !dryRun && len(old) > 0 {
-		if err := d.PruneBackups(ctx, r.Cfg.BackupKeep); err != nil {
+	for _, d := range deps {
+		n, err := r.cleanServer(ctx, d, protect, dryRun, verb)
+		reclaimed += n
+		if err != nil {
 			return err
 		}
 	}
@@ -141,10 +176,37 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	return nil
 }
 
+// cleanServer removes a server's old image tags (when it is not the
+// build engine) and its backups beyond BACKUP_KEEP.
+func (r *Runner) cleanServer(ctx context.Context, d *deploy.Deployer, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+	var reclaimed int64
+	if r.Cfg.Remote() {
+		n, err := r.cleanEngine(ctx, d.Out, deploy.HostImages{Host: d.Host}, protect, dryRun, verb)
+		if err != nil {
+			return 0, err
+		}
+		reclaimed += n
+	}
+	old, err := d.PlanBackupCleanup(ctx, r.Cfg.BackupKeep)
+	if err != nil {
+		return reclaimed, err
+	}
+	for _, b := range old {
+		fmt.Fprintf(d.Out, "%s backup %s (%s) beyond BACKUP_KEEP=%d\n", verb, b.Name, text.Bytes(b.Size), r.Cfg.BackupKeep)
+		reclaimed += b.Size
+	}
+	if !dryRun && len(old) > 0 {
+		if err := d.PruneBackups(ctx, r.Cfg.BackupKeep); err != nil {
+			return reclaimed, err
+		}
+	}
+	return reclaimed, nil
+}
+
 // cleanEngine removes old tags and dangling images on one engine and
 // returns the bytes reclaimed (measured with docker system df; estimated
 // from image sizes in a dry run).
-func (r *Runner) cleanEngine(ctx context.Context, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+func (r *Runner) cleanEngine(ctx context.Context, out io.Writer, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
 	name := r.Cfg.ImageName
 	tags, err := imgs.Tags(ctx, name)
 	if err != nil {
@@ -160,10 +222,10 @@ func (r *Runner) cleanEngine(ctx context.Context, imgs deploy.Images, protect ma
 		return 0, err
 	}
 	for _, t := range remove {
-		r.printf("%s %s:%s on %s (%s)\n", verb, name, t.Tag, imgs, text.Bytes(t.Size))
+		fmt.Fprintf(out, "%s %s:%s on %s (%s)\n", verb, name, t.Tag, imgs, text.Bytes(t.Size))
 	}
 	if len(dangling) > 0 {
-		r.printf("%s %d dangling image(s) on %s\n", verb, len(dangling), imgs)
+		fmt.Fprintf(out, "%s %d dangling image(s) on %s\n", verb, len(dangling), imgs)
 	}
 	if dryRun {
 		var est int64

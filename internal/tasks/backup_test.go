@@ -75,7 +75,7 @@ func onBothHosts(t *testing.T, name string, test func(t *testing.T, d deployment
 				d = p
 			}
 			d.buildTag("v1", nil)
-			if err := d.runner("v1").Deploy(context.Background(), ""); err != nil {
+			if err := d.runner("v1").Deploy(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			engine, container := d.service()
@@ -538,7 +538,7 @@ func TestCleanupKeepsServingAndRollbackTarget(t *testing.T) {
 		ctx := context.Background()
 		for _, v := range []string{"v2", "v3", "v4"} {
 			d.buildTag(v, nil)
-			if err := d.runner(v).Deploy(ctx, ""); err != nil {
+			if err := d.runner(v).Deploy(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}

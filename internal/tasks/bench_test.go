@@ -461,7 +461,7 @@ func (e *benchEnv) prepare(cs, method string) string {
 func (e *benchEnv) setupDeploy(tag string) {
 	r := e.runner(tag)
 	defer r.Close()
-	if err := r.Deploy(context.Background(), ""); err != nil {
+	if err := r.Deploy(context.Background()); err != nil {
 		e.b.Fatalf("setup: deploy %s: %v", tag, err)
 	}
 	e.serving = tag
@@ -512,7 +512,7 @@ func (e *benchEnv) carebot(r *Runner, method, tag, cs string, start time.Time) i
 		}
 		d.Host = timedHost{d.Host, lines}
 	}
-	err := r.Deploy(context.Background(), "")
+	err := r.Deploy(context.Background())
 	r.Close()
 	if err != nil {
 		e.b.Fatalf("carebot, %s: %v\n%s", cs, err, lines.text())
@@ -794,7 +794,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 		}
 		d.buildTag("v1", nil)
 		ctx := context.Background()
-		if err := d.runner("v1").Deploy(ctx, ""); err != nil {
+		if err := d.runner("v1").Deploy(ctx); err != nil {
 			b.Fatal(err)
 		}
 		// 100 MB: half incompressible, half text, in 20 files beside the database.

@@ -42,7 +42,12 @@ type doctorRun struct {
 	dir string
 	c   *config.Config
 
-	eng          *engine.Engine
+	eng     *engine.Engine
+	servers []*serverLogin // one per DEPLOY_HOST server
+}
+
+// serverLogin is what the checks of one server share.
+type serverLogin struct {
 	ssh          *host.SSH
 	hostKeyKnown bool
 }
@@ -51,18 +56,20 @@ func (d *doctorRun) close() {
 	if d.eng != nil {
 		d.eng.Close()
 	}
-	if d.ssh != nil {
-		d.ssh.Close()
+	for _, s := range d.servers {
+		if s.ssh != nil {
+			s.ssh.Close()
+		}
 	}
 }
 
-// server is the login as the deploy uses it for docker: through sudo -n
+// docker is the login as the deploy uses it for docker: through sudo -n
 // with DEPLOY_DOCKER_SUDO.
-func (d *doctorRun) server() host.Host {
+func (d *doctorRun) docker(s *serverLogin) host.Host {
 	if d.c != nil && d.c.DeployDockerSudo {
-		return host.DockerSudo(d.ssh)
+		return host.DockerSudo(s.ssh)
 	}
-	return d.ssh
+	return s.ssh
 }
 
 // checks lists the checks in the order they run.
@@ -114,7 +121,9 @@ func (d *doctorRun) checks(cfgErr error) []doctor.Check {
 	}})
 
 	if c.Remote() {
-		checks = append(checks, d.serverChecks()...)
+		for i := range c.Targets {
+			checks = append(checks, d.serverChecks(i)...)
+		}
 	} else {
 		checks = append(checks, d.localDeployChecks()...)
 	}
@@ -174,37 +183,47 @@ func (d *doctorRun) settings(cfgErr error) []doctor.Check {
 	return checks
 }
 
-// serverChecks reach DEPLOY_HOST over SSH and look at the server, with
-// the SSH settings a deploy uses (sshConfig).
-func (d *doctorRun) serverChecks() []doctor.Check {
+// serverChecks reach server i of DEPLOY_HOST over SSH and look at it,
+// with the SSH settings a deploy uses (sshConfig). With several servers
+// each check's name carries the server's address.
+func (d *doctorRun) serverChecks(i int) []doctor.Check {
 	c := d.c
 	const timeout = 10 * time.Second
-	sc := sshConfig(c, c.Targets[0], nil)
+	t := c.Targets[i]
+	sc := sshConfig(c, t, nil)
 	sc.ConnectTimeout = timeout
-	login := []string{"ssh login"}
+	s := &serverLogin{}
+	d.servers = append(d.servers, s)
+	name := func(n string) string {
+		if len(c.Targets) > 1 {
+			return n + " " + t.Addr()
+		}
+		return n
+	}
+	login := []string{name("ssh login")}
 	return []doctor.Check{
-		{Name: "ssh reach", Run: func(ctx context.Context) doctor.Result { return doctor.Reach(ctx, c.Targets[0].Addr(), timeout) }},
-		{Name: "ssh key", Run: func(context.Context) doctor.Result { return doctor.Key(sc) }},
-		{Name: "known_hosts", Needs: []string{"ssh reach"}, Run: func(ctx context.Context) doctor.Result {
+		{Name: name("ssh reach"), Run: func(ctx context.Context) doctor.Result { return doctor.Reach(ctx, t.Addr(), timeout) }},
+		{Name: name("ssh key"), Run: func(context.Context) doctor.Result { return doctor.Key(sc) }},
+		{Name: name("known_hosts"), Needs: []string{name("ssh reach")}, Run: func(ctx context.Context) doctor.Result {
 			r, known := doctor.KnownHosts(ctx, sc)
-			d.hostKeyKnown = known
+			s.hostKeyKnown = known
 			return r
 		}},
-		{Name: "ssh login", Needs: []string{"ssh reach", "ssh key", "known_hosts"}, Run: func(ctx context.Context) doctor.Result {
-			if !d.hostKeyKnown { // unknown with SSH_ACCEPT_NEW=1: the doctor records nothing
+		{Name: name("ssh login"), Needs: []string{name("ssh reach"), name("ssh key"), name("known_hosts")}, Run: func(ctx context.Context) doctor.Result {
+			if !s.hostKeyKnown { // unknown with SSH_ACCEPT_NEW=1: the doctor records nothing
 				return doctor.Result{Status: doctor.Skip, Detail: "the host key is not recorded yet (the next deploy does it)"}
 			}
-			r, s := doctor.Login(ctx, sc)
-			d.ssh = s
+			r, ssh := doctor.Login(ctx, sc)
+			s.ssh = ssh
 			return r
 		}},
-		{Name: "server engine", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.server()) }},
-		{Name: "compose", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.server()) }},
-		{Name: "tools", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, d.ssh) }},
-		{Name: "disk", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, d.ssh, c.DeployPath) }},
-		{Name: "server .env", Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEnv(ctx, d.ssh, c.DeployPath) }},
-		{Name: "app port", Needs: login, Run: func(ctx context.Context) doctor.Result {
-			return doctor.ServerPort(ctx, d.server(), c.AppPort, func(_, image string) bool { return d.ours(image) })
+		{Name: name("server engine"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.docker(s)) }},
+		{Name: name("compose"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.docker(s)) }},
+		{Name: name("tools"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, s.ssh) }},
+		{Name: name("disk"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, s.ssh, c.DeployPath) }},
+		{Name: name("server .env"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEnv(ctx, s.ssh, c.DeployPath) }},
+		{Name: name("app port"), Needs: login, Run: func(ctx context.Context) doctor.Result {
+			return doctor.ServerPort(ctx, d.docker(s), c.AppPort, func(_, image string) bool { return d.ours(image) })
 		}},
 	}
 }

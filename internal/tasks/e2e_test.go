@@ -218,7 +218,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 		v1 := p.release("v1", nil)
 
 		// No .env on the server: refused before anything changes there.
-		err := p.runner("v1").Deploy(ctx, "")
+		err := p.runner("v1").Deploy(ctx)
 		if err == nil || !strings.Contains(err.Error(), "has no .env") {
 			t.Fatalf("deploy without a server .env: %v", err)
 		}
@@ -229,7 +229,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 
 		// First deploy: the whole image crosses once.
 		p.proxy.Reset()
-		if err := p.runner("v1").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v1").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		full := p.proxy.Bytes()
@@ -252,7 +252,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 		// v2 changes one small file: only that layer crosses.
 		v2 := p.release("v2", nil)
 		p.proxy.Reset()
-		if err := p.runner("v2").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v2").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		small := p.proxy.Bytes()
@@ -272,7 +272,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 
 		// A release that never becomes healthy: the server goes back to v2, data kept.
 		p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
-		err = p.runner("v3").Deploy(ctx, "")
+		err = p.runner("v3").Deploy(ctx)
 		if err == nil || !strings.Contains(err.Error(), "rolled back to v2") {
 			t.Fatalf("deploying an unhealthy v3: %v", err)
 		}
@@ -315,12 +315,12 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 		// An unknown host and a changed host key: refused, nothing changed.
 		history, _ := p.serverFile("deploy-history.jsonl")
 		os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
-		err = p.runner("v2").Deploy(ctx, "")
+		err = p.runner("v2").Deploy(ctx)
 		if err == nil || !strings.Contains(err.Error(), "not known") || !strings.Contains(err.Error(), "SSH_ACCEPT_NEW") {
 			t.Fatalf("deploy to an unknown host: %v", err)
 		}
 		testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], p.proxy.Addr, testenv.NewKey(t).Public)
-		err = p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx, "")
+		err = p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx)
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "changed") {
 			t.Fatalf("deploy to a host whose key changed: %v", err)
 		}
@@ -333,7 +333,7 @@ func TestRemoteDeployEndToEnd(t *testing.T) {
 
 		// Accepting a new host records its key, and the next deploy needs no flag.
 		os.WriteFile(p.env["SSH_KNOWN_HOSTS"], nil, 0o600)
-		if err := p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v2", "SSH_ACCEPT_NEW=1").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if err := p.runner("v2").Status(ctx); err != nil {

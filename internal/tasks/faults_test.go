@@ -449,7 +449,7 @@ func (s *faultSuite) backupFaults(c testenv.Compose) {
 		c1 := testenv.NewCompose(t, "v1")
 		lp := newComposeProject(t, "fault-local", c1)
 		lp.build("v1", nil)
-		if err := lp.runner("v1").Deploy(t.Context(), ""); err != nil {
+		if err := lp.runner("v1").Deploy(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		randomFile(t, filepath.Join(lp.deployPath(), "data", "seed.bin"), seedSize)

@@ -285,7 +285,7 @@ func TestDeployRollsBackAndKeepsData(t *testing.T) {
 		ctx := context.Background()
 
 		p.build("v1", nil)
-		if err := p.runner("v1").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v1").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if v, code := p.health(); v != "v1" || code != 200 {
@@ -299,7 +299,7 @@ func TestDeployRollsBackAndKeepsData(t *testing.T) {
 		resp.Body.Close()
 
 		p.build("v2", nil)
-		if err := p.runner("v2").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v2").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if v, _ := p.health(); v != "v2" {
@@ -307,7 +307,7 @@ func TestDeployRollsBackAndKeepsData(t *testing.T) {
 		}
 
 		p.build("v3", map[string]string{"HEALTH_FAIL": "1"})
-		err = p.runner("v3").Deploy(ctx, "")
+		err = p.runner("v3").Deploy(ctx)
 		if err == nil || !strings.Contains(err.Error(), "release v3 failed") || !strings.Contains(err.Error(), "rolled back to v2") {
 			t.Fatalf("deploying an unhealthy v3: err = %v", err)
 		}
@@ -381,7 +381,7 @@ func TestDeployRefusesTakenPortAndMissingImage(t *testing.T) {
 	p := newProject(t, "taken")
 	ctx := context.Background()
 
-	err := p.runner("never-built").Deploy(ctx, "")
+	err := p.runner("never-built").Deploy(ctx)
 	if err == nil || !strings.Contains(err.Error(), "is not built: run mage build") {
 		t.Fatalf("deploy of an unbuilt tag: %v", err)
 	}
@@ -391,13 +391,13 @@ func TestDeployRefusesTakenPortAndMissingImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = p.runner("v1").Deploy(ctx, "")
+	err = p.runner("v1").Deploy(ctx)
 	l.Close()
 	if err == nil || !strings.Contains(err.Error(), "APP_PORT "+p.env["APP_PORT"]) || !strings.Contains(err.Error(), "taken") {
 		t.Fatalf("deploy onto a taken port: %v", err)
 	}
 	// The lock was released: the same deploy works once the port is free.
-	if err := p.runner("v1").Deploy(ctx, ""); err != nil {
+	if err := p.runner("v1").Deploy(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -412,7 +412,7 @@ func TestRollbackUsesTheReleasesOwnComposeFile(t *testing.T) {
 		p.env["HEALTH_TIMEOUT"] = "15s"
 		ctx := context.Background()
 		p.build("v1", nil)
-		if err := p.runner("v1").Deploy(ctx, ""); err != nil {
+		if err := p.runner("v1").Deploy(ctx); err != nil {
 			t.Fatal(err)
 		}
 		compose, err := os.ReadFile(p.env["COMPOSE_FILE"])
@@ -428,7 +428,7 @@ func TestRollbackUsesTheReleasesOwnComposeFile(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.build("v2", nil)
-		err = p.runner("v2").Deploy(ctx, "")
+		err = p.runner("v2").Deploy(ctx)
 		if err == nil || !strings.Contains(err.Error(), "rolled back to v1, which is serving") {
 			t.Fatalf("deploying v2 with a compose file that breaks every release: %v", err)
 		}

@@ -75,7 +75,7 @@ func TestOneConnectionPerRun(t *testing.T) {
 	p.createServerEnv()
 	ctx := context.Background()
 	p.release("v1", nil)
-	if err := p.runner("v1").Deploy(ctx, ""); err != nil {
+	if err := p.runner("v1").Deploy(ctx); err != nil {
 		t.Fatal(err)
 	}
 	postRecord(t, p, "to back up")

@@ -4,11 +4,15 @@ package tasks
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +21,7 @@ import (
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/host"
 	"github.com/carebot/carebot/internal/ship"
+	"github.com/carebot/carebot/internal/text"
 )
 
 // Runner carries what the tasks of one mage run share: the configuration,
@@ -43,10 +48,16 @@ type Runner struct {
 	timings []Timing
 	saved   *savedImage // Inspect's save, for the deploy (KeepSave)
 
-	hostMu sync.Mutex // held while the deploy host is dialled
-	dep    *deploy.Deployer
-	depErr error
-	closed bool
+	// Host picks one server of several for the tasks that act on one
+	// server's data (restore, backup -download, logs): the -host flag.
+	Host string
+
+	hostMu  sync.Mutex
+	hosts   []*hostSlot // one per deploy host, dialled on first use
+	closed  bool
+	outMu   sync.Mutex // the servers' prefixed output writes whole lines
+	runID   string
+	backups map[string]string // the backup taken on each host this run, by host
 }
 
 // Timing is how long one step of a run took.
@@ -116,29 +127,134 @@ func (r *Runner) PrintTimings() {
 	r.printf("%-10s %9.1fs\n", "total", total.Seconds())
 }
 
-// Deployer is the run's one deployer, on the run's one connection to the
-// deploy host: this machine when DEPLOY_HOST is empty, else an SSH
-// connection to the server, dialled on first use. Every task of the run
-// uses it, and what it learns once (the host's Compose) serves them all.
+// Deployer is the deployer of the run's one deploy host: this machine
+// when DEPLOY_HOST is empty, else the server it names, or, when it names
+// several, the one Host picks (the targets that act on one server's data).
+// Its SSH connection is dialled on first use; every task of the run uses
+// it, and what it learns once (the host's Compose) serves them all.
 //
 // The connection is never redialled: a failed dial fails every task that
 // needs the host, and a connection lost mid-run fails the tasks with the
 // reason. Whatever a run holds on the host through its connection (a
 // lock) must end with it, never carry over to a second one.
 func (r *Runner) Deployer(ctx context.Context) (*deploy.Deployer, error) {
-	r.hostMu.Lock()
-	defer r.hostMu.Unlock()
-	if r.closed {
-		return nil, errors.New("this run's connections are closed: run the task in a mage call of its own")
+	i, err := r.pick()
+	if err != nil {
+		return nil, err
 	}
-	if r.dep == nil && r.depErr == nil {
-		r.dep, r.depErr = r.newDeployer(ctx)
-	}
-	return r.dep, r.depErr
+	return r.member(ctx, i)
 }
 
-func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
+// Deployers are the deployers of every deploy host, dialled at once; one
+// that cannot be reached fails the call (naming it) before any task
+// changes anything anywhere.
+func (r *Runner) Deployers(ctx context.Context) ([]*deploy.Deployer, error) {
+	deps, errs := r.reach(ctx)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return deps, nil
+}
+
+// reach dials every deploy host at once and returns, for each, its
+// deployer or why it could not be reached.
+func (r *Runner) reach(ctx context.Context) ([]*deploy.Deployer, []error) {
+	n := max(1, len(r.Cfg.Targets))
+	deps, errs := make([]*deploy.Deployer, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			deps[i], errs[i] = r.member(ctx, i)
+		}()
+	}
+	wg.Wait()
+	return deps, errs
+}
+
+// Several says whether DEPLOY_HOST names more than one server.
+func (r *Runner) Several() bool { return len(r.Cfg.Targets) > 1 }
+
+// pick is the index of the one deploy host a task acts on: Host's, or the
+// only one.
+func (r *Runner) pick() (int, error) {
+	ts := r.Cfg.Targets
+	if r.Host == "" {
+		if len(ts) > 1 {
+			return 0, fmt.Errorf("DEPLOY_HOST names %d servers: choose one with -host (one of %s)", len(ts), targetList(ts))
+		}
+		return 0, nil
+	}
+	for i, t := range ts {
+		if slices.Contains([]string{t.String(), t.Host, t.Addr(), t.User + "@" + t.Host}, r.Host) {
+			return i, nil
+		}
+	}
+	if len(ts) == 0 {
+		return 0, fmt.Errorf("-host %s: DEPLOY_HOST is empty, so the deploy host is this machine: leave -host out", r.Host)
+	}
+	return 0, fmt.Errorf("-host %s is not one of DEPLOY_HOST's servers (%s)", r.Host, targetList(ts))
+}
+
+func targetList(ts []config.Target) string {
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// hostSlot is one deploy host of the run, dialled once.
+type hostSlot struct {
+	once sync.Once
+	dep  *deploy.Deployer
+	err  error
+}
+
+// member is deploy host i's deployer, dialled on first use.
+func (r *Runner) member(ctx context.Context, i int) (*deploy.Deployer, error) {
+	r.hostMu.Lock()
+	if r.closed {
+		r.hostMu.Unlock()
+		return nil, errors.New("this run's connections are closed: run the task in a mage call of its own")
+	}
+	if r.hosts == nil {
+		r.hosts = make([]*hostSlot, max(1, len(r.Cfg.Targets)))
+		for j := range r.hosts {
+			r.hosts[j] = &hostSlot{}
+		}
+	}
+	slot := r.hosts[i]
+	r.hostMu.Unlock()
+	slot.once.Do(func() { slot.dep, slot.err = r.newDeployer(ctx, i) })
+	return slot.dep, slot.err
+}
+
+// hostOut is where the output of deploy host i goes: the run's output,
+// each line prefixed with the server when there are several.
+func (r *Runner) hostOut(i int) io.Writer {
+	if !r.Several() {
+		return r.Out
+	}
+	return &text.Prefixed{W: r.Out, Prefix: "[" + r.Cfg.Targets[i].Addr() + "] ", Mu: &r.outMu}
+}
+
+// RunID names this run in the journals and histories of its servers.
+func (r *Runner) RunID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.runID == "" {
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		r.runID = time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
+	}
+	return r.runID
+}
+
+func (r *Runner) newDeployer(ctx context.Context, i int) (*deploy.Deployer, error) {
 	c := r.Cfg
+	out := r.hostOut(i)
 	var h host.Host
 	var srv deploy.ServerEngine
 	seed := ""
@@ -154,8 +270,11 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 			seed = c.Dir + "/.env" // absent: the deploy gets an empty .env
 		}
 	} else {
-		s, err := host.DialSSH(ctx, sshConfig(c, c.Targets[0], r.Out))
+		s, err := host.DialSSH(ctx, sshConfig(c, c.Targets[i], out))
 		if err != nil {
+			if r.Several() && !strings.Contains(err.Error(), c.Targets[i].Addr()) {
+				err = fmt.Errorf("%s: %w", c.Targets[i], err)
+			}
 			return nil, err
 		}
 		h = s // the server's .env is its own: no seed, a deploy without one stops
@@ -163,13 +282,17 @@ func (r *Runner) newDeployer(ctx context.Context) (*deploy.Deployer, error) {
 			h = host.DockerSudo(s)
 		}
 	}
-	return &deploy.Deployer{
+	d := &deploy.Deployer{
 		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
 		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
 		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
 		Server: srv, Links: r.linksFile(),
-		LogLines: 20, Out: r.Out,
-	}, nil
+		LogLines: 20, Out: out,
+	}
+	if r.Several() {
+		d.Run, d.Fleet = r.RunID(), strings.Split(targetList(c.Targets), ", ")
+	}
+	return d, nil
 }
 
 // linksFile is where the rates of past transfers are kept, per server (see
@@ -242,11 +365,14 @@ func (r *Runner) taskDone(d *deploy.Deployer) {
 func (r *Runner) Close() error {
 	r.hostMu.Lock()
 	r.closed = true
-	dep := r.dep
+	hosts := r.hosts
 	r.hostMu.Unlock()
 	var errs []error
-	if dep != nil {
-		errs = append(errs, dep.Close(), dep.Host.Close())
+	for _, slot := range hosts {
+		slot.once.Do(func() {}) // a dial under way ends first
+		if slot.dep != nil {
+			errs = append(errs, slot.dep.Close(), slot.dep.Host.Close())
+		}
 	}
 	r.mu.Lock()
 	if r.eng != nil {

@@ -4,9 +4,12 @@
 package text
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"math"
 	"strings"
+	"sync"
 )
 
 // Bytes is n in B, kB, MB or GB, in units of 1000 with one decimal, as the
@@ -59,4 +62,46 @@ func ErrLine(err error) string {
 		return ""
 	}
 	return FirstLine(err.Error())
+}
+
+// Prefixed writes to W whole lines, each starting with Prefix: the output
+// of several hosts working at once stays readable and says whose it is.
+// Writers that share a Mu do not interleave their lines. A line redrawn in
+// place (\r) is written as a line of its own. Flush writes a last line
+// that has no newline yet.
+type Prefixed struct {
+	W      io.Writer
+	Prefix string
+	Mu     *sync.Mutex
+	buf    []byte
+}
+
+func (p *Prefixed) Write(b []byte) (int, error) {
+	p.Mu.Lock()
+	defer p.Mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexAny(p.buf, "\r\n")
+		if i < 0 {
+			return len(b), nil
+		}
+		line := p.buf[:i]
+		p.buf = p.buf[i+1:]
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		if _, err := fmt.Fprintf(p.W, "%s%s\n", p.Prefix, line); err != nil {
+			return len(b), err
+		}
+	}
+}
+
+// Flush writes what is left of an unfinished line.
+func (p *Prefixed) Flush() {
+	p.Mu.Lock()
+	defer p.Mu.Unlock()
+	if len(bytes.TrimSpace(p.buf)) > 0 {
+		fmt.Fprintf(p.W, "%s%s\n", p.Prefix, p.buf)
+	}
+	p.buf = nil
 }

@@ -2,6 +2,9 @@ package text
 
 import (
 	"errors"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -39,5 +42,21 @@ func TestFirstLine(t *testing.T) {
 	}
 	if ErrLine(nil) != "" || ErrLine(errors.New("x\ny")) != "x" {
 		t.Error("ErrLine")
+	}
+}
+
+func TestPrefixed(t *testing.T) {
+	var out strings.Builder
+	var mu sync.Mutex
+	a := &Prefixed{W: &out, Prefix: "[a] ", Mu: &mu}
+	b := &Prefixed{W: &out, Prefix: "[b] ", Mu: &mu}
+	fmt.Fprint(a, "one ")
+	fmt.Fprint(b, "two\n")
+	fmt.Fprint(a, "line\rsent 1 MB\r\n")
+	fmt.Fprint(b, "last")
+	b.Flush()
+	want := "[b] two\n[a] one line\n[a] sent 1 MB\n[b] last\n"
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
 	}
 }
