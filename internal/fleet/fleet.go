@@ -136,7 +136,7 @@ func (f *Fleet) Deploy(ctx context.Context, r deploy.Release, backups map[string
 	if err := Each(hosts, func(d *deploy.Deployer) error { return d.Confirm(ctx, staged[index(hosts, d)]) }); err != nil {
 		return err
 	}
-	f.printf("%s serves %s on %d servers: %s\n", r.Version, r.Version, len(hosts), strings.Join(names, ", "))
+	f.printf("%d servers serve %s: %s\n", len(hosts), r.Version, strings.Join(names, ", "))
 	return nil
 }
 
@@ -208,7 +208,13 @@ func (f *Fleet) switchAll(ctx context.Context, hosts []*deploy.Deployer, staged 
 		return f.interrupted(hosts, staged, errors.Join(joined...))
 	}
 	why := fmt.Sprintf("%s failed on %s", staged[todo[0]].Release.Version, strings.Join(failed, ", "))
-	back := f.revert(ctx, hosts, staged, todo, why)
+	var ok []int
+	for _, i := range todo {
+		if errs[i] == nil {
+			ok = append(ok, i)
+		}
+	}
+	back := f.revert(ctx, hosts, staged, ok, why)
 	err := errors.Join(joined...)
 	if len(back) > 0 {
 		err = fmt.Errorf("%w\nput back on %s", err, strings.Join(back, ", "))

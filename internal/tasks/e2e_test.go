@@ -54,6 +54,33 @@ func newRemoteProjectWith(t testing.TB, name string, c testenv.Compose, bps int6
 	proxy := testenv.StartProxy(t, sshd.Addr, bps)
 	dir := t.TempDir()
 
+	container := writeE2EProject(t, dir, name)
+	if customize != nil {
+		customize(dir)
+	}
+	p := &remoteProject{t: t, dir: dir, sshd: sshd, compose: c, proxy: proxy, container: container, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
+	p.env = map[string]string{
+		"IMAGE_NAME":      "carebot-e2e-" + name,
+		"APP_PORT":        p.appPort,
+		"TEST_PORT":       fmt.Sprint(testenv.FreePort(t)),
+		"HEALTH_TIMEOUT":  "30s",
+		"DEPLOY_HOST":     "root@" + proxy.Addr,
+		"DEPLOY_PATH":     filepath.Join(t.TempDir(), "carebot "+name), // a space: quoting is tested on the way
+		"SSH_KEY":         sshd.KeyFile,
+		"SSH_KNOWN_HOSTS": filepath.Join(t.TempDir(), "known_hosts"),
+		"SSH_AUTH_SOCK":   "",
+	}
+	testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], proxy.Addr, sshd.HostKey)
+	t.Cleanup(p.teardown)
+	return p
+}
+
+// writeE2EProject writes the end-to-end project into dir: the app's
+// binary under a large incompressible base layer and one small file that
+// changes between releases, and the repository's compose file naming the
+// container carebot_e2e_<name>, which it returns.
+func writeE2EProject(t testing.TB, dir, name string) string {
+	t.Helper()
 	// The binary comes from this repository's app, compiled once.
 	repo := &Runner{Cfg: &config.Config{Dir: repoRoot(t)}, Out: io.Discard}
 	if err := repo.Binary(context.Background()); err != nil {
@@ -97,24 +124,7 @@ func newRemoteProjectWith(t testing.TB, name string, c testenv.Compose, bps int6
 			t.Fatal(err)
 		}
 	}
-	if customize != nil {
-		customize(dir)
-	}
-	p := &remoteProject{t: t, dir: dir, sshd: sshd, compose: c, proxy: proxy, container: container, out: &bytes.Buffer{}, appPort: fmt.Sprint(testenv.FreePort(t))}
-	p.env = map[string]string{
-		"IMAGE_NAME":      "carebot-e2e-" + name,
-		"APP_PORT":        p.appPort,
-		"TEST_PORT":       fmt.Sprint(testenv.FreePort(t)),
-		"HEALTH_TIMEOUT":  "30s",
-		"DEPLOY_HOST":     "root@" + proxy.Addr,
-		"DEPLOY_PATH":     filepath.Join(t.TempDir(), "carebot "+name), // a space: quoting is tested on the way
-		"SSH_KEY":         sshd.KeyFile,
-		"SSH_KNOWN_HOSTS": filepath.Join(t.TempDir(), "known_hosts"),
-		"SSH_AUTH_SOCK":   "",
-	}
-	testenv.WriteKnownHosts(t, p.env["SSH_KNOWN_HOSTS"], proxy.Addr, sshd.HostKey)
-	t.Cleanup(p.teardown)
-	return p
+	return container
 }
 
 func (p *remoteProject) runner(tag string, extra ...string) *Runner {

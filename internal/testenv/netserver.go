@@ -66,9 +66,10 @@ type NetServer struct {
 	exited     chan struct{}
 }
 
-// StartFleet starts n servers, stopped and removed when the test ends.
-// It needs root, ip, unshare, nsenter, dockerd and sshd; see Skip.
-func StartFleet(t testing.TB, n int) *Fleet {
+// StartFleet starts n servers, stopped and removed when the test ends;
+// env (NAME=VALUE, e.g. a Compose flavour's Env) is set for every SSH
+// session. It needs root, ip, unshare, nsenter, dockerd and sshd; see Skip.
+func StartFleet(t testing.TB, n int, env ...string) *Fleet {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts servers in network namespaces: skipped with -short")
@@ -101,7 +102,7 @@ func StartFleet(t testing.TB, n int) *Fleet {
 	}
 	var known strings.Builder
 	for i := 1; i <= n; i++ {
-		s := startNetServer(t, i, dir, auth, sshdBin)
+		s := startNetServer(t, i, dir, auth, sshdBin, env)
 		f.Servers = append(f.Servers, s)
 	}
 	for _, s := range f.Servers {
@@ -143,7 +144,7 @@ func run(args ...string) error {
 	return nil
 }
 
-func startNetServer(t testing.TB, i int, dir, auth, sshdBin string) *NetServer {
+func startNetServer(t testing.TB, i int, dir, auth, sshdBin string, env []string) *NetServer {
 	t.Helper()
 	s := &NetServer{
 		Name:    fmt.Sprintf("cbfleet%d", i),
@@ -243,8 +244,8 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 AllowTcpForwarding yes
-SetEnv DOCKER_HOST=%q HOME=%q
-`, s.IP, hk, sdir, auth, s.DockerHost, home)
+SetEnv DOCKER_HOST=%q HOME=%q%s
+`, s.IP, hk, sdir, auth, s.DockerHost, home, setEnv(env))
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -283,6 +284,15 @@ SetEnv DOCKER_HOST=%q HOME=%q
 		}
 	}
 	return s
+}
+
+func setEnv(env []string) string {
+	var b strings.Builder
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, " %s=%q", name, value)
+	}
+	return b.String()
 }
 
 // cgroupMounts mounts the cgroup v1 hierarchies again inside `ip netns
