@@ -160,7 +160,7 @@ func (f *Fleet) switchRolling(ctx context.Context, hosts []*deploy.Deployer, sta
 			continue
 		}
 		if ctx.Err() != nil {
-			return f.interrupted(hosts, staged, err)
+			return f.interrupted(hosts, staged)
 		}
 		why := fmt.Sprintf("%s failed on %s", staged[i].Release.Version, d.Host)
 		back := f.revert(ctx, hosts, staged, todo[:k], why)
@@ -205,7 +205,7 @@ func (f *Fleet) switchAll(ctx context.Context, hosts []*deploy.Deployer, staged 
 		return nil
 	}
 	if ctx.Err() != nil {
-		return f.interrupted(hosts, staged, errors.Join(joined...))
+		return f.interrupted(hosts, staged)
 	}
 	why := fmt.Sprintf("%s failed on %s", staged[todo[0]].Release.Version, strings.Join(failed, ", "))
 	var ok []int
@@ -258,15 +258,17 @@ func (f *Fleet) unstage(ctx context.Context, hosts []*deploy.Deployer, staged []
 
 // interrupted lets every lock go at once: each host's holder puts back
 // what its journal says (the run has only seconds left).
-func (f *Fleet) interrupted(hosts []*deploy.Deployer, staged []*deploy.Staged, err error) error {
+func (f *Fleet) interrupted(hosts []*deploy.Deployer, staged []*deploy.Staged) error {
 	var back []string
+	version := ""
 	for i, d := range hosts {
-		if s := staged[i]; s != nil && s.Fallback != "" {
-			back = append(back, d.Host.String())
+		if s := staged[i]; s != nil && !s.Noop {
+			back = append(back, fmt.Sprintf("%s (%s)", d.Host, orNone(s.Fallback)))
+			version = s.Release.Version
 		}
 		d.Abandon()
 	}
-	return fmt.Errorf("interrupted before every server was confirmed healthy (%v): %s put the previous release back by themselves (mage status shows when)", err, strings.Join(back, ", "))
+	return fmt.Errorf("interrupted before %s was confirmed healthy on every server: each puts back what it served by itself: %s (mage status shows when)", version, strings.Join(back, ", "))
 }
 
 func orNone(s string) string {

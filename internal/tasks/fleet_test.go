@@ -6,10 +6,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/engine"
@@ -127,10 +130,15 @@ func TestFleetDeploy(t *testing.T) {
 	}
 	p := newFleetProject(t, "two", 2)
 	ctx := context.Background()
-	// Server 1 overrides the image's forced failure, so a release built to
-	// fail fails on server 2 only (rolling order: server 1 first).
-	p.serverEnv(0, "BOT_TOKEN=one\nCAREBOT_HEALTH_FAIL=0\n")
-	p.serverEnv(1, "BOT_TOKEN=two\n")
+	// a is the server a rolling deploy switches first, b the second.
+	a, b := 0, 1
+	if "root@"+p.proxies[1].Addr < "root@"+p.proxies[0].Addr {
+		a, b = 1, 0
+	}
+	// a overrides the image's forced failure, so a release built to fail
+	// fails on b only, after a has switched.
+	p.serverEnv(a, "BOT_TOKEN=one\nCAREBOT_HEALTH_FAIL=0\n")
+	p.serverEnv(b, "BOT_TOKEN=two\n")
 
 	v1 := p.release("v1", nil)
 	// Server 2 has v1 already (deployed to it alone): the servers differ.
@@ -188,13 +196,13 @@ func TestFleetDeploy(t *testing.T) {
 		t.Errorf("the servers' last entries do not name one run: %+v / %+v", last0, last1)
 	}
 
-	// v3 fails on server 2: rolling switches server 1, then server 2 fails;
-	// both end on v2 and the run fails naming server 2.
+	// v3 fails on b: rolling switches a, then b fails; both end on v2 and
+	// the run fails naming b. All at once: the same.
 	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
 	for _, strategy := range []string{"rolling", "all"} {
 		p.out.Reset()
 		err := p.runner("v3", "DEPLOY_STRATEGY="+strategy).Deploy(ctx)
-		if err == nil || !strings.Contains(err.Error(), p.proxies[1].Addr) {
+		if err == nil || !strings.Contains(err.Error(), p.proxies[b].Addr) || !strings.Contains(err.Error(), "put back on root@"+p.proxies[a].Addr) {
 			t.Fatalf("%s deploy of an unhealthy v3: %v", strategy, err)
 		}
 		t.Logf("%s: %v", strategy, err)
@@ -203,18 +211,52 @@ func TestFleetDeploy(t *testing.T) {
 				t.Errorf("%s: server %d serves %q after the failed v3, want v2", strategy, i+1, v)
 			}
 		}
-		last := p.history(0)[len(p.history(0))-1]
+		last := p.history(a)[len(p.history(a))-1]
 		if last.Version != "v3" || last.Result != deploy.ResultRolledBack || last.Serving != "v2" {
-			t.Errorf("%s: server 1's last entry %+v, want v3 rolled back to v2", strategy, last)
+			t.Errorf("%s: server a's last entry %+v, want v3 rolled back to v2", strategy, last)
+		}
+	}
+
+	// Ctrl-C once a serves v5 and b is switching: both go back to v2 by
+	// themselves, and the next plain deploy works.
+	p.release("v5", nil)
+	cctx, cancel := context.WithCancel(ctx)
+	r := p.runner("v5")
+	r.Out = io.MultiWriter(r.Out, onLine(func(line string) {
+		if strings.Contains(line, "["+p.proxies[b].Addr+"] waiting up to") {
+			cancel()
+		}
+	}))
+	err := r.Deploy(cctx)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("deploy interrupted while switching b: %v", err)
+	}
+	t.Logf("interrupted: %v", err)
+	for i := range p.proxies {
+		deadline := time.Now().Add(90 * time.Second)
+		for p.serving(i) != "v2" && time.Now().Before(deadline) {
+			time.Sleep(time.Second)
+		}
+		if v := p.serving(i); v != "v2" {
+			t.Errorf("server %d serves %q after the interrupted v5, want v2 back", i+1, v)
+		}
+	}
+	if err := p.runner("v5").Deploy(ctx); err != nil {
+		t.Fatalf("the next plain deploy after the interruption: %v", err)
+	}
+	for i := range p.proxies {
+		if v := p.serving(i); v != "v5" {
+			t.Errorf("server %d serves %q, want v5", i+1, v)
 		}
 	}
 
 	// Status: one table, a row per server, healthy.
 	p.out.Reset()
 	if err := p.runner("v3").Status(ctx); err != nil {
-		t.Errorf("status with both healthy on v2: %v\n%s", err, p.out)
+		t.Errorf("status with both healthy on v5: %v\n%s", err, p.out)
 	}
-	if s := p.out.String(); !strings.Contains(s, "SERVER") || strings.Count(s, " v2 ") < 2 {
+	if s := p.out.String(); !strings.Contains(s, "SERVER") || strings.Count(s, " v5 ") < 2 {
 		t.Errorf("status table:\n%s", s)
 	}
 
@@ -227,17 +269,42 @@ func TestFleetDeploy(t *testing.T) {
 	}
 	defer p.fleet.Servers[1].Mend()
 	p.out.Reset()
-	err := p.runner("v4").Deploy(ctx)
+	err = p.runner("v4").Deploy(ctx)
 	if err == nil || !strings.Contains(err.Error(), "nothing was changed on any server") {
 		t.Fatalf("deploy with server 2 unreachable: %v", err)
 	}
 	t.Logf("unreachable: %v", err)
-	if id := p.imageOn(0, p.env["IMAGE_NAME"]+":v4"); id != "" || len(p.history(0)) != before || p.serving(0) != "v2" {
+	if id := p.imageOn(0, p.env["IMAGE_NAME"]+":v4"); id != "" || len(p.history(0)) != before || p.serving(0) != "v5" {
 		t.Errorf("server 1 changed though server 2 was unreachable: v4 image %q, history %d→%d, serving %q", id, before, len(p.history(0)), p.serving(0))
 	}
 	p.out.Reset()
 	err = p.runner("v4").Status(ctx)
-	if err == nil || !strings.Contains(p.out.String(), "UNREACHABLE") || !strings.Contains(p.out.String(), " v2 ") {
+	if err == nil || !strings.Contains(p.out.String(), "UNREACHABLE") || !strings.Contains(p.out.String(), " v5 ") {
 		t.Errorf("status with server 2 unreachable: %v\n%s", err, p.out)
+	}
+}
+
+// onLine calls f with each whole line written to it.
+func onLine(f func(string)) io.Writer {
+	return &lineHook{f: f}
+}
+
+type lineHook struct {
+	mu  sync.Mutex
+	buf []byte
+	f   func(string)
+}
+
+func (h *lineHook) Write(b []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.buf = append(h.buf, b...)
+	for {
+		i := bytes.IndexByte(h.buf, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		h.f(string(h.buf[:i]))
+		h.buf = h.buf[i+1:]
 	}
 }
