@@ -271,17 +271,18 @@ func Rollback(ctx context.Context, to *string) error {
 	return r.Rollback(ctx, deref(to))
 }
 
-// Bench deploys a ~240 MB image with carebot and with docker save/scp/load pipelines, first/redeploy/no-op, loopback and 50 Mbit/s: one table.
+// Bench deploys a ~240 MB image with carebot and with docker save/scp/load pipelines, first/redeploy/no-op, loopback and 50 Mbit/s, then redeploys to 1, 2 and 4 servers: two tables.
 //
 // Needs root, dockerd, docker-compose and sshd (it starts a second engine
-// and sshd on 127.0.0.1, as the end-to-end tests do). Prints one markdown
-// table of medians and writes it to bench-results.md. Reads
+// and sshd on 127.0.0.1, and four servers in network namespaces, as the
+// end-to-end tests do). Prints the markdown tables of medians and writes
+// them to bench-results.md. Reads
 // CAREBOT_BENCH_LINKS (loopback,50mbit), CAREBOT_BENCH_CASES
 // (first,redeploy,noop), CAREBOT_BENCH_METHODS (carebot,seed,pipe,pipe-gzip),
 // CAREBOT_BENCH_RUNS (3), CAREBOT_BENCH_QUICK (1: a small image, one run,
 // loopback) and CAREBOT_BENCH_OUT.
 func Bench() error {
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^BenchmarkDeploy$", "-benchtime", "1x", "-timeout", "180m", "./internal/tasks/")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^Benchmark(Deploy|Fleet)$", "-benchtime", "1x", "-timeout", "180m", "./internal/tasks/")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if os.Getenv("CAREBOT_BENCH_OUT") == "" {
 		// go test runs in the package's folder; the results belong here.
