@@ -40,26 +40,30 @@ const (
 
 // Config is the validated configuration of the build/deploy tool.
 type Config struct {
-	Dir           string        // project root (absolute)
-	ImageName     string        // IMAGE_NAME, default "carebot"
-	ImageTag      string        // IMAGE_TAG, default: short git commit of Dir, plus "-dirty" for uncommitted changes
-	Commit        string        // full git commit of Dir ("" when unknown), for OCI labels
-	Dirty         bool          // Dir had uncommitted or untracked changes (false when unknown)
-	Dockerfile    string        // DOCKERFILE, default "Dockerfile.production" (absolute)
-	ComposeFile   string        // COMPOSE_FILE, default "docker-compose.production.yml" (absolute)
-	AppPort       int           // APP_PORT, default 5555
-	TestPort      int           // TEST_PORT, default 5556
-	HealthPath    string        // HEALTH_PATH, default "/health"
-	HealthTimeout time.Duration // HEALTH_TIMEOUT, default 60s
-	DeployHost    string        // DEPLOY_HOST as written; "" deploys to this machine
-	Targets       []Target      // DEPLOY_HOST parsed: the servers deployed to (none: this machine)
-	Strategy      string        // DEPLOY_STRATEGY with several servers: rolling (one at a time) or all
-	DeployPath    string        // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
-	ImageKeep     int           // IMAGE_KEEP, default 5
-	BackupKeep    int           // BACKUP_KEEP, default 10
-	LockWait      time.Duration // LOCK_WAIT, default 0: how long a run waits for another's deploy lock (0 refuses at once)
-	TestData      string        // TEST_DATA, default "./test-data" (absolute; may not exist)
-	Migrations    string        // MIGRATIONS, default "./migrations" (absolute; may not exist)
+	Dir            string            // project root (absolute)
+	ImageName      string            // IMAGE_NAME, default "carebot"
+	ImageTag       string            // IMAGE_TAG, default: short git commit of Dir, plus "-dirty" for uncommitted changes
+	Commit         string            // full git commit of Dir ("" when unknown), for OCI labels
+	Dirty          bool              // Dir had uncommitted or untracked changes (false when unknown)
+	Dockerfile     string            // DOCKERFILE, default "Dockerfile.production" (absolute)
+	ComposeFile    string            // COMPOSE_FILE, default "docker-compose.production.yml" (absolute)
+	AppPort        int               // APP_PORT, default 5555
+	TestPort       int               // TEST_PORT, default 5556
+	HealthPath     string            // HEALTH_PATH, default "/health"
+	HealthTimeout  time.Duration     // HEALTH_TIMEOUT, default 60s
+	DeployHost     string            // DEPLOY_HOST as written; "" deploys to this machine
+	Targets        []Target          // DEPLOY_HOST parsed: the servers deployed to (none: this machine)
+	Strategy       string            // DEPLOY_STRATEGY with several servers: rolling (one at a time) or all
+	Mode           string            // DEPLOY_MODE: compose, or swarm (DEPLOY_HOST is a Swarm manager)
+	StackName      string            // STACK_NAME in swarm mode; default IMAGE_NAME
+	SwarmNodes     map[string]Target // SWARM_NODES parsed: a node's swarm address -> how to reach it over SSH
+	SwarmNodesSpec string            // SWARM_NODES as written
+	DeployPath     string            // DEPLOY_PATH (absolute; a remote path when DeployHost is set)
+	ImageKeep      int               // IMAGE_KEEP, default 5
+	BackupKeep     int               // BACKUP_KEEP, default 10
+	LockWait       time.Duration     // LOCK_WAIT, default 0: how long a run waits for another's deploy lock (0 refuses at once)
+	TestData       string            // TEST_DATA, default "./test-data" (absolute; may not exist)
+	Migrations     string            // MIGRATIONS, default "./migrations" (absolute; may not exist)
 
 	// SSH, read only when DeployHost is set.
 	SSHKey           string // SSH_KEY: private key file ("" = the agent, then ~/.ssh/id_*)
@@ -247,6 +251,9 @@ func (c *Config) Print(w io.Writer) {
 		"DEPLOY_HOST":     c.DeployHost,
 		"DEPLOY_PATH":     c.DeployPath,
 		"DEPLOY_STRATEGY": c.Strategy,
+		"DEPLOY_MODE":     c.Mode,
+		"STACK_NAME":      c.StackName,
+		"SWARM_NODES":     c.SwarmNodesSpec,
 		"COMPOSE_FILE":    c.ComposeFile,
 		"APP_PORT":        strconv.Itoa(c.AppPort),
 		"MIGRATIONS":      c.Migrations,
@@ -473,6 +480,7 @@ func (l *loader) loadDeploy() {
 	default:
 		l.fail(st, "is not one of rolling (one server at a time), all (every server at once)")
 	}
+	l.loadSwarm(host.set)
 
 	if host.set {
 		s := l.get("DEPLOY_PATH", defaultRemoteDeploy)
@@ -732,6 +740,62 @@ var (
 	validHostname = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$`)
 	validIPv6     = regexp.MustCompile(`^[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?$`)
 )
+
+// loadSwarm reads DEPLOY_MODE and, in swarm mode, the stack's name and
+// how the swarm's nodes are reached.
+func (l *loader) loadSwarm(remote bool) {
+	c := l.c
+	m := l.get("DEPLOY_MODE", "compose")
+	switch m.val {
+	case "compose", "swarm":
+		c.Mode = m.val
+	default:
+		l.fail(m, "is not one of compose (Docker Compose on each server), swarm (docker stack deploy on a Swarm manager)")
+	}
+	// The default is the image's own name, without its registry or path.
+	st := l.get("STACK_NAME", path.Base(c.ImageName))
+	if stackName.MatchString(st.val) {
+		c.StackName = st.val
+	} else if st.set || c.Mode == "swarm" {
+		l.fail(st, "is not a stack name (letters, digits, _ . -, starting with a letter or digit)")
+	}
+	nodes := l.get("SWARM_NODES", "")
+	c.SwarmNodesSpec = nodes.val
+	user := l.env["USER"]
+	if user == "" {
+		user = "root"
+	}
+	for _, part := range strings.Split(nodes.val, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		addr, login, ok := strings.Cut(part, "=")
+		msg := "has an entry that is not NODE_ADDRESS=[user@]host[:port]"
+		var t Target
+		if ok && strings.TrimSpace(addr) != "" {
+			t, msg = parseDeployHost(strings.TrimSpace(login), user)
+		}
+		if msg != "" {
+			l.fail(nodes, msg+" (set SWARM_NODES to NODE_ADDRESS=[user@]host[:port],…: how to reach each node whose swarm address is not reachable over SSH as it is)")
+			break
+		}
+		if c.SwarmNodes == nil {
+			c.SwarmNodes = map[string]Target{}
+		}
+		c.SwarmNodes[strings.TrimSpace(addr)] = t
+	}
+	if c.Mode == "swarm" {
+		switch {
+		case !remote:
+			l.fail(m, "needs DEPLOY_HOST: set it to a Swarm manager ([user@]host[:port])")
+		case len(c.Targets) > 1:
+			l.fail(m, "takes one DEPLOY_HOST, the Swarm manager: the tool finds the other nodes from it (name them in SWARM_NODES when their addresses differ)")
+		}
+	}
+}
+
+var stackName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // parseDeployHost parses one server of DEPLOY_HOST: [ssh://][user@]host[:port],
 // an IPv6 address in brackets. A missing user is defaultUser, a missing port

@@ -99,6 +99,8 @@ func TestLoadDefaults(t *testing.T) {
 		HealthTimeout: 60 * time.Second,
 		DeployPath:    filepath.Join(dir, ".deploy", "production"),
 		Strategy:      "rolling",
+		Mode:          "compose",
+		StackName:     "carebot",
 		ImageKeep:     5,
 		TestData:      filepath.Join(dir, "test-data"),
 		Migrations:    filepath.Join(dir, "migrations"),
@@ -331,6 +333,14 @@ func TestValidation(t *testing.T) {
 			want: []string{`environment: DEPLOY_HOST="2001:db8::1" is a bare IPv6 address: write it in brackets, e.g. [2001:db8::1]:22 (set DEPLOY_HOST to [user@]host[:port], e.g. ubuntu@203.0.113.10, or leave it empty to deploy to this machine)`}},
 		{name: "deploy host twice", env: []string{"DEPLOY_HOST=u@a,u@a:22"},
 			want: []string{`environment: DEPLOY_HOST="u@a,u@a:22" names u@a:22 twice: name each server once`}},
+		{name: "swarm without a manager", env: []string{"DEPLOY_MODE=swarm"},
+			want: []string{`environment: DEPLOY_MODE="swarm" needs DEPLOY_HOST: set it to a Swarm manager ([user@]host[:port])`}},
+		{name: "swarm two managers", env: []string{"DEPLOY_MODE=swarm", "DEPLOY_HOST=a,b"},
+			want: []string{`environment: DEPLOY_MODE="swarm" takes one DEPLOY_HOST, the Swarm manager: the tool finds the other nodes from it (name them in SWARM_NODES when their addresses differ)`}},
+		{name: "stack name bad", env: []string{"STACK_NAME=-x"},
+			want: []string{`environment: STACK_NAME="-x" is not a stack name (letters, digits, _ . -, starting with a letter or digit)`}},
+		{name: "swarm nodes bad", env: []string{"SWARM_NODES=10.0.0.5"},
+			want: []string{`environment: SWARM_NODES="10.0.0.5" has an entry that is not NODE_ADDRESS=[user@]host[:port] (set SWARM_NODES to NODE_ADDRESS=[user@]host[:port],…: how to reach each node whose swarm address is not reachable over SSH as it is)`}},
 		{name: "strategy garbage", env: []string{"DEPLOY_STRATEGY=canary"},
 			want: []string{`environment: DEPLOY_STRATEGY="canary" is not one of rolling (one server at a time), all (every server at once)`}},
 		{name: "deploy host empty entry", env: []string{"DEPLOY_HOST=a,"},
@@ -959,6 +969,9 @@ TEST_DATA={dir}/test-data (source: default)
 DEPLOY_HOST=ubuntu@example.com (source: environment)
 DEPLOY_PATH=/home/ubuntu/carebot-production (source: default)
 DEPLOY_STRATEGY=rolling (source: default)
+DEPLOY_MODE=compose (source: default)
+STACK_NAME=carebot (source: default)
+SWARM_NODES= (source: default)
 COMPOSE_FILE={dir}/docker-compose.production.yml (source: default)
 APP_PORT=6000 (source: .env:4)
 MIGRATIONS={dir}/migrations (source: default)

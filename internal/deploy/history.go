@@ -24,6 +24,7 @@ type Entry struct {
 	Error    string    `json:"error,omitempty"`
 	Backup   string    `json:"backup,omitempty"` // the data backup taken before it
 	Run      string    `json:"run,omitempty"`    // the run that deployed it to several hosts together
+	Tag      string    `json:"tag,omitempty"`    // the image tag it ran under, when not Version (a swarm pins one per build)
 }
 
 // Results of an entry.

@@ -81,6 +81,9 @@ func (r *Runner) backupOn(d *deploy.Deployer) string {
 // Restore puts a backup (the newest when name is empty) back as the data,
 // after a safety backup of the current data; with list it only lists them.
 func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
+	if err := r.notInSwarm("restore", "stop the stack (docker stack rm), restore with DEPLOY_MODE=compose on the node that holds the data, then deploy again"); err != nil && !list {
+		return err
+	}
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return err
@@ -108,6 +111,9 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 // dangling images, leftover test containers, and backups beyond
 // BACKUP_KEEP. With dryRun it only says what would go.
 func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
+	if err := r.notInSwarm("cleanup", "run docker image prune on each node"); err != nil {
+		return err
+	}
 	deps, err := r.Deployers(ctx)
 	if err != nil {
 		return err

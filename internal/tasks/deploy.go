@@ -34,6 +34,9 @@ func (r *Runner) Deploy(ctx context.Context) error {
 		return err
 	}
 	rel := deploy.Release{Version: r.Cfg.ImageTag, ImageID: img.ID, Commit: r.Cfg.Commit}
+	if r.swarmMode() {
+		return r.swarmDeploy(ctx, rel)
+	}
 	if !r.Several() {
 		d, err := r.Deployer(ctx)
 		if err != nil {
@@ -64,6 +67,9 @@ func (r *Runner) Deploy(ctx context.Context) error {
 // version is empty, on each server in turn; it stops at the first that
 // fails (which goes back to what it served).
 func (r *Runner) Rollback(ctx context.Context, version string) error {
+	if r.swarmMode() {
+		return r.swarmRollback(ctx, version)
+	}
 	deps, err := r.Deployers(ctx)
 	if err != nil {
 		return err
@@ -83,6 +89,9 @@ func (r *Runner) Rollback(ctx context.Context, version string) error {
 // several servers it is one table, a row per server, and fails when any
 // is unreachable, unhealthy or unsettled.
 func (r *Runner) Status(ctx context.Context) error {
+	if r.swarmMode() {
+		return r.swarmStatus(ctx)
+	}
 	if r.Several() {
 		return r.statusTable(ctx)
 	}
@@ -222,6 +231,9 @@ func (r *Runner) statusTable(ctx context.Context) error {
 // Logs prints the last lines of the service's logs, and follows them when
 // asked, until interrupted.
 func (r *Runner) Logs(ctx context.Context, lines int, follow bool) error {
+	if r.swarmMode() {
+		return r.swarmLogs(ctx, lines, follow)
+	}
 	d, err := r.Deployer(ctx)
 	if err != nil {
 		return err

@@ -54,6 +54,7 @@ type Runner struct {
 
 	hostMu  sync.Mutex
 	hosts   []*hostSlot // one per deploy host, dialled on first use
+	nodes   []*deploy.Deployer // swarm nodes reached through the manager
 	closed  bool
 	outMu   sync.Mutex // the servers' prefixed output writes whole lines
 	runID   string
@@ -234,6 +235,9 @@ func (r *Runner) member(ctx context.Context, i int) (*deploy.Deployer, error) {
 // hostOut is where the output of deploy host i goes: the run's output,
 // each line prefixed with the server when there are several.
 func (r *Runner) hostOut(i int) io.Writer {
+	if r.swarmMode() && r.Cfg.Remote() { // the manager, beside the other nodes
+		return r.nodeOut(r.Cfg.Targets[i].Host)
+	}
 	if !r.Several() {
 		return r.Out
 	}
@@ -365,9 +369,12 @@ func (r *Runner) taskDone(d *deploy.Deployer) {
 func (r *Runner) Close() error {
 	r.hostMu.Lock()
 	r.closed = true
-	hosts := r.hosts
+	hosts, nodes := r.hosts, r.nodes
 	r.hostMu.Unlock()
 	var errs []error
+	for _, d := range nodes {
+		errs = append(errs, d.Close(), d.Host.Close())
+	}
 	for _, slot := range hosts {
 		slot.once.Do(func() {}) // a dial under way ends first
 		if slot.dep != nil {

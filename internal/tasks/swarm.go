@@ -1,0 +1,158 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/fleet"
+	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/text"
+)
+
+// DEPLOY_MODE=swarm: DEPLOY_HOST is a Swarm manager; the tasks reach the
+// other nodes from what it says of them.
+
+func (r *Runner) swarmMode() bool { return r.Cfg.Mode == "swarm" }
+
+// swarm is the run's view of the swarm through its manager.
+func (r *Runner) swarm(ctx context.Context) (*fleet.Swarm, error) {
+	m, err := r.Deployer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &fleet.Swarm{Manager: m, Reach: r.reachNode, Stack: r.Cfg.StackName, StackFile: r.Cfg.ComposeFile, Out: r.Out}, nil
+}
+
+// stackFile reads COMPOSE_FILE as docker stack deploy will.
+func (r *Runner) stackFile() (*fleet.StackFile, error) {
+	data, err := os.ReadFile(r.Cfg.ComposeFile)
+	if err != nil {
+		return nil, fmt.Errorf("read COMPOSE_FILE: %w", err)
+	}
+	return fleet.ReadStackFile(filepath.Base(r.Cfg.ComposeFile), data, r.Cfg.ImageName)
+}
+
+// reachNode connects to a swarm node the manager named, by its address:
+// SWARM_NODES says how when that address is not how SSH reaches it; else
+// DEPLOY_HOST's user at that address, port 22. Its host key must be known:
+// SSH_ACCEPT_NEW applies to the hosts the user named, not to these.
+func (r *Runner) reachNode(ctx context.Context, addr string) (*deploy.Deployer, error) {
+	c := r.Cfg
+	t, ok := c.SwarmNodes[addr]
+	if !ok {
+		t = config.Target{User: c.Targets[0].User, Host: addr, Port: 22}
+	}
+	sc := sshConfig(c, t, r.Out)
+	sc.AcceptNew = false
+	s, err := host.DialSSH(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	var h host.Host = s
+	if c.DeployDockerSudo {
+		h = host.DockerSudo(s)
+	}
+	out := r.nodeOut(addr)
+	d := &deploy.Deployer{
+		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations,
+		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
+		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, Links: r.linksFile(), Out: out,
+	}
+	r.hostMu.Lock()
+	r.nodes = append(r.nodes, d)
+	r.hostMu.Unlock()
+	return d, nil
+}
+
+func (r *Runner) nodeOut(addr string) *text.Prefixed {
+	return &text.Prefixed{W: r.Out, Prefix: "[" + addr + "] ", Mu: &r.outMu}
+}
+
+// swarmDeploy delivers the image to the swarm's nodes and deploys the stack.
+func (r *Runner) swarmDeploy(ctx context.Context, rel deploy.Release) error {
+	sf, err := r.stackFile()
+	if err != nil {
+		return err
+	}
+	s, err := r.swarm(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.taskDone(s.Manager)
+	return s.Deploy(ctx, rel, sf, r.backupOn(s.Manager))
+}
+
+// swarmStatus is one row per task of the stack's services: node, state,
+// the version its image carries, and what the node's HEALTH_PATH says.
+func (r *Runner) swarmStatus(ctx context.Context) error {
+	sf, err := r.stackFile()
+	if err != nil {
+		return err
+	}
+	s, err := r.swarm(ctx)
+	if err != nil {
+		return err
+	}
+	rows, err := s.Status(ctx, sf)
+	tw := tabwriter.NewWriter(r.Out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SERVICE\tNODE\tTASK\tVERSION\tHEALTH\n")
+	for _, row := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", row.Service, row.Node, row.State, row.Version, row.Health)
+	}
+	tw.Flush()
+	return err
+}
+
+// swarmRollback serves version (or the release before the current one)
+// on the swarm again.
+func (r *Runner) swarmRollback(ctx context.Context, version string) error {
+	sf, err := r.stackFile()
+	if err != nil {
+		return err
+	}
+	s, err := r.swarm(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.taskDone(s.Manager)
+	return s.Rollback(ctx, sf, version)
+}
+
+// swarmLogs prints (or follows) the logs of the stack's services.
+func (r *Runner) swarmLogs(ctx context.Context, lines int, follow bool) error {
+	sf, err := r.stackFile()
+	if err != nil {
+		return err
+	}
+	s, err := r.swarm(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, svc := range sf.Services {
+		cmd := "docker service logs --no-trunc --tail " + strconv.Itoa(lines)
+		if follow {
+			cmd += " --follow"
+		}
+		cmd += " " + deploy.ServiceName(s.Stack, svc)
+		if err := s.Manager.Stream(ctx, cmd); err != nil && ctx.Err() == nil {
+			errs = append(errs, fmt.Errorf("service logs on %s: %w", s.Manager.Host, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// notInSwarm refuses a task this tool does not do in swarm mode yet.
+func (r *Runner) notInSwarm(task, instead string) error {
+	if !r.swarmMode() {
+		return nil
+	}
+	return fmt.Errorf("%s in swarm mode (DEPLOY_MODE=swarm) is not supported yet: %s", task, instead)
+}

@@ -1,0 +1,187 @@
+//go:build !windows
+
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/testenv"
+)
+
+// testStack is the stack file of the swarm tests: the service on every
+// node (mode: global), its port published in mode: host (this kernel has
+// no IPVS, so the ingress routing mesh does not work here), stop-first
+// (two tasks cannot hold one host port), and Swarm's own rollback.
+const testStack = `services:
+  carebot:
+    image: "${IMAGE_NAME}:${IMAGE_TAG}"
+    container_name: ignored_by_swarm
+    env_file: .env
+    environment:
+      APP_PORT: "${APP_PORT}"
+    ports:
+      - target: 5555
+        published: 5555
+        protocol: tcp
+        mode: host
+    volumes:
+      - ./data:/app/data
+    deploy:
+      mode: global
+      update_config:
+        order: stop-first
+        parallelism: 0
+        failure_action: rollback
+        monitor: 5s
+      restart_policy:
+        condition: on-failure
+`
+
+// TestSwarmDeploy deploys to a two-node swarm (two servers in network
+// namespaces, the first its manager) with the server's own Docker 20.10
+// CLI and with the current one: v1, v2, an unhealthy v3 that is rolled
+// back, status, and rollback to v1.
+func TestSwarmDeploy(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		testenv.Skip(t, "python3 asks the servers' health from inside them (apt-get install python3)")
+	}
+	for _, cli := range []struct{ name, docker, version string }{{"20.10", "/usr/bin/docker", "20.10."}, {"current", "/usr/local/bin/docker", ""}} {
+		t.Run("cli="+cli.name, func(t *testing.T) {
+			if _, err := os.Stat(cli.docker); err != nil {
+				testenv.Skip(t, "no docker CLI at %s", cli.docker)
+			}
+			// The sessions find this CLI first on their PATH.
+			bin := t.TempDir()
+			if err := os.Symlink(cli.docker, filepath.Join(bin, "docker")); err != nil {
+				t.Fatal(err)
+			}
+			want := cli.version
+			if want == "" {
+				out, err := exec.Command(cli.docker, "version", "--format", "{{.Client.Version}}").Output()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = strings.TrimSpace(string(out))
+			}
+			testSwarm(t, "PATH="+bin+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", want)
+		})
+	}
+}
+
+func testSwarm(t *testing.T, path, cliVersion string) {
+	testenv.NeedEngine(t)
+	f := testenv.StartFleet(t, 2, path)
+	mgr, worker := f.Servers[0], f.Servers[1]
+	if out, err := mgr.Docker("swarm", "init", "--advertise-addr", mgr.IP); err != nil {
+		t.Fatalf("swarm init: %v\n%s", err, out)
+	}
+	token, err := mgr.Docker("swarm", "join-token", "-q", "worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := worker.Docker("swarm", "join", "--token", strings.TrimSpace(token), mgr.IP+":2377"); err != nil {
+		t.Fatalf("swarm join: %v\n%s", err, out)
+	}
+	// The CLI the deploy's SSH sessions on the manager run.
+	out, err := exec.Command("ssh", "-i", f.KeyFile, "-o", "UserKnownHostsFile="+f.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "BatchMode=yes", "root@"+mgr.IP, "docker version --format {{.Client.Version}}").CombinedOutput()
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(string(out)), cliVersion) {
+		t.Fatalf("the manager's sessions run docker %q (%v), want %s", out, err, cliVersion)
+	}
+
+	dir := t.TempDir()
+	writeE2EProject(t, dir, "swarm")
+	if err := os.WriteFile(filepath.Join(dir, "docker-compose.production.yml"), []byte(testStack), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range f.Servers { // the bind-mounted data folder must exist on every node
+		if err := os.MkdirAll(filepath.Join(s.Root, "carebot", "data"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(mgr.Root, "carebot", ".env"), []byte("BOT_TOKEN=swarm\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &fleetProject{remoteProject: &remoteProject{t: t, dir: dir, out: &bytes.Buffer{}, appPort: "5555"}, fleet: f}
+	p.env = map[string]string{
+		"IMAGE_NAME":      "carebot-swarm",
+		"APP_PORT":        "5555",
+		"HEALTH_TIMEOUT":  "40s",
+		"DEPLOY_MODE":     "swarm",
+		"DEPLOY_HOST":     "root@" + mgr.IP,
+		"DEPLOY_PATH":     testenv.FleetPath + "/carebot",
+		"SSH_KEY":         f.KeyFile,
+		"SSH_KNOWN_HOSTS": f.KnownHosts,
+		"SSH_AUTH_SOCK":   "",
+	}
+	ctx := context.Background()
+	both := func(want string) {
+		t.Helper()
+		for i := range f.Servers {
+			if v := p.serving(i); v != want {
+				t.Errorf("node %d serves %q, want %s", i+1, v, want)
+			}
+		}
+	}
+
+	p.release("v1", nil)
+	if err := p.runner("v1").Deploy(ctx); err != nil {
+		t.Fatalf("deploy v1: %v\n%s", err, p.out)
+	}
+	both("v1")
+	for _, w := range []string{"warning: service carebot: Swarm ignores container_name", "keeps ./data on the node it runs on", "env_file: Swarm copies its values into the service spec"} {
+		if !strings.Contains(p.out.String(), w) {
+			t.Errorf("no warning %q:\n%s", w, p.out)
+		}
+	}
+	for i, s := range f.Servers {
+		out, _ := s.Docker("image", "ls", "--format", "{{.Tag}}", "carebot-swarm")
+		if !strings.Contains(out, "v1-") {
+			t.Errorf("node %d has no v1-<id> tag: %q", i+1, out)
+		}
+	}
+
+	p.release("v2", nil)
+	if err := p.runner("v2").Deploy(ctx); err != nil {
+		t.Fatalf("deploy v2: %v\n%s", err, p.out)
+	}
+	both("v2")
+
+	// A rebuild under the same IMAGE_TAG is a new tag for Swarm.
+	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
+	p.out.Reset()
+	err = p.runner("v3").Deploy(ctx)
+	if err == nil || !strings.Contains(err.Error(), "rolled back to v2") {
+		t.Fatalf("deploy of an unhealthy v3: %v\n%s", err, p.out)
+	}
+	t.Logf("v3: %v", err)
+	both("v2")
+	h := p.history(0)
+	if last := h[len(h)-1]; last.Version != "v3" || last.Result != deploy.ResultRolledBack || last.Serving != "v2" {
+		t.Errorf("last history entry %+v, want v3 rolled back to v2", last)
+	}
+
+	p.out.Reset()
+	if err := p.runner("v3").Status(ctx); err != nil {
+		t.Errorf("status on v2: %v\n%s", err, p.out)
+	}
+	if s := p.out.String(); strings.Count(s, "ok v2") != 2 || !strings.Contains(s, mgr.IP) || !strings.Contains(s, worker.IP) {
+		t.Errorf("status:\n%s", s)
+	}
+
+	if err := p.runner("v3").Rollback(ctx, ""); err != nil {
+		t.Fatalf("rollback: %v\n%s", err, p.out)
+	}
+	both("v1")
+	p.out.Reset()
+	if err := p.runner("v3").Status(ctx); err != nil || strings.Count(p.out.String(), "ok v1") != 2 {
+		t.Errorf("status after the rollback: %v\n%s", err, p.out)
+	}
+}
