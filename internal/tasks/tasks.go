@@ -53,7 +53,7 @@ type Runner struct {
 	Host string
 
 	hostMu  sync.Mutex
-	hosts   []*hostSlot // one per deploy host, dialled on first use
+	hosts   []*hostSlot        // one per deploy host, dialled on first use
 	nodes   []*deploy.Deployer // swarm nodes reached through the manager
 	closed  bool
 	outMu   sync.Mutex // the servers' prefixed output writes whole lines
