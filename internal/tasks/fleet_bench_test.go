@@ -33,7 +33,7 @@ func BenchmarkFleet(b *testing.B) {
 	s := loadBenchSettings(b)
 	testenv.NeedEngine(b)
 	c := benchComposeFlavour(b)
-	e := &benchEnv{b: b, s: s, dir: b.TempDir(), work: b.TempDir(), imageName: "carebot-fleetbench",
+	e := &benchEnv{b: b, s: s, dir: b.TempDir(), work: b.TempDir(), imageName: "carebot-fleetbench", appPort: 5555,
 		tags: [2]string{"v1", "v2"}, sshd: &testenv.SSHD{}, stages: map[string]benchStages{}}
 	b.Cleanup(e.removeLocalImages)
 	e.writeProject()
@@ -163,7 +163,11 @@ func (fb *fleetBench) deploy(tag, method string) time.Duration {
 		// The transfer ends when the last server printed its "sent …".
 		lines.mu.Lock()
 		for _, l := range lines.lines {
-			if _, rest, ok := strings.Cut(l.text, "] "); ok && shipSent.MatchString(rest) {
+			line := l.text
+			if _, rest, ok := strings.Cut(line, "] "); ok && strings.HasPrefix(line, "[") {
+				line = rest
+			}
+			if shipSent.MatchString(line) {
 				transfer = max(transfer, l.at)
 			}
 		}
