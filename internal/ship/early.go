@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/transfer"
 )
 
 // Early is a Source whose save of one image starts before the transfer
@@ -67,6 +68,9 @@ func (e *Early) Save(ctx context.Context, refs ...string) (io.ReadCloser, error)
 	return e.Source.Save(ctx, refs...)
 }
 
+// Blobs is the source's cache of compressed layers, if it has one.
+func (e *Early) Blobs() *transfer.Blobs { return blobsOf(e.Source) }
+
 // LayerSizes is the source's, when it knows them.
 func (e *Early) LayerSizes(ctx context.Context, id string, n int) ([]int64, error) {
 	if s, ok := e.Source.(layerSizer); ok {
@@ -88,5 +92,13 @@ func (e *Early) Close() error {
 			e.rc.Close() // (a taken one was closed by whoever took it: closing it twice is harmless)
 		}
 	}()
+	return nil
+}
+
+// blobsOf is a source's cache of compressed layers (a fleet's Shared), or nil.
+func blobsOf(src Source) *transfer.Blobs {
+	if b, ok := src.(interface{ Blobs() *transfer.Blobs }); ok {
+		return b.Blobs()
+	}
 	return nil
 }

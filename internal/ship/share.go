@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/transfer"
 )
 
 // Shared is a Source whose saves are made once and read by every host a
@@ -24,7 +25,8 @@ import (
 // of its own from where the file stopped: the same bytes, as an engine's
 // save of one image is the same archive each time.
 type Shared struct {
-	src Source
+	src   Source
+	blobs *transfer.Blobs // each layer compressed once for every host
 	ctx context.Context // the saves': the run's, not one host's
 	end context.CancelFunc
 
@@ -37,8 +39,12 @@ var _ layerSizer = (*Shared)(nil)
 // Share wraps src for the hosts of one run; Close removes its files.
 func Share(ctx context.Context, src Source) *Shared {
 	ctx, end := context.WithCancel(context.WithoutCancel(ctx))
-	return &Shared{src: src, ctx: ctx, end: end, saves: map[string]*spooled{}}
+	return &Shared{src: src, ctx: ctx, end: end, saves: map[string]*spooled{}, blobs: transfer.NewBlobs()}
 }
+
+// Blobs is the run's cache of compressed layers, which every host's
+// transfer shares.
+func (s *Shared) Blobs() *transfer.Blobs { return s.blobs }
 
 // Image is the source's.
 func (s *Shared) Image(ctx context.Context, ref string) (engine.Image, error) {
@@ -80,6 +86,7 @@ func (s *Shared) Saves() int {
 // Close stops the saves still running and removes their files.
 func (s *Shared) Close() error {
 	s.end()
+	s.blobs.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sp := range s.saves {

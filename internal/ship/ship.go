@@ -131,7 +131,7 @@ func Image(ctx context.Context, src Source, h Server, ref, id string, o Options)
 	} else {
 		fmt.Fprintf(out, "sending %s to %s: %d of %d layers (the server has the other %d), %s\n", ref, h, len(img.Layers)-skip, len(img.Layers), skip, how)
 	}
-	p := plan{img: img, ref: ref, skip: skip, comp: st.Compression, codec: st.Codec, out: out}
+	p := plan{img: img, ref: ref, skip: skip, comp: st.Compression, codec: st.Codec, out: out, blobs: blobsOf(src)}
 	send := o.transport(ctx, src, &p) // streamed, or staged (stage.go)
 	st.Stats, err = send(ctx, src, h, p)
 	if err == nil && st.WireBytes >= probeMin && st.Took > 0 && o.Files != nil {
@@ -242,6 +242,7 @@ type plan struct {
 	codec string // with Auto: what a compressed layer uses
 	link  float64
 	out   io.Writer
+	blobs *transfer.Blobs // shared with the run's other hosts, or nil
 }
 
 // load streams one archive (the layers above skip) into `docker load` on
@@ -266,7 +267,7 @@ func load(ctx context.Context, src Source, h Server, p plan) (transfer.Stats, er
 		}
 		stats, err = transfer.Write(ctx, save, pw, transfer.Options{
 			Ref: p.ref, ID: p.img.ID, Layers: p.img.Layers, Skip: p.skip, Compress: p.comp, Codec: p.codec,
-			LinkRate: p.link, Progress: p.out, Estimate: estimate,
+			LinkRate: p.link, Progress: p.out, Estimate: estimate, Blobs: p.blobs,
 		})
 		pw.CloseWithError(err)
 		werr <- err

@@ -173,7 +173,7 @@ func (o Options) stage(ctx context.Context, src Source, _ Server, p plan) (trans
 	s.prog = transfer.NewProgress(nil, p.out, estimate(ctx, src, img, skip))
 	var meta bytes.Buffer // the config and manifests: a few kB
 	st, err := transfer.Write(ctx, save, &meta, transfer.Options{
-		Ref: p.ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: compress, Codec: codec, Stage: s, LinkRate: p.link,
+		Ref: p.ref, ID: img.ID, Layers: img.Layers, Skip: skip, Compress: compress, Codec: codec, Stage: s, LinkRate: p.link, Blobs: p.blobs,
 	})
 	for _, n := range s.notes {
 		fmt.Fprintf(p.out, "  %s\n", n)

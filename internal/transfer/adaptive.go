@@ -283,7 +283,7 @@ func (x *rewriter) sendAuto(diffID string, size int64, r io.Reader) error {
 		}
 		return x.sendRaw(diffID, size, br)
 	}
-	sp, err := x.compress(br, c.Method)
+	sp, err := x.compressOnce(br, diffID, c.Method)
 	if err != nil {
 		return fmt.Errorf("compress layer %s: %w", diffID, err)
 	}
@@ -315,7 +315,7 @@ func (x *rewriter) autoFile(diffID string, size int64, f *os.File) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("spool layer %s: %w", diffID, err)
 	}
-	sp, err := x.compress(bufio.NewReaderSize(f, 256<<10), c.Method)
+	sp, err := x.compressOnce(bufio.NewReaderSize(f, 256<<10), diffID, c.Method)
 	if err != nil {
 		return fmt.Errorf("compress layer %s: %w", diffID, err)
 	}

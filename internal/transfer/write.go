@@ -58,6 +58,10 @@ type Options struct {
 	// manifests, and every layer is spooled locally before it goes.
 	Stage Stager
 
+	// Blobs, if set, is shared by the transfers of one run to several
+	// servers: each layer is compressed once for all of them (see Blobs).
+	Blobs *Blobs
+
 	// TempDir is a directory on THIS machine for holding one layer at a time:
 	// the legacy save layout names a layer only by a v1 ID, so its diff ID is
 	// known after its last byte, too late for the tar header that must come
