@@ -27,8 +27,8 @@ import (
 type Shared struct {
 	src   Source
 	blobs *transfer.Blobs // each layer compressed once for every host
-	ctx context.Context // the saves': the run's, not one host's
-	end context.CancelFunc
+	ctx   context.Context // the saves': the run's, not one host's
+	end   context.CancelFunc
 
 	mu    sync.Mutex
 	saves map[string]*spooled
