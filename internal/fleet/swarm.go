@@ -549,3 +549,63 @@ func noneIf(s string) string {
 	}
 	return s
 }
+
+// Nodes reaches every node that can run tasks and returns them, the
+// manager first.
+func (s *Swarm) Nodes(ctx context.Context) ([]*deploy.Deployer, error) {
+	api, role, err := s.api(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := s.reachNodes(ctx, api, role)
+	if err != nil {
+		return nil, err
+	}
+	out := []*deploy.Deployer{s.Manager}
+	for _, n := range nodes {
+		if d := s.nodes[n.ID]; d != s.Manager {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// Protected is what cleanup must keep: on the nodes, the image tags the
+// stack's tasks run and the tag of the release a rollback would go to;
+// on the build engine, those releases' versions.
+func (s *Swarm) Protected(ctx context.Context, sf *StackFile) (tags, versions map[string]bool, err error) {
+	api, _, err := s.api(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	history, err := s.Manager.History(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	tags, versions = map[string]bool{}, map[string]bool{}
+	for _, svc := range sf.Services {
+		tasks, err := api.Tasks(ctx, deploy.ServiceName(s.Stack, svc))
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, t := range tasks {
+			if t.Desired == "running" {
+				tag := tagOf(t.Image)
+				tags[tag] = true
+				if v := deploy.VersionOfTag(history, tag); v != "" {
+					versions[v] = true
+				}
+			}
+		}
+	}
+	if cur := deploy.Confirmed(history); cur != "" {
+		versions[cur] = true
+		tags[deploy.TagOf(history, cur)] = true
+		if prev := deploy.Previous(history, cur); prev != "" {
+			versions[prev] = true
+			tags[deploy.TagOf(history, prev)] = true
+		}
+	}
+	delete(tags, "")
+	return tags, versions, nil
+}

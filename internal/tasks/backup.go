@@ -111,8 +111,8 @@ func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
 // dangling images, leftover test containers, and backups beyond
 // BACKUP_KEEP. With dryRun it only says what would go.
 func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
-	if err := r.notInSwarm("cleanup", "run docker image prune on each node"); err != nil {
-		return err
+	if r.swarmMode() {
+		return r.swarmCleanup(ctx, dryRun)
 	}
 	deps, err := r.Deployers(ctx)
 	if err != nil {
@@ -168,7 +168,7 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	}
 
 	for _, d := range deps {
-		n, err := r.cleanServer(ctx, d, protect, dryRun, verb)
+		n, err := r.cleanServer(ctx, d, protect, dryRun, verb, r.Cfg.Remote())
 		reclaimed += n
 		if err != nil {
 			return err
@@ -182,11 +182,11 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	return nil
 }
 
-// cleanServer removes a server's old image tags (when it is not the
-// build engine) and its backups beyond BACKUP_KEEP.
-func (r *Runner) cleanServer(ctx context.Context, d *deploy.Deployer, protect map[string]bool, dryRun bool, verb string) (int64, error) {
+// cleanServer removes a server's old image tags (with images: when it is
+// not the build engine) and its backups beyond BACKUP_KEEP.
+func (r *Runner) cleanServer(ctx context.Context, d *deploy.Deployer, protect map[string]bool, dryRun bool, verb string, images bool) (int64, error) {
 	var reclaimed int64
-	if r.Cfg.Remote() {
+	if images {
 		n, err := r.cleanEngine(ctx, d.Out, deploy.HostImages{Host: d.Host}, protect, dryRun, verb)
 		if err != nil {
 			return 0, err

@@ -156,3 +156,63 @@ func (r *Runner) notInSwarm(task, instead string) error {
 	}
 	return fmt.Errorf("%s in swarm mode (DEPLOY_MODE=swarm) is not supported yet: %s", task, instead)
 }
+
+// swarmCleanup removes, on every node, the stack's image tags beyond
+// IMAGE_KEEP (never one a task runs or a rollback would go to), dangling
+// images; on the build engine the same by version; and the manager's
+// backups beyond BACKUP_KEEP.
+func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
+	sf, err := r.stackFile()
+	if err != nil {
+		return err
+	}
+	s, err := r.swarm(ctx)
+	if err != nil {
+		return err
+	}
+	nodes, err := s.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	if !dryRun { // not while a deploy of another run loads or switches images
+		if err := s.Manager.Lock(ctx); err != nil {
+			return err
+		}
+		defer r.taskDone(s.Manager)
+	}
+	tags, versions, err := s.Protected(ctx, sf)
+	if err != nil {
+		return err
+	}
+	versions[r.Cfg.ImageTag] = true // what was just built is about to be tested or deployed
+	verb := "removed"
+	if dryRun {
+		verb = "would remove"
+	}
+	e, err := r.Engine(ctx)
+	if err != nil {
+		return err
+	}
+	reclaimed, err := r.cleanEngine(ctx, r.Out, e, versions, dryRun, verb)
+	if err != nil {
+		return err
+	}
+	for _, d := range nodes {
+		n, err := r.cleanEngine(ctx, d.Out, deploy.HostImages{Host: d.Host}, tags, dryRun, verb)
+		reclaimed += n
+		if err != nil {
+			return err
+		}
+	}
+	n, err := r.cleanServer(ctx, s.Manager, tags, dryRun, verb, false)
+	reclaimed += n
+	if err != nil {
+		return err
+	}
+	if dryRun {
+		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", text.Bytes(reclaimed))
+	} else {
+		r.printf("reclaimed %s\n", text.Bytes(reclaimed))
+	}
+	return nil
+}

@@ -5,11 +5,13 @@ package tasks
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/testenv"
@@ -184,4 +186,43 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 	if err := p.runner("v3").Status(ctx); err != nil || strings.Count(p.out.String(), "ok v1") != 2 {
 		t.Errorf("status after the rollback: %v\n%s", err, p.out)
 	}
+
+	// Ctrl-C while the swarm converges on v4: the manager puts v1 back by
+	// itself, and the next plain deploy works.
+	p.release("v4", nil)
+	cctx, cancel := context.WithCancel(ctx)
+	r := p.runner("v4")
+	r.Out = io.MultiWriter(r.Out, onLine(func(line string) {
+		if strings.Contains(line, "to converge") {
+			cancel()
+		}
+	}))
+	err = r.Deploy(cctx)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("deploy interrupted while converging: %v", err)
+	}
+	t.Logf("interrupted: %v", err)
+	deadline := time.Now().Add(2 * time.Minute)
+	for (p.serving(0) != "v1" || p.serving(1) != "v1") && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Second)
+	}
+	both("v1")
+	if err := p.runner("v4").Deploy(ctx); err != nil {
+		t.Fatalf("the next plain deploy after the interruption: %v\n%s", err, p.out)
+	}
+	both("v4")
+
+	// Cleanup on every node: the serving tag and the rollback target's
+	// stay, older ones go.
+	if err := p.runner("v4", "IMAGE_KEEP=1").Cleanup(ctx, false); err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, p.out)
+	}
+	for i, s := range f.Servers {
+		out, _ := s.Docker("image", "ls", "--format", "{{.Tag}}", "carebot-swarm")
+		if !strings.Contains(out, "v4-") || !strings.Contains(out, "v1-") || strings.Contains(out, "v3-") {
+			t.Errorf("node %d keeps %q after cleanup, want v4 and v1 (the rollback target) and not v3", i+1, strings.Fields(out))
+		}
+	}
+	both("v4")
 }
