@@ -174,12 +174,17 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 			return err
 		}
 	}
-	if dryRun {
-		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", text.Bytes(reclaimed))
-	} else {
-		r.printf("reclaimed %s\n", text.Bytes(reclaimed))
-	}
+	r.reclaimed(dryRun, reclaimed)
 	return nil
+}
+
+// reclaimed says how much a cleanup freed, or would have.
+func (r *Runner) reclaimed(dryRun bool, n int64) {
+	if dryRun {
+		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", text.Bytes(n))
+	} else {
+		r.printf("reclaimed %s\n", text.Bytes(n))
+	}
 }
 
 // cleanServer removes a server's old image tags (with images: when it is

@@ -30,6 +30,17 @@ func (r *Runner) swarm(ctx context.Context) (*fleet.Swarm, error) {
 	return &fleet.Swarm{Manager: m, Reach: r.reachNode, Stack: r.Cfg.StackName, StackFile: r.Cfg.ComposeFile, Out: r.Out}, nil
 }
 
+// stack is the swarm and the stack file, read first: a file the stack
+// deploy would refuse stops the task before any connection.
+func (r *Runner) stack(ctx context.Context) (*fleet.Swarm, *fleet.StackFile, error) {
+	sf, err := r.stackFile()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := r.swarm(ctx)
+	return s, sf, err
+}
+
 // stackFile reads COMPOSE_FILE as docker stack deploy will.
 func (r *Runner) stackFile() (*fleet.StackFile, error) {
 	data, err := os.ReadFile(r.Cfg.ComposeFile)
@@ -77,11 +88,7 @@ func (r *Runner) nodeOut(addr string) *text.Prefixed {
 
 // swarmDeploy delivers the image to the swarm's nodes and deploys the stack.
 func (r *Runner) swarmDeploy(ctx context.Context, rel deploy.Release) error {
-	sf, err := r.stackFile()
-	if err != nil {
-		return err
-	}
-	s, err := r.swarm(ctx)
+	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
 	}
@@ -92,11 +99,7 @@ func (r *Runner) swarmDeploy(ctx context.Context, rel deploy.Release) error {
 // swarmStatus is one row per task of the stack's services: node, state,
 // the version its image carries, and what the node's HEALTH_PATH says.
 func (r *Runner) swarmStatus(ctx context.Context) error {
-	sf, err := r.stackFile()
-	if err != nil {
-		return err
-	}
-	s, err := r.swarm(ctx)
+	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
 	}
@@ -113,11 +116,7 @@ func (r *Runner) swarmStatus(ctx context.Context) error {
 // swarmRollback serves version (or the release before the current one)
 // on the swarm again.
 func (r *Runner) swarmRollback(ctx context.Context, version string) error {
-	sf, err := r.stackFile()
-	if err != nil {
-		return err
-	}
-	s, err := r.swarm(ctx)
+	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
 	}
@@ -127,11 +126,7 @@ func (r *Runner) swarmRollback(ctx context.Context, version string) error {
 
 // swarmLogs prints (or follows) the logs of the stack's services.
 func (r *Runner) swarmLogs(ctx context.Context, lines int, follow bool) error {
-	sf, err := r.stackFile()
-	if err != nil {
-		return err
-	}
-	s, err := r.swarm(ctx)
+	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
 	}
@@ -162,11 +157,7 @@ func (r *Runner) notInSwarm(task, instead string) error {
 // images; on the build engine the same by version; and the manager's
 // backups beyond BACKUP_KEEP.
 func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
-	sf, err := r.stackFile()
-	if err != nil {
-		return err
-	}
-	s, err := r.swarm(ctx)
+	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
 	}
@@ -209,10 +200,6 @@ func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
-	if dryRun {
-		r.printf("dry run: nothing was removed; up to %s would be reclaimed\n", text.Bytes(reclaimed))
-	} else {
-		r.printf("reclaimed %s\n", text.Bytes(reclaimed))
-	}
+	r.reclaimed(dryRun, reclaimed)
 	return nil
 }
