@@ -207,6 +207,13 @@ func (d *Deployer) containers(ctx context.Context) ([]ContainerState, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.Stack != "" {
+		if sc, ok := srv.(interface {
+			StackContainers(ctx context.Context, stack string) ([]engine.ProjectContainer, error)
+		}); ok {
+			return sc.StackContainers(ctx, d.Stack)
+		}
+	}
 	return srv.ProjectContainers(ctx, d.Path, d.facts.realPath)
 }
 

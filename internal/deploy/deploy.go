@@ -68,6 +68,11 @@ type Deployer struct {
 	Run   string
 	Fleet []string
 
+	// Stack, on a swarm node, makes the deployment's containers the
+	// stack's tasks there (a backup pauses them) instead of a Compose
+	// project's.
+	Stack string
+
 	Out io.Writer
 	Now func() time.Time
 

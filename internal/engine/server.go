@@ -225,13 +225,27 @@ func (c ProjectContainer) String() string {
 // made for the project in one of dirs (the deploy folder as written and
 // resolved: Compose v1 records the resolved path, v2 the one it was given).
 func (e *Engine) ProjectContainers(ctx context.Context, dirs ...string) ([]ProjectContainer, error) {
-	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", ComposeLabelDir))})
+	return e.labelled(ctx, ComposeLabelDir, func(v string) bool { return slices.Contains(dirs, v) })
+}
+
+// StackLabel is the label Swarm puts on a stack's task containers.
+const StackLabel = "com.docker.stack.namespace"
+
+// StackContainers lists the containers of stack's tasks on this engine
+// (a swarm node), running or not.
+func (e *Engine) StackContainers(ctx context.Context, stack string) ([]ProjectContainer, error) {
+	return e.labelled(ctx, StackLabel, func(v string) bool { return v == stack })
+}
+
+// labelled lists the containers whose label's value keep accepts.
+func (e *Engine) labelled(ctx context.Context, label string, keep func(string) bool) ([]ProjectContainer, error) {
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", label))})
 	if err != nil {
 		return nil, fmt.Errorf("list containers on %s: %w", e.Host, err)
 	}
 	var out []ProjectContainer
 	for _, c := range list {
-		if dir := c.Labels[ComposeLabelDir]; dir == "" || !slices.Contains(dirs, dir) {
+		if v := c.Labels[label]; v == "" || !keep(v) {
 			continue
 		}
 		ci, err := e.api.ContainerInspect(ctx, c.ID)

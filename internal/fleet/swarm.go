@@ -609,3 +609,38 @@ func (s *Swarm) Protected(ctx context.Context, sf *StackFile) (tags, versions ma
 	delete(tags, "")
 	return tags, versions, nil
 }
+
+// TaskNodes are the nodes that run a task of the stack's services now
+// (where their bind-mounted data lives), each set to see those tasks as
+// its deployment's containers.
+func (s *Swarm) TaskNodes(ctx context.Context, sf *StackFile) ([]*deploy.Deployer, error) {
+	api, role, err := s.api(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.reachNodes(ctx, api, role); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []*deploy.Deployer
+	for _, svc := range sf.Services {
+		tasks, err := api.Tasks(ctx, deploy.ServiceName(s.Stack, svc))
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range tasks {
+			if t.Desired != "running" || seen[t.NodeID] {
+				continue
+			}
+			seen[t.NodeID] = true
+			d := s.nodes[t.NodeID]
+			if d == nil {
+				return nil, fmt.Errorf("a task of %s runs on node %s, which could not be reached", svc, t.NodeID)
+			}
+			d.Stack = s.Stack
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host.String() < out[j].Host.String() })
+	return out, nil
+}

@@ -21,6 +21,12 @@ import (
 // returns the backup ("" name when there was no data yet), for the deploy
 // that follows to name in its history.
 func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
+	if r.swarmMode() {
+		if download {
+			return deploy.Backup{}, r.notInSwarm("backup -download", "copy the archive from the node's DEPLOY_PATH/backups with scp")
+		}
+		return deploy.Backup{}, r.swarmBackup(ctx)
+	}
 	if r.Several() && (download || r.Host != "") {
 		if r.Host == "" {
 			return deploy.Backup{}, fmt.Errorf("backup -download copies one server's backup: choose it with -host (one of %s)", targetList(r.Cfg.Targets))

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"text/tabwriter"
 
 	"github.com/carebot/carebot/internal/config"
@@ -202,4 +205,38 @@ func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
 	}
 	r.reclaimed(dryRun, reclaimed)
 	return nil
+}
+
+// swarmBackup backs up the data folder on every node that runs a task of
+// the stack (a bind-mounted ./data lives there), pausing those tasks for
+// the copy as a Compose backup pauses its containers. The deploy's
+// history names them all.
+func (r *Runner) swarmBackup(ctx context.Context) error {
+	s, sf, err := r.stack(ctx)
+	if err != nil {
+		return err
+	}
+	nodes, err := s.TaskNodes(ctx, sf)
+	if err != nil {
+		return err
+	}
+	if len(nodes) == 0 {
+		r.printf("no task of stack %s runs: nothing to back up\n", s.Stack)
+		return nil
+	}
+	var mu sync.Mutex
+	var names []string
+	err = fleet.Each(nodes, func(d *deploy.Deployer) error {
+		defer r.taskDone(d)
+		b, err := d.Backup(ctx, r.Cfg.BackupKeep)
+		if b.Name != "" {
+			mu.Lock()
+			names = append(names, d.Host.String()+":"+b.Name)
+			mu.Unlock()
+		}
+		return err
+	})
+	sort.Strings(names)
+	r.tookBackup(s.Manager, strings.Join(names, ", "))
+	return err
 }

@@ -156,6 +156,17 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 	}
 	both("v2")
 
+	// Backup: on every node that runs a task, where its ./data is.
+	if _, err := p.runner("v2").Backup(ctx, false); err != nil {
+		t.Fatalf("backup: %v\n%s", err, p.out)
+	}
+	for i, s := range f.Servers {
+		got, _ := filepath.Glob(filepath.Join(s.Root, "carebot", "backups", "*-v2-*.tar.gz"))
+		if len(got) != 1 {
+			t.Errorf("node %d has backups %v, want one of v2", i+1, got)
+		}
+	}
+
 	// A rebuild under the same IMAGE_TAG is a new tag for Swarm.
 	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
 	p.out.Reset()
