@@ -14,8 +14,10 @@ import (
 
 	"github.com/carebot/carebot/internal/config"
 	"github.com/carebot/carebot/internal/deploy"
+	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/fleet"
 	"github.com/carebot/carebot/internal/host"
+	"github.com/carebot/carebot/internal/shell"
 	"github.com/carebot/carebot/internal/text"
 )
 
@@ -192,6 +194,15 @@ func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
 		return err
 	}
 	for _, d := range nodes {
+		// Swarm keeps the containers of a service's last tasks, stopped:
+		// their images count as in use. Nothing needs them (a rollback
+		// deploys a tag again), so they go first.
+		if !dryRun {
+			prune := "docker container prune -f --filter " + shell.Quote("label="+engine.StackLabel+"="+s.Stack) + " >/dev/null"
+			if _, err := host.Run(ctx, d.Host, prune); err != nil {
+				return fmt.Errorf("remove the stopped task containers of stack %s on %s: %w", s.Stack, d.Host, err)
+			}
+		}
 		n, err := r.cleanEngine(ctx, d.Out, deploy.HostImages{Host: d.Host}, tags, dryRun, verb)
 		reclaimed += n
 		if err != nil {
