@@ -208,14 +208,7 @@ func (d *Deployer) Prepare(ctx context.Context, r Release) (*Staged, error) {
 	ref := d.ImageName + ":" + r.Version
 	// The build engine starts saving the image as soon as the host's engine
 	// says it lacks it, while the steps below talk to the host.
-	src := ship.SaveEarly(ctx, d.Engine, r.ImageID, func(ctx context.Context) bool {
-		srv, err := d.server(ctx)
-		if err != nil {
-			return false
-		}
-		have, err := srv.ImageID(ctx, ref)
-		return err == nil && have != r.ImageID
-	})
+	src := d.saveEarly(ctx, r.ImageID, ref)
 	defer src.Close()
 	if err := d.makeFolder(ctx); err != nil {
 		return nil, err
@@ -223,13 +216,7 @@ func (d *Deployer) Prepare(ctx context.Context, r Release) (*Staged, error) {
 	if err := d.Lock(ctx); err != nil {
 		return nil, err
 	}
-
-	srv, err := d.server(ctx)
-	if err != nil {
-		return nil, err
-	}
-	st, err := ship.Image(ctx, src, srv, ref, r.ImageID, ship.Options{Compression: d.Compression, Out: d.Out,
-		Files: d.Host, StageDir: d.stateDir() + "/staging", Stage: d.Stage, Links: d.Links})
+	st, err := d.shipFrom(ctx, src, r.ImageID, ref)
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,15 @@ func (d *Deployer) ServerAPI(ctx context.Context) (ServerEngine, error) { return
 // ShipImage sends image id to the host's engine as ref (the host keeps
 // only what it lacks), with the image saved early as for a deploy.
 func (d *Deployer) ShipImage(ctx context.Context, id, ref string) (ship.Stats, error) {
-	src := ship.SaveEarly(ctx, d.Engine, id, func(ctx context.Context) bool {
+	src := d.saveEarly(ctx, id, ref)
+	defer src.Close()
+	return d.shipFrom(ctx, src, id, ref)
+}
+
+// saveEarly starts the build engine's save of image id as soon as the
+// host's engine says it lacks it as ref (see ship.SaveEarly).
+func (d *Deployer) saveEarly(ctx context.Context, id, ref string) *ship.Early {
+	return ship.SaveEarly(ctx, d.Engine, id, func(ctx context.Context) bool {
 		srv, err := d.server(ctx)
 		if err != nil {
 			return false
@@ -29,7 +37,11 @@ func (d *Deployer) ShipImage(ctx context.Context, id, ref string) (ship.Stats, e
 		have, err := srv.ImageID(ctx, ref)
 		return err == nil && have != id
 	})
-	defer src.Close()
+}
+
+// shipFrom sends image id from src to the host's engine as ref, as this
+// deployment's settings say (compression, staging, the link's rate).
+func (d *Deployer) shipFrom(ctx context.Context, src ship.Source, id, ref string) (ship.Stats, error) {
 	srv, err := d.server(ctx)
 	if err != nil {
 		return ship.Stats{}, err
