@@ -92,13 +92,8 @@ func (f *Fleet) Deploy(ctx context.Context, r deploy.Release, backups map[string
 	}
 
 	// The image travels to all hosts at once, saved once.
-	src := ship.Share(ctx, hosts[0].Engine)
-	defer src.Close()
-	for _, d := range hosts {
-		own := d.Engine
-		d.Engine = src
-		defer func() { d.Engine = own }()
-	}
+	done := share(ctx, hosts)
+	defer done()
 	staged := make([]*deploy.Staged, len(hosts))
 	err := Each(hosts, func(d *deploy.Deployer) error {
 		rd := r
@@ -138,6 +133,23 @@ func (f *Fleet) Deploy(ctx context.Context, r deploy.Release, backups map[string
 	}
 	f.printf("%d servers serve %s: %s\n", len(hosts), r.Version, strings.Join(names, ", "))
 	return nil
+}
+
+// share has every host's transfer read one shared save of the image (and
+// share its compressed layers) for the rest of the step; done closes it
+// and gives each host its own source back.
+func share(ctx context.Context, hosts []*deploy.Deployer) (done func()) {
+	src := ship.Share(ctx, hosts[0].Engine)
+	own := make([]ship.Source, len(hosts))
+	for i, d := range hosts {
+		own[i], d.Engine = d.Engine, src
+	}
+	return func() {
+		for i, d := range hosts {
+			d.Engine = own[i]
+		}
+		src.Close()
+	}
 }
 
 func index(hosts []*deploy.Deployer, d *deploy.Deployer) int {

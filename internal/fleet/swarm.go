@@ -13,7 +13,6 @@ import (
 	"github.com/carebot/carebot/internal/deploy"
 	"github.com/carebot/carebot/internal/engine"
 	"github.com/carebot/carebot/internal/health"
-	"github.com/carebot/carebot/internal/ship"
 	"github.com/carebot/carebot/internal/text"
 )
 
@@ -157,17 +156,12 @@ func (s *Swarm) Deploy(ctx context.Context, r deploy.Release, stackFile *StackFi
 	// The image, to every node at once, saved once.
 	tag := SwarmTag(r.Version, r.ImageID)
 	ref := m.ImageName + ":" + tag
-	src := ship.Share(ctx, m.Engine)
-	defer src.Close()
 	var targets []*deploy.Deployer
 	for _, n := range nodes {
 		targets = append(targets, s.nodes[n.ID])
 	}
-	for _, d := range targets {
-		own := d.Engine
-		d.Engine = src
-		defer func() { d.Engine = own }()
-	}
+	done := share(ctx, targets)
+	defer done()
 	if err := Each(targets, func(d *deploy.Deployer) error {
 		_, err := d.ShipImage(ctx, r.ImageID, ref)
 		return err
@@ -179,10 +173,7 @@ func (s *Swarm) Deploy(ctx context.Context, r deploy.Release, stackFile *StackFi
 	if err != nil {
 		return err
 	}
-	services := make([]string, len(stackFile.Services))
-	for i, svc := range stackFile.Services {
-		services[i] = deploy.ServiceName(s.Stack, svc)
-	}
+	services := s.services(stackFile)
 	current, curTag := "", ""
 	if svc, err := api.Service(ctx, services[0]); err == nil {
 		curTag = tagOf(svc.Image)
@@ -377,6 +368,15 @@ func (s *Swarm) healthy(ctx context.Context, api swarmAPI, services []string, ve
 	})
 }
 
+// services are the swarm names of the stack's services that run the app.
+func (s *Swarm) services(sf *StackFile) []string {
+	names := make([]string, len(sf.Services))
+	for i, svc := range sf.Services {
+		names[i] = deploy.ServiceName(s.Stack, svc)
+	}
+	return names
+}
+
 // tagOf is the tag of an image reference (without its digest).
 func tagOf(ref string) string {
 	ref = engine.ImageRef(ref)
@@ -494,10 +494,7 @@ func (s *Swarm) Rollback(ctx context.Context, sf *StackFile, version string) err
 	if err != nil {
 		return err
 	}
-	services := make([]string, len(sf.Services))
-	for i, svc := range sf.Services {
-		services[i] = deploy.ServiceName(s.Stack, svc)
-	}
+	services := s.services(sf)
 	svc, err := api.Service(ctx, services[0])
 	if errors.Is(err, engine.ErrNotFound) {
 		return fmt.Errorf("stack %s is not deployed on %s: run mage deploy first", s.Stack, m.Host)
