@@ -227,14 +227,7 @@ func (fb *fleetBench) drop(tag string) {
 }
 
 // version asks server i's /health from inside it.
-func (fb *fleetBench) version(i int) string {
-	out, err := fb.f.Servers[i].Exec("python3", "-c",
-		"import json,urllib.request as u; print(json.load(u.urlopen('http://127.0.0.1:5555/health', timeout=5))['version'])")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(out)
-}
+func (fb *fleetBench) version(i int) string { return servedOn(fb.f.Servers[i], "5555") }
 
 // waitVersion is a shell loop on the server that waits up to 60 s for
 // /health to report tag.

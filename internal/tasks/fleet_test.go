@@ -102,9 +102,13 @@ func (p *fleetProject) serverEnv(i int, content string) {
 
 // serving asks server i's service, from inside the server, which version
 // it serves ("" when it does not answer healthy).
-func (p *fleetProject) serving(i int) string {
-	out, err := p.fleet.Servers[i].Exec("python3", "-c",
-		"import json,urllib.request as u; print(json.load(u.urlopen('http://127.0.0.1:"+p.appPort+"/health', timeout=5))['version'])")
+func (p *fleetProject) serving(i int) string { return servedOn(p.fleet.Servers[i], p.appPort) }
+
+// servedOn is the version /health on port reports, asked from inside
+// server s ("" when it does not answer healthy).
+func servedOn(s *testenv.NetServer, port string) string {
+	out, err := s.Exec("python3", "-c",
+		"import json,urllib.request as u; print(json.load(u.urlopen('http://127.0.0.1:"+port+"/health', timeout=5))['version'])")
 	if err != nil {
 		return ""
 	}

@@ -233,19 +233,7 @@ func startNetServer(t testing.TB, i int, dir, auth, sshdBin string, env []string
 	}
 	hk := NewKey(t).WriteFile(t, filepath.Join(sdir, "ssh_host_ed25519_key"), "")
 	conf := filepath.Join(sdir, "sshd_config")
-	cfg := fmt.Sprintf(`ListenAddress %s
-Port 22
-HostKey %s
-PidFile %s/sshd.pid
-AuthorizedKeysFile %s
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-AllowTcpForwarding yes
-SetEnv DOCKER_HOST=%q HOME=%q%s
-`, s.IP, hk, sdir, auth, s.DockerHost, home, setEnv(env))
+	cfg := sshdConfig(s.IP, 22, "HostKey "+hk+"\n", sdir, auth, append([]string{"DOCKER_HOST=" + s.DockerHost, "HOME=" + home}, env...))
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -284,15 +272,6 @@ SetEnv DOCKER_HOST=%q HOME=%q%s
 		}
 	}
 	return s
-}
-
-func setEnv(env []string) string {
-	var b strings.Builder
-	for _, kv := range env {
-		name, value, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&b, " %s=%q", name, value)
-	}
-	return b.String()
 }
 
 // cgroupMounts mounts the cgroup v1 hierarchies again inside `ip netns

@@ -259,26 +259,7 @@ func StartSSHD(t testing.TB, opts ...SSHDOption) *SSHD {
 	s.Port = FreePort(t)
 	s.Addr = fmt.Sprintf("127.0.0.1:%d", s.Port)
 	conf := filepath.Join(s.Dir, "sshd_config")
-	cfg := fmt.Sprintf(`ListenAddress 127.0.0.1
-Port %d
-%sPidFile %s/sshd.pid
-AuthorizedKeysFile %s
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-AllowTcpForwarding yes
-Subsystem sftp internal-sftp
-`, s.Port, hostKeys, s.Dir, auth)
-	if len(setup.env) > 0 {
-		cfg += "SetEnv"
-		for _, kv := range setup.env {
-			name, value, _ := strings.Cut(kv, "=")
-			cfg += fmt.Sprintf(" %s=%q", name, value)
-		}
-		cfg += "\n"
-	}
+	cfg := sshdConfig("127.0.0.1", s.Port, hostKeys, s.Dir, auth, setup.env)
 	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -315,6 +296,33 @@ Subsystem sftp internal-sftp
 	s.KnownHosts = filepath.Join(s.Dir, "known_hosts")
 	s.WriteKnownHosts(t, s.KnownHosts, s.HostKey)
 	return s
+}
+
+// sshdConfig is the sshd_config of a test server listening on ip:port:
+// hostKeys ("HostKey …" lines), its pid file in dir, the one authorized
+// keys file, key logins only, and env (NAME=VALUE) set for every session.
+func sshdConfig(ip string, port int, hostKeys, dir, auth string, env []string) string {
+	cfg := fmt.Sprintf(`ListenAddress %s
+Port %d
+%sPidFile %s/sshd.pid
+AuthorizedKeysFile %s
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+AllowTcpForwarding yes
+Subsystem sftp internal-sftp
+`, ip, port, hostKeys, dir, auth)
+	if len(env) > 0 {
+		cfg += "SetEnv"
+		for _, kv := range env {
+			name, value, _ := strings.Cut(kv, "=")
+			cfg += fmt.Sprintf(" %s=%q", name, value)
+		}
+		cfg += "\n"
+	}
+	return cfg
 }
 
 // nonRoot makes the login user an ordinary one, and returns the command
