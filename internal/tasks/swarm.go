@@ -76,11 +76,7 @@ func (r *Runner) reachNode(ctx context.Context, addr string) (*deploy.Deployer, 
 		h = host.DockerSudo(s)
 	}
 	out := r.nodeOut(addr)
-	d := &deploy.Deployer{
-		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations,
-		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
-		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, Links: r.linksFile(), Out: out,
-	}
+	d := r.deployerOn(h, out)
 	r.hostMu.Lock()
 	r.nodes = append(r.nodes, d)
 	r.hostMu.Unlock()

@@ -286,17 +286,23 @@ func (r *Runner) newDeployer(ctx context.Context, i int) (*deploy.Deployer, erro
 			h = host.DockerSudo(s)
 		}
 	}
-	d := &deploy.Deployer{
-		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations, SeedEnv: seed, SeedEnvData: c.AppDotenv,
-		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
-		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
-		Server: srv, Links: r.linksFile(),
-		LogLines: 20, Out: out,
-	}
+	d := r.deployerOn(h, out)
+	d.SeedEnv, d.SeedEnvData, d.Server = seed, c.AppDotenv, srv
 	if r.Several() {
 		d.Run, d.Fleet = r.RunID(), strings.Split(targetList(c.Targets), ", ")
 	}
 	return d, nil
+}
+
+// deployerOn is a deployer of this run's settings on h, its output to out.
+func (r *Runner) deployerOn(h host.Host, out io.Writer) *deploy.Deployer {
+	c := r.Cfg
+	return &deploy.Deployer{
+		Host: h, Path: c.DeployPath, ComposeFile: c.ComposeFile, Migrations: c.Migrations,
+		ImageName: c.ImageName, AppPort: c.AppPort, HealthPath: c.HealthPath, HealthTimeout: c.HealthTimeout,
+		Engine: buildEngine{r}, Compression: c.Compression, Stage: c.Stage, LockWait: c.LockWait,
+		Links: r.linksFile(), LogLines: 20, Out: out,
+	}
 }
 
 // linksFile is where the rates of past transfers are kept, per server (see
