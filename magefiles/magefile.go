@@ -157,7 +157,7 @@ func deploy(ctx context.Context) error {
 	return r.Timed("deploy", func() error { return r.Deploy(ctx) })
 }
 
-// Backup archives DEPLOY_PATH/data on each deploy host with its sha256; -download also copies it to ./backups (-host picks the server when there are several).
+// Backup archives DEPLOY_PATH/data on each deploy host (or swarm node with a task) with its sha256; -download also copies it to ./backups (-host picks the server or node).
 //
 // Reads DEPLOY_HOST, DEPLOY_PATH, BACKUP_KEEP (older backups are removed).
 // The service is paused only while the folder is copied.
@@ -184,7 +184,7 @@ func backup(ctx context.Context) error {
 	})
 }
 
-// Restore puts a backup back as the data (-name, default the newest) after a safety backup; -list lists them; -host picks the server.
+// Restore puts a backup back as the data (-name, default the newest) after a safety backup; -list lists them; -host picks the server or swarm node.
 //
 // Reads DEPLOY_HOST, DEPLOY_PATH. A corrupt or truncated archive is refused
 // before anything is touched; the service is stopped, restored, started

@@ -258,92 +258,128 @@ func (d *Deployer) Verify(ctx context.Context, b Backup) error {
 	return nil
 }
 
-// Restore puts backup name (or the newest) back as the data folder: it
-// verifies the archive, stops every container that uses the data folder
-// (whatever its image or state, paused included), takes a safety backup of
-// the data as they stopped it, swaps the folders, starts them again and
-// checks health.
+// Restore puts backup name (or the newest) back as the data folder and
+// checks health: RestoreData, then ConfirmRestore once the release that
+// served answers HEALTH_PATH with its version again, else UndoRestore.
+func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
+	rs, err := d.RestoreData(ctx, name, "", "")
+	if err != nil {
+		return rs.Backup, err
+	}
+	if rs.Serving != "" {
+		if _, err := d.waitHealthy(ctx, rs.Serving); err != nil {
+			return rs.Backup, d.UndoRestore(ctx, rs, err)
+		}
+	}
+	return rs.Backup, d.ConfirmRestore(ctx, rs)
+}
+
+// Restoring is a restore whose data is in place and whose containers run
+// again, not confirmed yet: the journal still puts the data before it
+// back should the run go away.
+type Restoring struct {
+	Backup  Backup // what was restored
+	Safety  Backup // the data before it ("" name when there were none)
+	Serving string // the release that served before, "" when none ran
+	undo    string
+	names   []string // the containers started again
+}
+
+// RestoreData verifies the archive, stops every container that uses the
+// data folder (whatever its image or state, paused included), takes a
+// safety backup of the data as they stopped it, swaps the folders and
+// starts them again. serving is the release the data belong to ("": the
+// one the deployment's containers run); after is appended to the journal's
+// undo, to run once the data before it are back.
 //
 // The journal, written before the first stop, puts the data before it
 // back and starts those containers again: the host runs it when the run
-// goes away before the restore is confirmed.
-func (d *Deployer) Restore(ctx context.Context, name string) (Backup, error) {
-	if err := d.Deployed(ctx); err != nil {
-		return Backup{}, err
+// goes away before the restore is confirmed. On a swarm node (Stack set)
+// Swarm, not this host, starts the tasks: the journal stops whatever uses
+// the data when it runs (a task Swarm started meanwhile) before putting
+// the data back, and Swarm starts it again on them.
+func (d *Deployer) RestoreData(ctx context.Context, name, serving, after string) (*Restoring, error) {
+	rs := &Restoring{}
+	if d.Stack == "" {
+		if err := d.Deployed(ctx); err != nil {
+			return rs, err
+		}
 	}
 	if err := d.Lock(ctx); err != nil {
-		return Backup{}, err
+		return rs, err
 	}
 	list, err := d.Backups(ctx)
 	if err != nil {
-		return Backup{}, err
+		return rs, err
 	}
 	b, err := Find(list, name)
 	if err != nil {
-		return Backup{}, err
+		return rs, err
 	}
+	rs.Backup = b
 	if err := d.Verify(ctx, b); err != nil {
-		return b, err
+		return rs, err
 	}
-	serving, err := d.Serving(ctx)
-	if err != nil {
-		return b, err
+	if serving == "" {
+		if serving, err = d.Serving(ctx); err != nil {
+			return rs, err
+		}
 	}
+	rs.Serving = serving
 	users, err := d.dataUsers(ctx)
 	if err != nil {
-		return b, err
+		return rs, err
 	}
-	var ids, names []string // the containers to start again
+	var ids []string // the containers to start again
 	for _, u := range users {
 		if u.Status == "running" || u.Status == "paused" || u.Status == "restarting" {
 			ids = append(ids, u.ID)
-			names = append(names, u.Name)
+			rs.names = append(rs.names, u.Name)
 		}
 	}
+	names := orNone(strings.Join(rs.names, ", "))
 	p := shell.Quote(d.Path)
-	idList := strings.Join(ids, " ")
 	start := "true"
 	if len(ids) > 0 {
-		start = "docker start " + idList + " >/dev/null"
+		start = "docker start " + strings.Join(ids, " ") + " >/dev/null"
 	}
-	undo := fmt.Sprintf(`cd %[1]s || exit 1
+	stop := stopCmd(ids)
+	if d.Stack != "" {
+		stop = "(" + d.dataUsersCmd("ps -q --no-trunc") + "\n" + `[ -z "$ids" ] || docker stop $ids >/dev/null) || exit 1`
+	}
+	rs.undo = fmt.Sprintf(`cd %[1]s || exit 1
 %[2]s
 if [ -d data.replaced ]; then rm -rf data.failed; if [ -d data ]; then mv data data.failed; fi; mv data.replaced data || exit 1; rm -rf data.failed; fi
 rm -rf data.restoring
 %[3]s
-`, p, stopCmd(ids), start)
-	if err := d.intend(ctx, "restoring "+b.Name+": put the data before it back and start what used it", undo, 0); err != nil {
-		return b, err
+%[4]s`, p, stop, start, after)
+	if err := d.intend(ctx, "restoring "+b.Name+": put the data before it back and start what used it", rs.undo, 0); err != nil {
+		return rs, err
 	}
 	if len(ids) > 0 {
-		d.printf("stopping %s (using %s/data)\n", strings.Join(names, ", "), d.Path)
+		d.printf("stopping %s (using %s/data)\n", names, d.Path)
 		if _, err := d.step(ctx, stopCmd(ids)+" || { "+start+"; exit 1; }", false); err != nil {
 			_ = d.settle(ctx)
-			return b, fmt.Errorf("restore %s on %s: could not stop every container that uses %s/data (%s): %w; they run as before and nothing was changed", b.Name, d.Host, d.Path, strings.Join(names, ", "), err)
+			return rs, fmt.Errorf("restore %s on %s: could not stop every container that uses %s/data (%s): %w; they run as before and nothing was changed", b.Name, d.Host, d.Path, names, err)
 		}
 	}
 	// A run that goes away from here on leaves the rest to the host, which
 	// runs the journal: say so instead of undoing it twice.
-	gone := func() bool { return ctx.Err() != nil || !d.held() }
-	leftToHost := func(err error) error {
-		d.Abandon()
-		return fmt.Errorf("restore %s on %s interrupted (%s): the host puts the data before it back and starts %s again by itself",
-			b.Name, d.Host, text.ErrLine(err), orNone(strings.Join(names, ", ")))
-	}
-	var safety Backup
-	if empty, err := d.dataEmpty(ctx); err != nil {
-		if gone() {
-			return b, leftToHost(err)
+	fail := func(err error, format string, a ...any) (*Restoring, error) {
+		if d.gone(ctx) {
+			return rs, d.leftToHost(rs, err)
 		}
-		d.undoRestore(ctx, undo)
-		return b, err
+		d.undoRestore(ctx, rs.undo)
+		if format == "" {
+			return rs, err
+		}
+		return rs, fmt.Errorf(format, a...)
+	}
+	if empty, err := d.dataEmpty(ctx); err != nil {
+		return fail(err, "")
 	} else if !empty {
-		if safety, err = d.snapshot(ctx, "pre-restore", serving); err != nil {
-			if gone() {
-				return b, leftToHost(err)
-			}
-			d.undoRestore(ctx, undo)
-			return b, fmt.Errorf("safety backup before restoring: %w", err)
+		if rs.Safety, err = d.snapshot(ctx, "pre-restore", serving); err != nil {
+			return fail(err, "safety backup before restoring: %w", err)
 		}
 	}
 	// Extract beside the data first: if that fails (a full disk), the data
@@ -358,46 +394,56 @@ bg tar -xzf backups/%[2]s -C data.restoring || exit 1
 mv data data.replaced && mv data.restoring data || { [ -d data ] || mv data.replaced data; exit 1; }
 swapped=1`, p, shell.Quote(b.Name))
 	if _, err := d.step(ctx, swap, true); err != nil {
-		if gone() {
-			return b, leftToHost(err)
-		}
-		d.undoRestore(ctx, undo)
-		return b, fmt.Errorf("restore %s on %s failed (%s); the data folder is as it was and %s runs again", b.Name, d.Host, text.ErrLine(err), orNone(strings.Join(names, ", ")))
+		return fail(err, "restore %s on %s failed (%s); the data folder is as it was and %s runs again", b.Name, d.Host, text.ErrLine(err), names)
 	}
 	if len(ids) > 0 {
 		if _, err := d.step(ctx, start, false); err != nil {
-			if gone() {
-				return b, leftToHost(err)
-			}
-			d.undoRestore(ctx, undo)
-			return b, fmt.Errorf("restore %s on %s: start %s again: %w; the data before it was put back", b.Name, d.Host, strings.Join(names, ", "), err)
+			return fail(err, "restore %s on %s: start %s again: %w; the data before it was put back", b.Name, d.Host, names, err)
 		}
 	}
-	if serving != "" {
-		if _, err := d.waitHealthy(ctx, serving); err != nil {
-			if gone() {
-				return b, leftToHost(err)
-			}
-			cause := text.ErrLine(err)
-			if uerr := d.undoRestore(ctx, undo); uerr == nil {
-				if _, uerr = d.waitHealthy(context.WithoutCancel(ctx), serving); uerr == nil {
-					return b, fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, serving, cause)
-				}
-				cause += "; with the data put back it is not healthy either: " + text.ErrLine(uerr)
-			} else {
-				cause += "; putting the data back failed: " + text.ErrLine(uerr)
-			}
-			return b, fmt.Errorf("restored %s but %s is not healthy (%s); the data before the restore is in backups/%s", b.Name, serving, cause, orNone(safety.Name))
-		}
-	}
-	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, fmt.Sprintf("rm -rf %s/data.replaced", p)); err != nil {
-		return b, fmt.Errorf("remove the replaced data folder on %s: %w", d.Host, err)
+	return rs, nil
+}
+
+// gone says whether the run went away (interrupted, or its lock lost).
+func (d *Deployer) gone(ctx context.Context) bool { return ctx.Err() != nil || !d.held() }
+
+// leftToHost gives an unconfirmed restore up to the host's journal.
+func (d *Deployer) leftToHost(rs *Restoring, err error) error {
+	d.Abandon()
+	return fmt.Errorf("restore %s on %s interrupted (%s): the host puts the data before it back and starts %s again by itself",
+		rs.Backup.Name, d.Host, text.ErrLine(err), orNone(strings.Join(rs.names, ", ")))
+}
+
+// ConfirmRestore keeps the restored data: the folder it replaced goes, and
+// the journal with it.
+func (d *Deployer) ConfirmRestore(ctx context.Context, rs *Restoring) error {
+	if _, err := host.Run(context.WithoutCancel(ctx), d.Host, fmt.Sprintf("rm -rf %s/data.replaced", shell.Quote(d.Path))); err != nil {
+		return fmt.Errorf("remove the replaced data folder on %s: %w", d.Host, err)
 	}
 	if err := d.settle(ctx); err != nil {
-		return b, err
+		return err
 	}
-	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", b.Name, text.Bytes(b.Size), d.Path, orNone(safety.Name))
-	return b, nil
+	d.printf("restored %s (%s) into %s/data; the data before is in backups/%s\n", rs.Backup.Name, text.Bytes(rs.Backup.Size), d.Path, orNone(rs.Safety.Name))
+	return nil
+}
+
+// UndoRestore puts the data before the restore back because the release
+// was not healthy with the restored data (cause), checks it is with the
+// old where this host starts it, and returns the error that says so.
+func (d *Deployer) UndoRestore(ctx context.Context, rs *Restoring, cause error) error {
+	if d.gone(ctx) {
+		return d.leftToHost(rs, cause)
+	}
+	why, b, safety := text.ErrLine(cause), rs.Backup, orNone(rs.Safety.Name)
+	if err := d.undoRestore(ctx, rs.undo); err != nil {
+		return fmt.Errorf("restored %s but %s is not healthy (%s; putting the data back failed: %s); the data before the restore is in backups/%s", b.Name, orNone(rs.Serving), why, text.ErrLine(err), safety)
+	}
+	if rs.Serving != "" && len(rs.names) > 0 {
+		if _, err := d.waitHealthy(context.WithoutCancel(ctx), rs.Serving); err != nil {
+			return fmt.Errorf("restored %s but %s is not healthy (%s; with the data put back it is not healthy either: %s); the data before the restore is in backups/%s", b.Name, rs.Serving, why, text.ErrLine(err), safety)
+		}
+	}
+	return fmt.Errorf("restored %s but %s was not healthy with it (%s); the data was put back as it was and serves again", b.Name, orNone(rs.Serving), why)
 }
 
 // undoRestore runs a restore's journal now, from this run, and settles it.
@@ -425,10 +471,8 @@ type DataUser struct{ ID, Name, Status string }
 // dataUsers lists every container, of any image or state, that mounts
 // DEPLOY_PATH/data (by its path, or the path with symlinks resolved).
 func (d *Deployer) dataUsers(ctx context.Context) ([]DataUser, error) {
-	cmd := fmt.Sprintf(`cd %s/data 2>/dev/null || exit 0
-a=$(pwd -L) b=$(pwd -P)
-ids=$(docker ps -aq --no-trunc --filter "volume=$a" --filter "volume=$b") || exit 1
-[ -z "$ids" ] || docker inspect --format '{{.Id}} {{.Name}} {{.State.Status}}' $ids`, shell.Quote(d.Path))
+	cmd := d.dataUsersCmd("ps -aq --no-trunc") + `
+[ -z "$ids" ] || docker inspect --format '{{.Id}} {{.Name}} {{.State.Status}}' $ids`
 	out, err := host.Run(ctx, d.Host, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("list the containers that use %s/data on %s: %w", d.Path, d.Host, err)
@@ -441,6 +485,14 @@ ids=$(docker ps -aq --no-trunc --filter "volume=$a" --filter "volume=$b") || exi
 		}
 	}
 	return users, nil
+}
+
+// dataUsersCmd sets ids to what `docker <ps>` lists of the containers
+// that mount DEPLOY_PATH/data (by its path, or the path with symlinks
+// resolved; none when there is no data folder). It changes directory.
+func (d *Deployer) dataUsersCmd(ps string) string {
+	return fmt.Sprintf(`ids=
+if cd %s/data 2>/dev/null; then a=$(pwd -L) b=$(pwd -P); cd /; ids=$(docker %s --filter "volume=$a" --filter "volume=$b") || exit 1; fi`, shell.Quote(d.Path), ps)
 }
 
 // Download copies a backup from the host into dir and checks its checksum.

@@ -128,6 +128,9 @@ func (d *Deployer) RunStep(ctx context.Context, what, cmd string) (string, error
 // Conclude records e in the history and clears the journal.
 func (d *Deployer) Conclude(ctx context.Context, e Entry) error { return d.conclude(ctx, e) }
 
+// Settle clears the journal: what the step changed is what stays.
+func (d *Deployer) Settle(ctx context.Context) error { return d.settle(ctx) }
+
 // Stream runs cmd on the host with its output going to out (service logs).
 func (d *Deployer) Stream(ctx context.Context, cmd string) error {
 	return d.Host.Exec(ctx, cmd, nil, d.Out, d.Out)

@@ -21,20 +21,20 @@ import (
 // returns the backup ("" name when there was no data yet), for the deploy
 // that follows to name in its history.
 func (r *Runner) Backup(ctx context.Context, download bool) (deploy.Backup, error) {
-	if r.swarmMode() {
-		if download {
-			return deploy.Backup{}, r.notInSwarm("backup -download", "copy the archive from the node's DEPLOY_PATH/backups with scp")
-		}
+	var d *deploy.Deployer
+	var err error
+	switch {
+	case r.swarmMode() && !download && r.Host == "":
 		return deploy.Backup{}, r.swarmBackup(ctx)
-	}
-	if r.Several() && (download || r.Host != "") {
-		if r.Host == "" {
-			return deploy.Backup{}, fmt.Errorf("backup -download copies one server's backup: choose it with -host (one of %s)", targetList(r.Cfg.Targets))
-		}
-	} else if r.Several() {
+	case r.swarmMode():
+		d, err = r.swarmDataNode(ctx)
+	case r.Several() && download && r.Host == "":
+		return deploy.Backup{}, fmt.Errorf("backup -download copies one server's backup: choose it with -host (one of %s)", targetList(r.Cfg.Targets))
+	case r.Several() && r.Host == "":
 		return deploy.Backup{}, r.backupEach(ctx)
+	default:
+		d, err = r.Deployer(ctx)
 	}
-	d, err := r.Deployer(ctx)
 	if err != nil {
 		return deploy.Backup{}, err
 	}
@@ -87,10 +87,16 @@ func (r *Runner) backupOn(d *deploy.Deployer) string {
 // Restore puts a backup (the newest when name is empty) back as the data,
 // after a safety backup of the current data; with list it only lists them.
 func (r *Runner) Restore(ctx context.Context, name string, list bool) error {
-	if err := r.notInSwarm("restore", "stop the stack (docker stack rm), restore with DEPLOY_MODE=compose on the node that holds the data, then deploy again"); err != nil && !list {
-		return err
+	if r.swarmMode() && !list {
+		return r.swarmRestore(ctx, name)
 	}
-	d, err := r.Deployer(ctx)
+	var d *deploy.Deployer
+	var err error
+	if r.swarmMode() {
+		d, err = r.swarmDataNode(ctx)
+	} else {
+		d, err = r.Deployer(ctx)
+	}
 	if err != nil {
 		return err
 	}

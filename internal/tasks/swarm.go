@@ -145,12 +145,40 @@ func (r *Runner) swarmLogs(ctx context.Context, lines int, follow bool) error {
 	return errors.Join(errs...)
 }
 
-// notInSwarm refuses a task this tool does not do in swarm mode yet.
-func (r *Runner) notInSwarm(task, instead string) error {
-	if !r.swarmMode() {
-		return nil
+// swarmNode takes -host as the swarm node a task acts on (DEPLOY_HOST
+// names only the manager): it returns it and clears Host.
+func (r *Runner) swarmNode() string {
+	sel := r.Host
+	r.Host = ""
+	return sel
+}
+
+// swarmDataNode is the node whose data a task acts on: -host, or the only
+// node that runs a task of the stack.
+func (r *Runner) swarmDataNode(ctx context.Context) (*deploy.Deployer, error) {
+	sel := r.swarmNode()
+	s, sf, err := r.stack(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return fmt.Errorf("%s in swarm mode (DEPLOY_MODE=swarm) is not supported yet: %s", task, instead)
+	return s.DataNode(ctx, sf, sel)
+}
+
+// swarmRestore restores a backup on the node that holds the data (-host,
+// or the only one that runs a task), its tasks taken off it meanwhile.
+func (r *Runner) swarmRestore(ctx context.Context, name string) error {
+	sel := r.swarmNode()
+	s, sf, err := r.stack(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.taskDone(s.Manager)
+	d, err := s.DataNode(ctx, sf, sel)
+	if err != nil {
+		return err
+	}
+	defer r.taskDone(d)
+	return s.Restore(ctx, sf, sel, name)
 }
 
 // swarmCleanup removes, on every node, the stack's image tags beyond

@@ -167,6 +167,8 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 		}
 	}
 
+	testSwarmRestore(t, p)
+
 	// A rebuild under the same IMAGE_TAG is a new tag for Swarm.
 	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
 	p.out.Reset()
@@ -236,4 +238,96 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 		}
 	}
 	both("v4")
+}
+
+// testSwarmRestore restores the v2 backups on a global service that runs
+// on both nodes: -host is needed; Ctrl-C once the worker's data are
+// swapped leaves both journals to their holders (the tasks back, the data
+// before); then a restore on the worker and one on the manager (its one
+// journal for both).
+func testSwarmRestore(t *testing.T, p *fleetProject) {
+	ctx := context.Background()
+	mgr, worker := p.fleet.Servers[0], p.fleet.Servers[1]
+	marker := func(s *testenv.NetServer) string { return filepath.Join(s.Root, "carebot", "data", "written-after-the-backup") }
+	for _, s := range p.fleet.Servers {
+		if err := os.WriteFile(marker(s), []byte("new"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settled := func(s *testenv.NetServer) bool {
+		_, err := os.Stat(filepath.Join(s.Root, "carebot", ".carebot", "journal"))
+		return os.IsNotExist(err)
+	}
+
+	err := p.runner("v2").Restore(ctx, "", false)
+	if err == nil || !strings.Contains(err.Error(), "choose one with -host") {
+		t.Fatalf("restore with tasks on two nodes and no -host: %v", err)
+	}
+	p.out.Reset()
+	r := p.runner("v2")
+	r.Host = worker.IP
+	if err := r.Restore(ctx, "", true); err != nil || !strings.Contains(p.out.String(), "-v2-") {
+		t.Fatalf("restore -list -host=%s: %v\n%s", worker.IP, err, p.out)
+	}
+
+	r = p.runner("v2")
+	r.Host = worker.IP
+	if _, err := r.Backup(ctx, true); err != nil {
+		t.Fatalf("backup -download -host=%s: %v\n%s", worker.IP, err, p.out)
+	}
+	if got, _ := filepath.Glob(filepath.Join(p.dir, "backups", "*-v2-*.tar.gz")); len(got) != 1 {
+		t.Errorf("backup -download copied %v, want one archive", got)
+	}
+
+	// Ctrl-C once the worker's data are swapped.
+	cctx, cancel := context.WithCancel(ctx)
+	r = p.runner("v2")
+	r.Host = worker.IP
+	r.Out = io.MultiWriter(r.Out, onLine(func(line string) {
+		if strings.Contains(line, "putting the tasks of stack") {
+			cancel()
+		}
+	}))
+	err = r.Restore(cctx, "", false)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("restore interrupted after the swap: %v\n%s", err, p.out)
+	}
+	t.Logf("interrupted: %v", err)
+	deadline := time.Now().Add(2 * time.Minute)
+	for !(settled(mgr) && settled(worker) && p.serving(1) == "v2") && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Second)
+	}
+	if !settled(mgr) || !settled(worker) || p.serving(1) != "v2" {
+		t.Fatalf("after the interrupted restore: journals left (manager %v, worker %v) or the worker serves %q", !settled(mgr), !settled(worker), p.serving(1))
+	}
+	if _, err := os.Stat(marker(worker)); err != nil {
+		t.Errorf("the worker's data before the restore did not come back: %v", err)
+	}
+	if out, _ := mgr.Docker("service", "inspect", "--format", "{{.Spec.TaskTemplate.Placement}}", "carebot-swarm_carebot"); strings.Contains(out, "node.id") {
+		t.Errorf("a placement constraint is left: %s", out)
+	}
+
+	for i, s := range []*testenv.NetServer{worker, mgr} {
+		p.out.Reset()
+		r := p.runner("v2")
+		r.Host = s.IP
+		taken, _ := filepath.Glob(filepath.Join(s.Root, "carebot", "backups", "*Z-v2-*.tar.gz"))
+		if len(taken) != 1 {
+			t.Fatalf("%s has v2 backups %v, want one", s.IP, taken)
+		}
+		// Named: the newest is now the safety backup of the interrupted restore.
+		if err := r.Restore(ctx, filepath.Base(taken[0]), false); err != nil {
+			t.Fatalf("restore on %s: %v\n%s", s.IP, err, p.out)
+		}
+		if _, err := os.Stat(marker(s)); !os.IsNotExist(err) {
+			t.Errorf("restore %d: %s still has the file written after the backup", i, s.IP)
+		}
+		if got, _ := filepath.Glob(filepath.Join(s.Root, "carebot", "backups", "*-pre-restore-v2-*.tar.gz")); len(got) == 0 {
+			t.Errorf("restore %d: no safety backup on %s", i, s.IP)
+		}
+		if !settled(s) || !settled(mgr) || p.serving(0) != "v2" || p.serving(1) != "v2" {
+			t.Errorf("after the restore on %s: serving %q, %q; journals left: %v", s.IP, p.serving(0), p.serving(1), !settled(s) || !settled(mgr))
+		}
+	}
 }
