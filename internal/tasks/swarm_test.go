@@ -313,10 +313,11 @@ func testSwarmRestore(t *testing.T, p *fleetProject) {
 		r := p.runner("v2")
 		r.Host = s.IP
 		taken, _ := filepath.Glob(filepath.Join(s.Root, "carebot", "backups", "*Z-v2-*.tar.gz"))
-		if len(taken) != 1 {
-			t.Fatalf("%s has v2 backups %v, want one", s.IP, taken)
+		if len(taken) == 0 {
+			t.Fatalf("%s has no v2 backup", s.IP)
 		}
-		// Named: the newest is now the safety backup of the interrupted restore.
+		// Named, the first: the newest is a later one (-download's, the
+		// interrupted restore's safety backup).
 		if err := r.Restore(ctx, filepath.Base(taken[0]), false); err != nil {
 			t.Fatalf("restore on %s: %v\n%s", s.IP, err, p.out)
 		}
