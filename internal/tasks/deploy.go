@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -59,8 +61,37 @@ func (r *Runner) Deploy(ctx context.Context) error {
 	for _, d := range deps {
 		backups[d.Host.String()] = r.backupOn(d)
 	}
-	f := fleet.Fleet{Hosts: deps, Strategy: r.Cfg.Strategy, Out: r.Out}
+	out, end := r.board(deps)
+	defer end()
+	f := fleet.Fleet{Hosts: deps, Strategy: r.Cfg.Strategy, Out: out}
 	return f.Deploy(ctx, rel, backups)
+}
+
+// board shows a task on several hosts, when the run's output is a
+// terminal, as a block with a line per host under the lines they write
+// (see text.Board): each deployer writes to its line until end is
+// called. out is for the run's own lines meanwhile.
+func (r *Runner) board(deps []*deploy.Deployer) (out io.Writer, end func()) {
+	f, ok := r.Out.(*os.File)
+	if !ok || !isTerminal(f) || len(deps) < 2 {
+		return r.Out, func() {}
+	}
+	b := &text.Board{W: r.Out, Width: termWidth(f)}
+	old := make([]io.Writer, len(deps))
+	for i, d := range deps {
+		old[i] = d.Out
+		prefix := "[" + d.Host.String() + "] "
+		if p, ok := d.Out.(*text.Prefixed); ok {
+			prefix = p.Prefix
+		}
+		d.Out = b.Row(prefix)
+	}
+	return b.Log(), func() {
+		b.End()
+		for i, d := range deps {
+			d.Out = old[i]
+		}
+	}
 }
 
 // Rollback serves version, or the release before the current one when
