@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/carebot/carebot/internal/deploy"
@@ -237,4 +238,67 @@ func commandOutput(out string, err error) string {
 		return ce.Error()
 	}
 	return lastLine(out, err)
+}
+
+// Swarm checks, for DEPLOY_MODE=swarm, that h's engine is a Swarm manager
+// and that every node that can run a task (ready, active) is reached by
+// dial as a deploy reaches it (its host key known, never accepted on first
+// sight) and runs docker. The nodes are dialled at once.
+func Swarm(ctx context.Context, h host.Host, dial func(ctx context.Context, addr string) (host.Host, error)) Result {
+	e, err := engine.ConnectServer(ctx, h.String(), h.Exec)
+	if err != nil {
+		return failure(err, "")
+	}
+	defer e.Close()
+	role, err := e.Swarm(ctx)
+	if err != nil {
+		return failure(err, "")
+	}
+	if !role.Manager {
+		return Result{Status: Fail, Detail: fmt.Sprintf("%s is not a Swarm manager (swarm state %q)", h, role.State),
+			Fix: "run docker swarm init there (or name a manager in DEPLOY_HOST), or set DEPLOY_MODE=compose"}
+	}
+	nodes, err := e.Nodes(ctx)
+	if err != nil {
+		return failure(err, "")
+	}
+	var others []engine.Node
+	ready := 0
+	for _, n := range nodes {
+		if !n.Ready || !n.Active {
+			continue
+		}
+		ready++
+		if n.ID != role.NodeID {
+			others = append(others, n)
+		}
+	}
+	problems := make([]string, len(others))
+	var wg sync.WaitGroup
+	for i, n := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nh, err := dial(ctx, n.Addr)
+			if err == nil {
+				defer nh.Close()
+				_, err = host.Run(ctx, nh, "docker version --format '{{.Server.Version}}' >/dev/null")
+			}
+			if err != nil {
+				problems[i] = fmt.Sprintf("%s (%s): %s", n.Hostname, n.Addr, text.ErrLine(err))
+			}
+		}()
+	}
+	wg.Wait()
+	var bad []string
+	for _, p := range problems {
+		if p != "" {
+			bad = append(bad, p)
+		}
+	}
+	if len(bad) > 0 {
+		return Result{Status: Fail, Detail: fmt.Sprintf("%d of %d ready node(s) cannot be reached as a deploy reaches them: %s", len(bad), ready, strings.Join(bad, "; ")),
+			Fix: "each node takes DEPLOY_HOST's user and key at its swarm address, port 22, with its host key already in known_hosts (check its fingerprint, then ssh to it once); SWARM_NODES maps a swarm address to another"}
+	}
+	return Result{Status: OK, Detail: fmt.Sprintf("%s is a manager; %d ready node(s), each reached over SSH with docker running", h, ready)}
 }

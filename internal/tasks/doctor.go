@@ -218,7 +218,7 @@ func (d *doctorRun) serverChecks(i int) []doctor.Check {
 			return r
 		}},
 		{Name: name("server engine"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEngine(ctx, d.docker(s)) }},
-		{Name: name("compose"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.docker(s)) }},
+		d.composeOrSwarm(name, login, s),
 		{Name: name("tools"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Tools(ctx, s.ssh) }},
 		{Name: name("disk"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Disk(ctx, s.ssh, c.DeployPath) }},
 		{Name: name("server .env"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.ServerEnv(ctx, s.ssh, c.DeployPath) }},
@@ -226,6 +226,20 @@ func (d *doctorRun) serverChecks(i int) []doctor.Check {
 			return doctor.ServerPort(ctx, d.docker(s), c.AppPort, func(_, image string) bool { return d.ours(image) })
 		}},
 	}
+}
+
+// composeOrSwarm checks what deploys on the server: its Compose, or in
+// swarm mode the swarm it manages and the nodes a deploy would reach.
+func (d *doctorRun) composeOrSwarm(name func(string) string, login []string, s *serverLogin) doctor.Check {
+	c := d.c
+	if c.Mode != "swarm" {
+		return doctor.Check{Name: name("compose"), Needs: login, Run: func(ctx context.Context) doctor.Result { return doctor.Compose(ctx, d.docker(s)) }}
+	}
+	return doctor.Check{Name: name("swarm"), Needs: login, Run: func(ctx context.Context) doctor.Result {
+		return doctor.Swarm(ctx, d.docker(s), func(ctx context.Context, addr string) (host.Host, error) {
+			return dialNode(ctx, c, addr, nil)
+		})
+	}}
 }
 
 // localDeployChecks look at this machine as the deploy target.

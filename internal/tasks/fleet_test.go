@@ -255,12 +255,55 @@ func TestFleetDeploy(t *testing.T) {
 		}
 	}
 
+	// The link to b cut while b switches to v6: b's lock holder puts v5
+	// back there by itself, the run puts a back and fails naming b. Then
+	// both links cut at that point, as when the run is killed: each
+	// server's holder puts v5 back. After each, the next plain deploy works.
+	p.release("v6", nil)
+	for _, cut := range [][]int{{b}, {a, b}} {
+		r := p.runner("v6")
+		p.out.Reset()
+		r.Out = io.MultiWriter(r.Out, onLine(func(line string) {
+			if strings.Contains(line, "["+p.proxies[b].Addr+"] waiting up to") {
+				for _, i := range cut {
+					p.proxies[i].Cut()
+				}
+			}
+		}))
+		err := r.Deploy(ctx)
+		if err == nil || !strings.Contains(err.Error(), p.proxies[b].Addr) {
+			t.Fatalf("deploy with the link to %v cut while b switches: %v\n%s", cut, err, p.out)
+		}
+		t.Logf("links to %v cut: %v", cut, err)
+		for i := range p.proxies {
+			deadline := time.Now().Add(90 * time.Second)
+			for p.serving(i) != "v5" && time.Now().Before(deadline) {
+				time.Sleep(time.Second)
+			}
+			if v := p.serving(i); v != "v5" {
+				t.Errorf("links to %v cut: server %d serves %q, want v5 back", cut, i+1, v)
+			}
+		}
+		if len(cut) == 1 && !strings.Contains(err.Error(), "put back on root@"+p.proxies[a].Addr) {
+			t.Errorf("the run did not put a back: %v", err)
+		}
+	}
+	p.out.Reset()
+	if err := p.runner("v6").Deploy(ctx); err != nil {
+		t.Fatalf("the next plain deploy after the cuts: %v\n%s", err, p.out)
+	}
+	for i := range p.proxies {
+		if v := p.serving(i); v != "v6" {
+			t.Errorf("server %d serves %q, want v6", i+1, v)
+		}
+	}
+
 	// Status: one table, a row per server, healthy.
 	p.out.Reset()
 	if err := p.runner("v3").Status(ctx); err != nil {
-		t.Errorf("status with both healthy on v5: %v\n%s", err, p.out)
+		t.Errorf("status with both healthy on v6: %v\n%s", err, p.out)
 	}
-	if s := p.out.String(); !strings.Contains(s, "SERVER") || strings.Count(s, " v5 ") < 2 {
+	if s := p.out.String(); !strings.Contains(s, "SERVER") || strings.Count(s, " v6 ") < 2 {
 		t.Errorf("status table:\n%s", s)
 	}
 
@@ -278,12 +321,12 @@ func TestFleetDeploy(t *testing.T) {
 		t.Fatalf("deploy with server 2 unreachable: %v", err)
 	}
 	t.Logf("unreachable: %v", err)
-	if id := p.imageOn(0, p.env["IMAGE_NAME"]+":v4"); id != "" || len(p.history(0)) != before || p.serving(0) != "v5" {
+	if id := p.imageOn(0, p.env["IMAGE_NAME"]+":v4"); id != "" || len(p.history(0)) != before || p.serving(0) != "v6" {
 		t.Errorf("server 1 changed though server 2 was unreachable: v4 image %q, history %d→%d, serving %q", id, before, len(p.history(0)), p.serving(0))
 	}
 	p.out.Reset()
 	err = p.runner("v4").Status(ctx)
-	if err == nil || !strings.Contains(p.out.String(), "UNREACHABLE") || !strings.Contains(p.out.String(), " v5 ") {
+	if err == nil || !strings.Contains(p.out.String(), "UNREACHABLE") || !strings.Contains(p.out.String(), " v6 ") {
 		t.Errorf("status with server 2 unreachable: %v\n%s", err, p.out)
 	}
 }

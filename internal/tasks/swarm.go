@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -60,20 +61,9 @@ func (r *Runner) stackFile() (*fleet.StackFile, error) {
 // DEPLOY_HOST's user at that address, port 22. Its host key must be known:
 // SSH_ACCEPT_NEW applies to the hosts the user named, not to these.
 func (r *Runner) reachNode(ctx context.Context, addr string) (*deploy.Deployer, error) {
-	c := r.Cfg
-	t, ok := c.SwarmNodes[addr]
-	if !ok {
-		t = config.Target{User: c.Targets[0].User, Host: addr, Port: 22}
-	}
-	sc := sshConfig(c, t, r.Out)
-	sc.AcceptNew = false
-	s, err := host.DialSSH(ctx, sc)
+	h, err := dialNode(ctx, r.Cfg, addr, r.Out)
 	if err != nil {
 		return nil, err
-	}
-	var h host.Host = s
-	if c.DeployDockerSudo {
-		h = host.DockerSudo(s)
 	}
 	out := r.nodeOut(addr)
 	d := r.deployerOn(h, out)
@@ -81,6 +71,25 @@ func (r *Runner) reachNode(ctx context.Context, addr string) (*deploy.Deployer, 
 	r.nodes = append(r.nodes, d)
 	r.hostMu.Unlock()
 	return d, nil
+}
+
+// dialNode connects to the swarm node at addr as reachNode says, docker
+// through sudo with DEPLOY_DOCKER_SUDO.
+func dialNode(ctx context.Context, c *config.Config, addr string, out io.Writer) (host.Host, error) {
+	t, ok := c.SwarmNodes[addr]
+	if !ok {
+		t = config.Target{User: c.Targets[0].User, Host: addr, Port: 22}
+	}
+	sc := sshConfig(c, t, out)
+	sc.AcceptNew = false
+	s, err := host.DialSSH(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	if c.DeployDockerSudo {
+		return host.DockerSudo(s), nil
+	}
+	return s, nil
 }
 
 func (r *Runner) nodeOut(addr string) *text.Prefixed {

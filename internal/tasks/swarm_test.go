@@ -168,6 +168,7 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 	}
 
 	testSwarmRestore(t, p)
+	testSwarmDoctor(t, p)
 
 	// A rebuild under the same IMAGE_TAG is a new tag for Swarm.
 	p.release("v3", map[string]string{"HEALTH_FAIL": "1"})
@@ -330,5 +331,48 @@ func testSwarmRestore(t *testing.T, p *fleetProject) {
 		if !settled(s) || !settled(mgr) || p.serving(0) != "v2" || p.serving(1) != "v2" {
 			t.Errorf("after the restore on %s: serving %q, %q; journals left: %v", s.IP, p.serving(0), p.serving(1), !settled(s) || !settled(mgr))
 		}
+	}
+}
+
+// testSwarmDoctor: doctor in swarm mode looks at the manager and reaches
+// the other node as a deploy does; a node whose host key is not known
+// fails it, with the fix.
+func testSwarmDoctor(t *testing.T, p *fleetProject) {
+	for k, v := range p.env {
+		t.Setenv(k, v)
+	}
+	t.Setenv("IMAGE_TAG", "v2")
+	swarmLine := func() string {
+		var out bytes.Buffer
+		_ = Doctor(context.Background(), p.dir, &out)
+		for _, l := range strings.Split(out.String(), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && f[1] == "swarm" {
+				return l
+			}
+		}
+		t.Fatalf("doctor printed no swarm line:\n%s", out.String())
+		return ""
+	}
+	if l := swarmLine(); !strings.HasPrefix(l, "ok") || !strings.Contains(l, "2 ready node(s)") {
+		t.Errorf("doctor in swarm mode: %s", l)
+	}
+	// The worker's key missing from known_hosts: named, with the fix.
+	kh, err := os.ReadFile(p.fleet.KnownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []string
+	for _, l := range strings.Split(string(kh), "\n") {
+		if !strings.Contains(l, p.fleet.Servers[1].IP) {
+			keep = append(keep, l)
+		}
+	}
+	only := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(only, []byte(strings.Join(keep, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSH_KNOWN_HOSTS", only)
+	if l := swarmLine(); !strings.HasPrefix(l, "FAIL") || !strings.Contains(l, p.fleet.Servers[1].IP) || !strings.Contains(l, "fix:") {
+		t.Errorf("doctor with the worker's host key unknown: %s", l)
 	}
 }
