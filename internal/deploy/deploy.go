@@ -376,6 +376,15 @@ func (d *Deployer) switchTo(ctx context.Context, action string, s *Staged, withi
 		}
 		return fmt.Errorf("interrupted before %s was confirmed healthy: %s puts %s back by itself (mage status shows when)", r.Version, d.Host, fallback)
 	}
+	if lost := host.Lost(d.Host); lost != nil {
+		// The host's lock holder saw the link go too, and runs the journal.
+		d.Abandon()
+		what := "puts " + fallback + " back"
+		if fallback == "" {
+			what = "stops it"
+		}
+		return fmt.Errorf("%s before %s was confirmed healthy: %s %s by itself (mage status shows when)", text.ErrLine(lost), r.Version, d.Host, what)
+	}
 	entry.Error = text.ErrLine(err)
 	d.showLogs(ctx, r.Version)
 	_, err = d.goBack(ctx, s, entry, fmt.Sprintf("release %s failed", r.Version))
@@ -400,6 +409,12 @@ func (d *Deployer) Revert(ctx context.Context, s *Staged, why string) error {
 		return nil
 	}
 	s.switched = false
+	if lost := host.Lost(d.Host); lost != nil {
+		// Unconfirmed, it is the journal's: the host's lock holder runs it.
+		d.Abandon()
+		d.printf("%s: %s puts %s back by itself\n", text.ErrLine(lost), d.Host, orNone(s.Fallback))
+		return nil
+	}
 	e := s.entry
 	e.Error = why
 	result, err := d.goBack(ctx, s, e, fmt.Sprintf("%s is undone on %s", s.Release.Version, d.Host))
@@ -493,6 +508,9 @@ func (d *Deployer) waitHealthy(ctx context.Context, version string) (health.Stat
 // alive fails when the service's container has stopped or keeps
 // restarting: it will not become healthy, so waiting longer is pointless.
 func (d *Deployer) alive(ctx context.Context) error {
+	if err := host.Lost(d.Host); err != nil {
+		return err // the run cannot see the host any more
+	}
 	states, err := d.containers(ctx)
 	if err != nil || len(states) == 0 {
 		return nil // not known: let the health wait decide

@@ -184,3 +184,19 @@ func Exists(ctx context.Context, h Host, path string) (bool, error) {
 	out, err := Run(ctx, h, fmt.Sprintf("if [ -e %s ]; then echo y; else echo n; fi", shell.Quote(path)))
 	return strings.TrimSpace(out) == "y", err
 }
+
+// Lost is why the connection to h ended under its users (a
+// *ConnLostError), or nil while it is up or when h is this machine.
+func Lost(h Host) error {
+	switch h := h.(type) {
+	case *SSH:
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.lost != nil {
+			return h.lost
+		}
+	case sudoHost:
+		return Lost(h.Host)
+	}
+	return nil
+}
