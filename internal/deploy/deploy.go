@@ -379,11 +379,7 @@ func (d *Deployer) switchTo(ctx context.Context, action string, s *Staged, withi
 	if lost := host.Lost(d.Host); lost != nil {
 		// The host's lock holder saw the link go too, and runs the journal.
 		d.Abandon()
-		what := "puts " + fallback + " back"
-		if fallback == "" {
-			what = "stops it"
-		}
-		return fmt.Errorf("%s before %s was confirmed healthy: %s %s by itself (mage status shows when)", text.ErrLine(lost), r.Version, d.Host, what)
+		return fmt.Errorf("%s before %s was confirmed healthy: %s %s by itself (mage status shows when)", text.ErrLine(lost), r.Version, d.Host, putsBack(fallback))
 	}
 	entry.Error = text.ErrLine(err)
 	d.showLogs(ctx, r.Version)
@@ -412,7 +408,7 @@ func (d *Deployer) Revert(ctx context.Context, s *Staged, why string) error {
 	if lost := host.Lost(d.Host); lost != nil {
 		// Unconfirmed, it is the journal's: the host's lock holder runs it.
 		d.Abandon()
-		d.printf("%s: %s puts %s back by itself\n", text.ErrLine(lost), d.Host, orNone(s.Fallback))
+		d.printf("%s: %s %s by itself\n", text.ErrLine(lost), d.Host, putsBack(s.Fallback))
 		return nil
 	}
 	e := s.entry
@@ -759,6 +755,14 @@ func (d *Deployer) showLogs(ctx context.Context, version string) {
 }
 
 func sum(data []byte) string { return sha256Hex(data) }
+
+// putsBack is what a host's journal does about an unconfirmed release.
+func putsBack(fallback string) string {
+	if fallback == "" {
+		return "stops the release"
+	}
+	return "puts " + fallback + " back"
+}
 
 func orNone(s string) string {
 	if s == "" {
