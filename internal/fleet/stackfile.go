@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/carebot/carebot/internal/engine"
 )
 
 // StackFile is COMPOSE_FILE read the way `docker stack deploy` reads it.
@@ -15,6 +17,8 @@ type StackFile struct {
 	Data     []byte   // what the manager gets: the file, with a version line when it had none
 	Services []string // the services that run IMAGE_NAME: their health is the deploy's
 	Warnings []string // what Swarm ignores or does differently, one line each
+	// Placement is each such service's deploy.placement.constraints.
+	Placement map[string][]string
 }
 
 // stackIgnored are service keys docker stack deploy ignores (it says so
@@ -58,7 +62,7 @@ func ReadStackFile(name string, data []byte, imageName string) (*StackFile, erro
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%s is not valid YAML: %v", name, firstLine(err.Error()))
 	}
-	sf := &StackFile{Data: data}
+	sf := &StackFile{Data: data, Placement: map[string][]string{}}
 	switch v := fmt.Sprint(doc.Version); {
 	case doc.Version == nil:
 		sf.Data = withVersion(data)
@@ -97,6 +101,7 @@ func ReadStackFile(name string, data []byte, imageName string) (*StackFile, erro
 		}
 		if img, _ := svc["image"].(string); strings.Contains(img, "${IMAGE_NAME") || strings.HasPrefix(img, imageName+":") {
 			sf.Services = append(sf.Services, n)
+			sf.Placement[n] = constraints(svc)
 			if !strings.Contains(img, "${IMAGE_TAG") {
 				return nil, fmt.Errorf("%s: service %s runs %s: write its image as ${IMAGE_NAME}:${IMAGE_TAG}, so each deploy pins the build it delivered", name, n, img)
 			}
@@ -139,8 +144,7 @@ func dataOnOneNode(name string, svc map[string]any) string {
 		return ""
 	}
 	dep, _ := svc["deploy"].(map[string]any)
-	placement, _ := dep["placement"].(map[string]any)
-	constraints, _ := placement["constraints"].([]any)
+	constraints := constraints(svc)
 	replicas := 1
 	if r, ok := dep["replicas"].(int); ok {
 		replicas = r
@@ -150,6 +154,68 @@ func dataOnOneNode(name string, svc map[string]any) string {
 		return ""
 	}
 	return fmt.Sprintf("service %s keeps %s on the node it runs on: with %s its data is not the same on every node (SQLite allows one writer); pin it with deploy.placement.constraints (node.hostname == …) and one replica", name, bind, map[bool]string{true: "mode: global or more than one replica", false: "no placement constraint"}[global || replicas > 1])
+}
+
+// constraints are a service's deploy.placement.constraints.
+func constraints(svc map[string]any) []string {
+	dep, _ := svc["deploy"].(map[string]any)
+	placement, _ := dep["placement"].(map[string]any)
+	list, _ := placement["constraints"].([]any)
+	var out []string
+	for _, c := range list {
+		if c, ok := c.(string); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Runs says whether Swarm may place a task of one of the app's services
+// on node n, by their placement constraints. What it cannot tell from the
+// node as the manager lists it (engine labels, platform, a ${VARIABLE})
+// counts as a match: such a node gets the image, in case.
+func (sf *StackFile) Runs(n engine.Node) bool {
+	for _, svc := range sf.Services {
+		if placeable(sf.Placement[svc], n) {
+			return true
+		}
+	}
+	return false
+}
+
+// placeable says whether node n meets every constraint.
+func placeable(constraints []string, n engine.Node) bool {
+	for _, c := range constraints {
+		op := "=="
+		key, want, ok := strings.Cut(c, op)
+		if !ok {
+			op = "!="
+			if key, want, ok = strings.Cut(c, op); !ok {
+				continue
+			}
+		}
+		key, want = strings.TrimSpace(key), strings.Trim(strings.TrimSpace(want), `"'`)
+		var have string
+		switch {
+		case strings.Contains(want, "${"):
+			continue
+		case key == "node.id":
+			have = n.ID
+		case key == "node.hostname":
+			have = n.Hostname
+		case key == "node.role":
+			have = n.Role
+		case strings.HasPrefix(key, "node.labels."):
+			have = n.Labels[strings.TrimPrefix(key, "node.labels.")]
+		default:
+			continue
+		}
+		// Swarm compares these case-insensitively.
+		if strings.EqualFold(have, want) != (op == "==") {
+			return false
+		}
+	}
+	return true
 }
 
 // withVersion puts a version line first (after a document marker).

@@ -3,6 +3,8 @@ package fleet
 import (
 	"strings"
 	"testing"
+
+	"github.com/carebot/carebot/internal/engine"
 )
 
 func TestReadStackFile(t *testing.T) {
@@ -68,5 +70,51 @@ func TestSwarmTag(t *testing.T) {
 	}
 	if got := tagOf("registry:5000/carebot"); got != "latest" {
 		t.Errorf("tagOf without a tag = %q", got)
+	}
+}
+
+func TestStackFilePlacement(t *testing.T) {
+	file := `services:
+  bot:
+    image: ${IMAGE_NAME}:${IMAGE_TAG}
+    deploy:
+      placement:
+        constraints: ["node.labels.data == yes", "node.role!=manager"]
+  web:
+    image: ${IMAGE_NAME}:${IMAGE_TAG}
+    deploy:
+      placement:
+        constraints:
+          - node.hostname == ${WEB_HOST}
+  cache:
+    image: redis
+    deploy:
+      placement:
+        constraints: [node.hostname == nowhere]
+`
+	sf, err := ReadStackFile("stack.yml", []byte(file), "carebot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bot := &StackFile{Services: []string{"bot"}, Placement: sf.Placement}
+	for _, c := range []struct {
+		n    engine.Node
+		bot  bool
+		name string
+	}{
+		{engine.Node{Role: "worker", Labels: map[string]string{"data": "YES"}}, true, "labelled worker (labels compare case-insensitively)"},
+		{engine.Node{Role: "manager", Labels: map[string]string{"data": "yes"}}, false, "labelled manager"},
+		{engine.Node{Role: "worker"}, false, "worker without the label"},
+	} {
+		if got := bot.Runs(c.n); got != c.bot {
+			t.Errorf("%s: bot runs there %v, want %v", c.name, got, c.bot)
+		}
+		// web's constraint names a variable: every node may run it.
+		if !sf.Runs(c.n) {
+			t.Errorf("%s: the stack runs nowhere there, but web's host is not known here", c.name)
+		}
+	}
+	if sf.Placement["cache"] != nil {
+		t.Errorf("cache does not run the app's image, its constraints do not count: %v", sf.Placement)
 	}
 }

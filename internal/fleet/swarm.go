@@ -31,7 +31,8 @@ type Swarm struct {
 	StackFile string // the local COMPOSE_FILE
 	Out       io.Writer
 
-	nodes map[string]*deploy.Deployer // by node ID, once reached
+	nodes   map[string]*deploy.Deployer // by node ID, once reached
+	saidOff bool                        // the nodes the placement constraints leave out were named
 }
 
 // swarmAPI is what a deploy asks of the manager's engine; *engine.Engine
@@ -88,15 +89,32 @@ func (s *Swarm) api(ctx context.Context) (swarmAPI, engine.SwarmRole, error) {
 // reachNodes connects to every node that can run a task (ready, active),
 // the manager through its own connection, all at once.
 func (s *Swarm) reachNodes(ctx context.Context, api swarmAPI, role engine.SwarmRole) ([]engine.Node, error) {
+	return s.reachNodesFor(ctx, api, role, nil)
+}
+
+// reachNodesFor is reachNodes for the nodes the stack file's placement
+// constraints let run the app (sf nil: every node).
+func (s *Swarm) reachNodesFor(ctx context.Context, api swarmAPI, role engine.SwarmRole, sf *StackFile) ([]engine.Node, error) {
 	all, err := api.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var nodes []engine.Node
+	var nodes, off []engine.Node
 	for _, n := range all {
-		if n.Ready && n.Active {
+		switch {
+		case !n.Ready || !n.Active:
+		case sf != nil && !sf.Runs(n):
+			off = append(off, n)
+		default:
 			nodes = append(nodes, n)
 		}
+	}
+	if sf != nil && len(nodes) == 0 {
+		return nil, fmt.Errorf("no ready node of the swarm meets the placement constraints of %s (%s): check deploy.placement.constraints in %s", strings.Join(sf.Services, ", "), nodeList(off), s.StackFile)
+	}
+	if sf != nil && len(off) > 0 && !s.saidOff {
+		s.saidOff = true
+		s.printf("left out by the placement constraints of %s: %s (the image does not go there)\n", strings.Join(sf.Services, ", "), nodeList(off))
 	}
 	if s.nodes == nil {
 		s.nodes = map[string]*deploy.Deployer{}
@@ -145,7 +163,7 @@ func (s *Swarm) Deploy(ctx context.Context, r deploy.Release, stackFile *StackFi
 	if err := m.Check(ctx); err != nil {
 		return err
 	}
-	nodes, err := s.reachNodes(ctx, api, role)
+	nodes, err := s.reachNodesFor(ctx, api, role, stackFile)
 	if err != nil {
 		return err
 	}
@@ -563,6 +581,24 @@ func (s *Swarm) Nodes(ctx context.Context) ([]*deploy.Deployer, error) {
 		if d := s.nodes[n.ID]; d != s.Manager {
 			out = append(out, d)
 		}
+	}
+	return out, nil
+}
+
+// DeployNodes reaches the nodes a deploy of sf sends the image to (those
+// its placement constraints let run the app) and returns them.
+func (s *Swarm) DeployNodes(ctx context.Context, sf *StackFile) ([]*deploy.Deployer, error) {
+	api, role, err := s.api(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := s.reachNodesFor(ctx, api, role, sf)
+	if err != nil {
+		return nil, err
+	}
+	var out []*deploy.Deployer
+	for _, n := range nodes {
+		out = append(out, s.nodes[n.ID])
 	}
 	return out, nil
 }

@@ -103,7 +103,7 @@ func (r *Runner) swarmDeploy(ctx context.Context, rel deploy.Release) error {
 		return err
 	}
 	defer r.taskDone(s.Manager)
-	if nodes, err := s.Nodes(ctx); err == nil { // else Deploy says why
+	if nodes, err := s.DeployNodes(ctx, sf); err == nil { // else Deploy says why
 		var end func()
 		s.Out, end = r.board(nodes)
 		defer end()

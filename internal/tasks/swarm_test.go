@@ -249,7 +249,9 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 func testSwarmRestore(t *testing.T, p *fleetProject) {
 	ctx := context.Background()
 	mgr, worker := p.fleet.Servers[0], p.fleet.Servers[1]
-	marker := func(s *testenv.NetServer) string { return filepath.Join(s.Root, "carebot", "data", "written-after-the-backup") }
+	marker := func(s *testenv.NetServer) string {
+		return filepath.Join(s.Root, "carebot", "data", "written-after-the-backup")
+	}
 	for _, s := range p.fleet.Servers {
 		if err := os.WriteFile(marker(s), []byte("new"), 0o644); err != nil {
 			t.Fatal(err)
