@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,6 +105,9 @@ func (r *Runner) swarmDeploy(ctx context.Context, rel deploy.Release) error {
 	}
 	defer r.taskDone(s.Manager)
 	if nodes, err := s.DeployNodes(ctx, sf); err == nil { // else Deploy says why
+		if !slices.Contains(nodes, s.Manager) { // it writes too: the stack deploy
+			nodes = append([]*deploy.Deployer{s.Manager}, nodes...)
+		}
 		var end func()
 		s.Out, end = r.board(nodes)
 		defer end()
