@@ -204,7 +204,10 @@ func (fb *fleetBench) deploy(tag, method string) time.Duration {
 			}
 			up := fmt.Sprintf("cd %s/carebot && IMAGE_NAME=%s APP_PORT=5555 IMAGE_TAG=%s %s -f docker-compose.production.yml up -d && %s",
 				testenv.FleetPath, fb.e.imageName, tag, composeCmd, waitVersion(tag))
-			return fmt.Sprintf("docker save %s | gzip -1 | %s 'docker load' && %s %s", shell.Quote(fb.e.ref(tag)), ssh, ssh, shell.Quote(up))
+			// The compose file goes along (a first deploy needs it there).
+			put := fmt.Sprintf("%s %s < %s", ssh, shell.Quote("mkdir -p "+testenv.FleetPath+"/carebot && cat > "+testenv.FleetPath+"/carebot/docker-compose.production.yml"),
+				shell.Quote(filepath.Join(fb.e.dir, "docker-compose.production.yml")))
+			return fmt.Sprintf("%s && docker save %s | gzip -1 | %s 'docker load' && %s %s", put, shell.Quote(fb.e.ref(tag)), ssh, ssh, shell.Quote(up))
 		}
 		var parts []string
 		for i := range fb.n {
