@@ -129,10 +129,7 @@ func (s *Swarm) Restore(ctx context.Context, sf *StackFile, sel, name string) er
 	if err != nil {
 		return err
 	}
-	if err := m.Lock(ctx); err != nil {
-		return err
-	}
-	history, err := m.History(ctx)
+	history, err := s.lockedHistory(ctx)
 	if err != nil {
 		return err
 	}

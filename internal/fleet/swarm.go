@@ -505,10 +505,7 @@ func (s *Swarm) Rollback(ctx context.Context, sf *StackFile, version string) err
 	if _, err := s.reachNodes(ctx, api, role); err != nil {
 		return err
 	}
-	if err := m.Lock(ctx); err != nil {
-		return err
-	}
-	history, err := m.History(ctx)
+	history, err := s.lockedHistory(ctx)
 	if err != nil {
 		return err
 	}
@@ -556,6 +553,14 @@ func (s *Swarm) Rollback(ctx context.Context, sf *StackFile, version string) err
 	}
 	s.printf("stack %s serves %s again\n", s.Stack, version)
 	return nil
+}
+
+// lockedHistory takes the manager's deploy lock and reads its history.
+func (s *Swarm) lockedHistory(ctx context.Context) ([]deploy.Entry, error) {
+	if err := s.Manager.Lock(ctx); err != nil {
+		return nil, err
+	}
+	return s.Manager.History(ctx)
 }
 
 func noneIf(s string) string {

@@ -104,34 +104,27 @@ func BenchmarkFleet(b *testing.B) {
 		}
 	}
 	var t strings.Builder
+	// rows is a table row per number of servers, a cell per method.
+	rows := func(kind string, methods []string) {
+		for _, n := range sizes {
+			fmt.Fprintf(&t, "| %d |", n)
+			for _, m := range methods {
+				cl := results[fmt.Sprint(n, kind, m)]
+				fmt.Fprintf(&t, " %.1f s (%s)", median(cl.wall), humanBytes(median(cl.wire)))
+				if len(cl.transfer) > 0 {
+					fmt.Fprintf(&t, ", transfer %.1f s", median(cl.transfer))
+				}
+				t.WriteString(" |")
+			}
+			t.WriteString("\n")
+		}
+	}
 	fmt.Fprintf(&t, "## Several servers\n\nRedeploy after a one-layer change (the image above, its app layer) to 1, 2 and 4 servers, each a network namespace of its own (engine, sshd, deploy folder) on this machine's bridge, until every server's /health reports the new version. Median of %d runs, seconds (bytes on the wire, all servers together); %s; load average %s at the start. carebot's cell adds, after \"transfer\", the time until the last server had the image (the rest is the switch).\n\n", s.runs, time.Since(start).Round(time.Second), loadStart)
 	fmt.Fprintf(&t, "| servers | carebot, rolling (default) | carebot, all at once | `save \\| gzip -1 \\| ssh load` + compose up, one server after another | the same, all servers at once (&) |\n|---|---|---|---|---|\n")
-	for _, n := range sizes {
-		fmt.Fprintf(&t, "| %d |", n)
-		for _, m := range methods {
-			cl := results[fmt.Sprint(n, "/", m)]
-			fmt.Fprintf(&t, " %.1f s (%s)", median(cl.wall), humanBytes(median(cl.wire)))
-			if len(cl.transfer) > 0 {
-				fmt.Fprintf(&t, ", transfer %.1f s", median(cl.transfer))
-			}
-			t.WriteString(" |")
-		}
-		t.WriteString("\n")
-	}
+	rows("/", methods)
 	fmt.Fprintf(&t, "\nThe first deploy to empty servers (no image, no deployment; once per cell): the whole image goes to each server; carebot saves it once and compresses each layer once for all of them.\n\n")
 	fmt.Fprintf(&t, "| servers | carebot, rolling | `save \\| gzip -1 \\| ssh load` + compose up, all servers at once (&) |\n|---|---|---|\n")
-	for _, n := range sizes {
-		fmt.Fprintf(&t, "| %d |", n)
-		for _, m := range []string{"carebot", "pipe-gzip-parallel"} {
-			cl := results[fmt.Sprint(n, "/first/", m)]
-			fmt.Fprintf(&t, " %.1f s (%s)", median(cl.wall), humanBytes(median(cl.wire)))
-			if len(cl.transfer) > 0 {
-				fmt.Fprintf(&t, ", transfer %.1f s", median(cl.transfer))
-			}
-			t.WriteString(" |")
-		}
-		t.WriteString("\n")
-	}
+	rows("/first/", []string{"carebot", "pipe-gzip-parallel"})
 	table := t.String()
 	fmt.Print("\n" + table)
 	writeSection(b, s.out, "## Several servers", table)
