@@ -145,6 +145,9 @@ func (r *Runner) swarmRollback(ctx context.Context, version string) error {
 
 // swarmLogs prints (or follows) the logs of the stack's services.
 func (r *Runner) swarmLogs(ctx context.Context, lines int, follow bool) error {
+	if sel := r.swarmNode(); sel != "" {
+		r.printf("swarm mode: the service logs of every task, each line naming its task and node (-host %s does not narrow them)\n", sel)
+	}
 	s, sf, err := r.stack(ctx)
 	if err != nil {
 		return err
