@@ -168,6 +168,7 @@ func testSwarm(t *testing.T, path, cliVersion string) {
 	}
 
 	testSwarmRestore(t, p)
+	testSwarmPinned(t, p)
 	testSwarmDoctor(t, p)
 
 	// A rebuild under the same IMAGE_TAG is a new tag for Swarm.
@@ -376,5 +377,81 @@ func testSwarmDoctor(t *testing.T, p *fleetProject) {
 	t.Setenv("SSH_KNOWN_HOSTS", only)
 	if l := swarmLine(); !strings.HasPrefix(l, "FAIL") || !strings.Contains(l, p.fleet.Servers[1].IP) || !strings.Contains(l, "fix:") {
 		t.Errorf("doctor with the worker's host key unknown: %s", l)
+	}
+}
+
+// pinnedStack is a second stack: one replica kept on the worker by a
+// placement constraint, as a service with its data on one node is.
+const pinnedStack = `services:
+  carebot:
+    image: "${IMAGE_NAME}:${IMAGE_TAG}"
+    environment:
+      APP_PORT: "5566"
+    ports:
+      - target: 5566
+        published: 5566
+        protocol: tcp
+        mode: host
+    volumes:
+      - ./data:/app/data
+    deploy:
+      replicas: 1
+      placement:
+        constraints: ["node.role == worker"]
+      update_config:
+        order: stop-first
+        failure_action: rollback
+        monitor: 5s
+`
+
+// testSwarmPinned deploys the pinned stack (the image goes to the worker
+// only: the manager is left out by the constraint) and restores its data
+// with no -host (one node runs it): the replicated service scaled to 0
+// for the swap, and back to 1.
+func testSwarmPinned(t *testing.T, p *fleetProject) {
+	ctx := context.Background()
+	mgr, worker := p.fleet.Servers[0], p.fleet.Servers[1]
+	for _, s := range p.fleet.Servers {
+		if err := os.MkdirAll(filepath.Join(s.Root, "pinned", "data"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(mgr.Root, "pinned", ".env"), []byte("BOT_TOKEN=pinned\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(p.dir, "pinned.yml")
+	if err := os.WriteFile(file, []byte(pinnedStack), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"STACK_NAME=pinned", "COMPOSE_FILE=" + file, "DEPLOY_PATH=" + testenv.FleetPath + "/pinned", "APP_PORT=5566"}
+	p.out.Reset()
+	if err := p.runner("v2", env...).Deploy(ctx); err != nil {
+		t.Fatalf("deploy the pinned stack: %v\n%s", err, p.out)
+	}
+	if !strings.Contains(p.out.String(), "left out by the placement constraints of carebot: "+mgr.IP) || strings.Contains(p.out.String(), "["+mgr.IP+"] sending") {
+		t.Errorf("the manager was not left out of the pinned stack's delivery:\n%s", p.out)
+	}
+	if v := servedOn(worker, "5566"); v != "v2" {
+		t.Fatalf("the worker serves %q on 5566, want v2", v)
+	}
+	if _, err := p.runner("v2", env...).Backup(ctx, false); err != nil {
+		t.Fatalf("backup of the pinned stack: %v\n%s", err, p.out)
+	}
+	marker := filepath.Join(worker.Root, "pinned", "data", "after")
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.out.Reset()
+	if err := p.runner("v2", env...).Restore(ctx, "", false); err != nil {
+		t.Fatalf("restore of the pinned stack: %v\n%s", err, p.out)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Errorf("the restore left the file written after the backup")
+	}
+	if out, _ := mgr.Docker("service", "inspect", "--format", "{{.Spec.Mode.Replicated.Replicas}}", "pinned_carebot"); strings.TrimSpace(out) != "1" || servedOn(worker, "5566") != "v2" {
+		t.Errorf("after the restore: replicas %q, the worker serves %q", strings.TrimSpace(out), servedOn(worker, "5566"))
+	}
+	if out, err := mgr.Docker("stack", "rm", "pinned"); err != nil {
+		t.Logf("stack rm pinned: %v %s", err, out)
 	}
 }
