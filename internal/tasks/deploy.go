@@ -70,10 +70,11 @@ func (r *Runner) Deploy(ctx context.Context) error {
 // board shows a task on several hosts, when the run's output is a
 // terminal, as a block with a line per host under the lines they write
 // (see text.Board): each deployer writes to its line until end is
-// called. out is for the run's own lines meanwhile.
+// called. out is for the run's own lines meanwhile. With -v every line
+// stays, prefixed.
 func (r *Runner) board(deps []*deploy.Deployer) (out io.Writer, end func()) {
 	f, ok := r.Out.(*os.File)
-	if !ok || !isTerminal(f) || len(deps) < 2 {
+	if !ok || !isTerminal(f) || len(deps) < 2 || r.Verbose {
 		return r.Out, func() {}
 	}
 	b := &text.Board{W: r.Out, Width: termWidth(f)}
