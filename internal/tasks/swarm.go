@@ -187,6 +187,7 @@ func (r *Runner) swarmDataNode(ctx context.Context) (*deploy.Deployer, error) {
 
 // swarmRestore restores a backup on the node that holds the data (-host,
 // or the only one that runs a task), its tasks taken off it meanwhile.
+// The restore picks the node; every node's lock it took goes back after.
 func (r *Runner) swarmRestore(ctx context.Context, name string) error {
 	sel := r.swarmNode()
 	s, sf, err := r.stack(ctx)
@@ -194,12 +195,19 @@ func (r *Runner) swarmRestore(ctx context.Context, name string) error {
 		return err
 	}
 	defer r.taskDone(s.Manager)
-	d, err := s.DataNode(ctx, sf, sel)
-	if err != nil {
-		return err
-	}
-	defer r.taskDone(d)
+	defer r.nodesDone()
 	return s.Restore(ctx, sf, sel, name)
+}
+
+// nodesDone ends the task on every swarm node reached (see taskDone); a
+// node whose lock was not taken has nothing to give back.
+func (r *Runner) nodesDone() {
+	r.hostMu.Lock()
+	nodes := slices.Clone(r.nodes)
+	r.hostMu.Unlock()
+	for _, d := range nodes {
+		r.taskDone(d)
+	}
 }
 
 // swarmCleanup removes, on every node, the stack's image tags beyond
