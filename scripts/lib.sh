@@ -143,6 +143,7 @@ plan_compose() {
 plan_sshd() {
   sshd_installed || need openssh-server "sshd: the end-to-end tests start their own on 127.0.0.1"
   command -v ssh >/dev/null || need openssh-client "ssh, for the end-to-end tests"
+  [ -x /bin/busybox ] || need busybox-static "a static shell for the BuildKit tests' RUN steps (images here are FROM scratch)"
 }
 
 # --- Doing it -----------------------------------------------------------------

@@ -28,6 +28,8 @@ import (
 	"unicode"
 
 	"github.com/carebot/carebot/internal/text"
+
+	units "github.com/docker/go-units"
 )
 
 // Sources of a setting's value, as stored in Config.Sources. A value read
@@ -86,11 +88,19 @@ type Config struct {
 	// The keys of .env that are not the tool's settings (see Classify),
 	// each with its value (the environment's when set there).
 	AppEnv   map[string]string // the app's: its test container's environment
-	BuildEnv map[string]string // the build's: BUILD_ARG_*, BUILD_SECRETS (reserved)
+	BuildEnv map[string]string // the build's: BUILD_ARG_*, BUILD_SECRETS and the variables it reads
 	// AppDotenv is .env's lines that set the app's keys, as written: what
 	// a first deploy to this machine writes as the deploy folder's .env, so
 	// the tool's settings and secrets stay here. Empty without a .env.
 	AppDotenv []byte
+
+	// The build's settings (config/build.go).
+	BuildArgs      map[string]string // BUILD_ARG_<NAME>=value: build argument NAME
+	BuildTarget    string            // BUILD_TARGET: the stage to build; "" is the last
+	BuildSecrets   []BuildSecret     // BUILD_SECRETS
+	BuildCacheKeep int64             // BUILD_CACHE_KEEP: bytes of build cache cleanup keeps
+
+	buildSecretKeys []string // variables BUILD_SECRETS reads: secret, not the app's
 
 	// Sources maps each setting above, by variable name, and each AppEnv
 	// and BuildEnv key to where its value came from: SourceDefault,
@@ -181,8 +191,7 @@ func LoadAll(dir string, environ []string) (*Config, error) {
 	envFile := filepath.Join(abs, ".env")
 	switch d, err := readDotenv(envFile); {
 	case err == nil:
-		l.c.EnvFile, l.dotenv, l.lines = envFile, d.values, d.lineOf
-		l.c.AppDotenv = d.only(App)
+		l.c.EnvFile, l.dotenv, l.lines, l.d = envFile, d.values, d.lineOf, &d
 	case errors.Is(err, fs.ErrNotExist):
 		// No .env (as in CI): defaults and environment only.
 	default:
@@ -212,6 +221,10 @@ func LoadAll(dir string, environ []string) (*Config, error) {
 	l.loadDeploy()
 	l.loadSSH()
 	l.loadWSL()
+	l.loadBuild()
+	if l.d != nil {
+		l.c.AppDotenv = l.d.only(App, l.c.buildSecretKeys...)
+	}
 	return l.c, errors.Join(l.errs...)
 }
 
@@ -268,6 +281,9 @@ func (c *Config) Print(w io.Writer) {
 		"DEPLOY_DOCKER_SUDO":   strconv.FormatBool(c.DeployDockerSudo),
 		"TRANSFER_STAGE":       c.Stage,
 
+		"BUILD_TARGET":     c.BuildTarget,
+		"BUILD_CACHE_KEEP": units.HumanSize(float64(c.BuildCacheKeep)),
+
 		"WSL_DISTRO":     c.WSLDistro,
 		"DOCKER_VIA_WSL": c.DockerViaWSL,
 		"DOCKER_SUDO":    strconv.FormatBool(c.DockerSudo),
@@ -276,6 +292,9 @@ func (c *Config) Print(w io.Writer) {
 		src := c.Sources[k]
 		if src == "" {
 			src = SourceDefault
+		}
+		if c.SecretKey(k) && v != "" {
+			v = redacted
 		}
 		fmt.Fprintf(w, "%s=%s (source: %s)\n", k, printable(Redact(k, v)), src)
 	}
@@ -319,6 +338,7 @@ type loader struct {
 	env    map[string]string
 	dotenv map[string]string
 	lines  map[string]int
+	d      *dotenv
 	c      *Config
 	errs   []error
 }

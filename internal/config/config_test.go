@@ -110,6 +110,9 @@ func TestLoadDefaults(t *testing.T) {
 		Stage:         "auto",
 		WSLDistro:     "Ubuntu-22.04",
 		DockerViaWSL:  "auto",
+
+		BuildArgs:      map[string]string{},
+		BuildCacheKeep: 5_000_000_000,
 	}
 	got := *c
 	got.AppEnv, got.BuildEnv, got.Sources = nil, nil, nil
@@ -962,6 +965,8 @@ func TestPrint(t *testing.T) {
 IMAGE_TAG=0123456-dirty (source: git)
 DOCKERFILE={dir}/Dockerfile.production (source: default)
 IMAGE_KEEP=5 (source: default)
+BUILD_TARGET= (source: default)
+BUILD_CACHE_KEEP=5GB (source: default)
 TEST_PORT=5556 (source: default)
 HEALTH_PATH=/health (source: default)
 HEALTH_TIMEOUT=1m30s (source: environment)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/joho/godotenv"
@@ -95,7 +96,7 @@ func parseDotenv(name string, data []byte) (dotenv, error) {
 
 // only is the statements that set keys of owner alone, as written, without
 // comments: a line that sets a key of another owner, or none, is left out.
-func (d dotenv) only(owner Owner) []byte {
+func (d dotenv) only(owner Owner, except ...string) []byte {
 	var b strings.Builder
 	for _, st := range d.statements {
 		if len(st.keys) == 0 {
@@ -103,7 +104,7 @@ func (d dotenv) only(owner Owner) []byte {
 		}
 		ours := true
 		for _, k := range st.keys {
-			ours = ours && Classify(k).Owner == owner
+			ours = ours && Classify(k).Owner == owner && !slices.Contains(except, k)
 		}
 		if ours {
 			b.WriteString(st.text)

@@ -17,7 +17,7 @@ type Owner int
 const (
 	App   Owner = iota // the app's: every key nobody else claims; its container gets them
 	Tool               // this tool's own settings: never passed to the app
-	Build              // the image build's: BUILD_ARG_* and BUILD_SECRETS (reserved for BuildKit)
+	Build              // the image build's: BUILD_ARG_* and BUILD_SECRETS
 )
 
 func (o Owner) String() string {
@@ -38,7 +38,7 @@ type Key struct {
 
 // settingKeys lists the tool's settings in the order Print shows them.
 var settingKeys = []string{
-	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP",
+	"IMAGE_NAME", "IMAGE_TAG", "DOCKERFILE", "IMAGE_KEEP", "BUILD_TARGET", "BUILD_CACHE_KEEP",
 	"TEST_PORT", "HEALTH_PATH", "HEALTH_TIMEOUT", "TEST_DATA",
 	"DEPLOY_HOST", "DEPLOY_PATH", "DEPLOY_STRATEGY", "DEPLOY_MODE", "STACK_NAME", "SWARM_NODES", "COMPOSE_FILE", "APP_PORT", "MIGRATIONS",
 	"BACKUP_KEEP", "LOCK_WAIT",
@@ -50,8 +50,8 @@ var settingKeys = []string{
 // is the ssh-agent's socket, which the environment sets.
 var toolOnly = []string{"SSH_AUTH_SOCK"}
 
-// Build keys, for the coming BuildKit build: build arguments (BUILD_ARG_X
-// is the build argument X) and the secrets handed to RUN --mount=type=secret.
+// Build keys: build arguments (BUILD_ARG_X is the build argument X) and the
+// secrets handed to RUN --mount=type=secret (see loadBuild).
 const (
 	buildArgPrefix = "BUILD_ARG_"
 	buildSecrets   = "BUILD_SECRETS"

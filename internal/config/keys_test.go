@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -68,8 +69,9 @@ func TestToolSettingsStayWithTheTool(t *testing.T) {
 IMAGE_NAME=carebot
 SSH_KEY_PASSPHRASE=tool-secret
 APP_PORT=6000
-BUILD_ARG_VERSION=1
-BUILD_SECRETS=id=npm,src=.npmrc
+BUILD_ARG_NODE_ENV=production
+BUILD_SECRETS=npm=file:.npmrc,pip_token
+pip_token=build-only-secret
 
 # the app
 BOT_TOKEN=123:abc
@@ -78,6 +80,7 @@ lines"
 export LOG_LEVEL=debug # verbose
 `
 	dir := newProject(t, dotenv)
+	write(t, filepath.Join(dir, ".npmrc"), "//registry.npmjs.org/:_authToken=npm-secret\n")
 	c, err := Load(dir, []string{"SSH_AUTH_SOCK=/run/agent.sock", "BOT_TOKEN=from-env"})
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ export LOG_LEVEL=debug # verbose
 	if !maps.Equal(c.AppEnv, wantApp) {
 		t.Errorf("AppEnv = %q, want %q", c.AppEnv, wantApp)
 	}
-	wantBuild := map[string]string{"BUILD_ARG_VERSION": "1", "BUILD_SECRETS": "id=npm,src=.npmrc"}
+	wantBuild := map[string]string{"BUILD_ARG_NODE_ENV": "production", "BUILD_SECRETS": "npm=file:.npmrc,pip_token", "pip_token": "build-only-secret"}
 	if !maps.Equal(c.BuildEnv, wantBuild) {
 		t.Errorf("BuildEnv = %q, want %q", c.BuildEnv, wantBuild)
 	}
@@ -107,11 +110,11 @@ export LOG_LEVEL=debug # verbose
 	var b bytes.Buffer
 	c.Print(&b)
 	out := b.String()
-	if strings.Contains(out, "tool-secret") || strings.Contains(out, "123:abc") || strings.Contains(out, "from-env") || strings.Contains(out, "npmrc") {
+	if strings.Contains(out, "tool-secret") || strings.Contains(out, "123:abc") || strings.Contains(out, "from-env") || strings.Contains(out, "npmrc") || strings.Contains(out, "build-only-secret") {
 		t.Errorf("Print shows a secret:\n%s", out)
 	}
-	order := []string{"IMAGE_NAME=carebot", "SSH_KEY_PASSPHRASE=****", "DOCKER_SUDO=", "BUILD_ARG_VERSION=1 (source: .env:5)",
-		"BUILD_SECRETS=**** (source: .env:6)", "BOT_TOKEN=**** (source: environment)", "GREETING=", "LOG_LEVEL=debug (source: .env:12)"}
+	order := []string{"IMAGE_NAME=carebot", "SSH_KEY_PASSPHRASE=****", "DOCKER_SUDO=", "BUILD_ARG_NODE_ENV=production (source: .env:5)",
+		"BUILD_SECRETS=**** (source: .env:6)", "pip_token=**** (source: .env:7)", "BOT_TOKEN=**** (source: environment)", "GREETING=", "LOG_LEVEL=debug (source: .env:13)"}
 	last := -1
 	for _, w := range order {
 		i := strings.Index(out, w)

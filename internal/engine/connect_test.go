@@ -253,7 +253,11 @@ func BenchmarkContextStream(b *testing.B) {
 		ctx := context.Background()
 		var n int64
 		for i := 0; i < b.N; i++ {
-			tarball, err := Context(dir, dockerfile)
+			excludes, err := Excludes(dir, filepath.Join(dir, dockerfile))
+			if err != nil {
+				b.Fatal(err)
+			}
+			tarball, err := contextTar(dir, excludes)
 			if err != nil {
 				b.Fatal(err)
 			}

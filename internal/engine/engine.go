@@ -25,6 +25,8 @@ type Engine struct {
 	via  Via    // how it was reached (see HostPath)
 
 	server bool // a server's, reached over SSH: Host is the server's name
+
+	classicOnly bool // a BuildKit build could not start here: build classic
 }
 
 // Connect reaches the engine named by DOCKER_HOST (default: the local

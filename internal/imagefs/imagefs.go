@@ -54,8 +54,17 @@ type layerEntry struct {
 // sniffLimit bounds how much of each small file is read to look for key material.
 const sniffLimit = 8 << 10
 
-// Read consumes a `docker save` archive of one image.
-func Read(r io.Reader) (Contents, error) {
+// Secret is a value that must not be anywhere in the image: not in a file
+// of any layer, nor in its config (history, environment, labels).
+type Secret struct {
+	Name  string // for the finding: "build secret pip_token"
+	Value []byte
+}
+
+// Read consumes a `docker save` archive of one image. Each of secrets is
+// looked for in every file of every layer, whole, and in the image's config.
+func Read(r io.Reader, secrets ...Secret) (Contents, error) {
+	look := seeker(secrets)
 	tr := tar.NewReader(r)
 	layers := map[string][]layerEntry{}
 	var findings []Finding
@@ -71,12 +80,15 @@ func Read(r io.Reader) (Contents, error) {
 		name := path.Clean(h.Name)
 		switch {
 		case h.Typeflag != tar.TypeReg:
+		case strings.HasSuffix(name, ".json") && name != "manifest.json" && name != "index.json":
+			// the legacy layout's image config
+			findings = append(findings, look.in(tr, "image config (history, environment, labels)")...)
 		case name == "manifest.json":
 			if err := json.NewDecoder(tr).Decode(&manifest); err != nil {
 				return Contents{}, fmt.Errorf("read image archive: manifest.json: %w", err)
 			}
 		case strings.HasSuffix(name, "/layer.tar") || strings.HasPrefix(name, "blobs/"):
-			entries, found, isLayer, err := readLayer(tr)
+			entries, found, isLayer, err := readLayer(tr, look)
 			if err != nil {
 				return Contents{}, fmt.Errorf("read layer %s: %w", name, err)
 			}
@@ -107,7 +119,7 @@ func Read(r io.Reader) (Contents, error) {
 
 // readLayer lists a layer tar's entries and checks each against the policy.
 // isLayer is false for blobs that are not tars (configs, manifests).
-func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer bool, err error) {
+func readLayer(r io.Reader, look seeker) (entries []layerEntry, findings []Finding, isLayer bool, err error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
 		zr, err := gzip.NewReader(br)
@@ -118,14 +130,12 @@ func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer b
 		br = bufio.NewReaderSize(zr, 64<<10)
 	}
 	head, _ := br.Peek(512)
-	if len(head) < 512 {
-		return nil, nil, false, nil
+	if len(head) < 512 || !allZero(head) && !bytes.Equal(head[257:262], []byte("ustar")) {
+		// not a layer: a config (history, environment) or a manifest
+		return nil, look.in(br, "image config (history, environment, labels)"), false, nil
 	}
 	if allZero(head) { // an empty layer (WORKDIR, ENV in some builders) is a bare end-of-archive
 		return nil, nil, true, nil
-	}
-	if !bytes.Equal(head[257:262], []byte("ustar")) {
-		return nil, nil, false, nil
 	}
 	tr := tar.NewReader(br)
 	for {
@@ -156,6 +166,9 @@ func readLayer(r io.Reader) (entries []layerEntry, findings []Finding, isLayer b
 			}
 			if reason := Forbidden(p, e.dir, head); reason != "" {
 				findings = append(findings, Finding{Path: p, Reason: reason})
+			}
+			if h.Typeflag == tar.TypeReg && len(look) > 0 {
+				findings = append(findings, look.in(io.MultiReader(bytes.NewReader(head), tr), p)...)
 			}
 		}
 		entries = append(entries, e)
@@ -203,4 +216,44 @@ func dedupe(fs []Finding) []Finding {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
+}
+
+// seeker finds secret values in streams of any length.
+type seeker []Secret
+
+// in reads r to its end and returns a finding at where for each secret in it.
+func (s seeker) in(r io.Reader, where string) []Finding {
+	if len(s) == 0 {
+		_, _ = io.Copy(io.Discard, r)
+		return nil
+	}
+	longest := 0
+	for _, sec := range s {
+		longest = max(longest, len(sec.Value))
+	}
+	found := make([]bool, len(s))
+	buf := make([]byte, 0, 64<<10+longest)
+	for {
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		for i, sec := range s {
+			if !found[i] && len(sec.Value) > 0 && bytes.Contains(buf, sec.Value) {
+				found[i] = true
+			}
+		}
+		if err != nil {
+			break
+		}
+		// keep what a value could still start in
+		if keep := longest - 1; len(buf) > keep {
+			buf = buf[:copy(buf, buf[len(buf)-keep:])]
+		}
+	}
+	var fs []Finding
+	for i, f := range found {
+		if f {
+			fs = append(fs, Finding{Path: where, Reason: "holds the value of " + s[i].Name})
+		}
+	}
+	return fs
 }

@@ -179,6 +179,12 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 		}
 	}
 
+	n, err := r.cleanBuildCache(ctx, e, dryRun, verb)
+	if err != nil {
+		return err
+	}
+	reclaimed += n
+
 	for _, d := range deps {
 		n, err := r.cleanServer(ctx, d, protect, dryRun, verb, r.Cfg.Remote())
 		reclaimed += n
@@ -229,6 +235,31 @@ func (r *Runner) cleanServer(ctx context.Context, d *deploy.Deployer, protect ma
 // cleanEngine removes old tags and dangling images on one engine and
 // returns the bytes reclaimed (measured with docker system df; estimated
 // from image sizes in a dry run).
+// cleanBuildCache prunes the build engine's build cache down to
+// BUILD_CACHE_KEEP: a cache mount or a layer used least recently goes first,
+// so the next build of this project still finds what it used last.
+func (r *Runner) cleanBuildCache(ctx context.Context, e *engine.Engine, dryRun bool, verb string) (int64, error) {
+	size, err := e.BuildCacheSize(ctx)
+	if err != nil {
+		return 0, err
+	}
+	keep := r.Cfg.BuildCacheKeep
+	if size <= keep {
+		r.printf("build cache on %s: %s, within BUILD_CACHE_KEEP=%s\n", e.Host, text.Bytes(size), text.Bytes(keep))
+		return 0, nil
+	}
+	if dryRun {
+		r.printf("%s build cache on %s: %s of %s, down to BUILD_CACHE_KEEP=%s\n", verb, e.Host, text.Bytes(size-keep), text.Bytes(size), text.Bytes(keep))
+		return size - keep, nil
+	}
+	n, err := e.PruneBuildCache(ctx, keep)
+	if err != nil {
+		return 0, err
+	}
+	r.printf("%s build cache on %s: %s (it was %s; BUILD_CACHE_KEEP=%s)\n", verb, e.Host, text.Bytes(n), text.Bytes(size), text.Bytes(keep))
+	return n, nil
+}
+
 func (r *Runner) cleanEngine(ctx context.Context, out io.Writer, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
 	name := r.Cfg.ImageName
 	tags, err := imgs.Tags(ctx, name)

@@ -1,8 +1,10 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,18 +57,35 @@ func (r *Runner) Build(ctx context.Context, o BuildOptions) (string, error) {
 		return "", err
 	}
 	c := r.Cfg
-	args := map[string]string{"VERSION": c.ImageTag, "COMMIT": c.Commit}
-	for k, v := range o.Args {
-		args[k] = v
+	args := maps.Clone(c.BuildArgs)
+	if args == nil {
+		args = map[string]string{}
+	}
+	maps.Copy(args, o.Args)
+	args["VERSION"], args["COMMIT"] = c.ImageTag, c.Commit
+	secrets := map[string][]byte{}
+	for _, s := range c.BuildSecrets {
+		secrets[s.ID] = s.Value
+	}
+	ssh, err := sshMount(c.Dockerfile, c.SSHAuthSock)
+	if err != nil {
+		return "", err
 	}
 	start := time.Now()
-	r.printf("building %s from %s\n", c.Image(), rel(c.Dir, c.Dockerfile))
+	what := c.Image()
+	if c.BuildTarget != "" {
+		what += " (stage " + c.BuildTarget + ")"
+	}
+	r.printf("building %s from %s\n", what, rel(c.Dir, c.Dockerfile))
 	id, err := e.Build(ctx, engine.BuildOptions{
-		ContextDir: c.Dir, Dockerfile: c.Dockerfile,
-		Tags:   []string{c.Image(), c.ImageName + ":latest"},
-		Labels: ociLabels(c.ImageName, c.ImageTag, c.Commit, time.Now()),
-		Args:   args, NoCache: o.NoCache,
-		Out: r.Out, Quiet: !r.Verbose && !isTerminal(r.Out),
+		ContextDir: c.Dir, Dockerfile: c.Dockerfile, Target: c.BuildTarget,
+		Tags:    []string{c.Image(), c.ImageName + ":latest"},
+		Labels:  ociLabels(c.ImageName, c.ImageTag, c.Commit, time.Now()),
+		Args:    args, NoCache: o.NoCache,
+		Secrets: secrets, SSH: ssh, SSHAgent: c.SSHAuthSock,
+		// BuildKit's step display on a terminal; every line with -v and in
+		// CI; elsewhere (a script's pipe) only a failed build's output.
+		Out: r.Out, Plain: r.Verbose, Quiet: !r.Verbose && !isTerminal(r.Out) && os.Getenv("CI") == "",
 	})
 	if err != nil {
 		return "", err
@@ -77,6 +96,22 @@ func (r *Runner) Build(ctx context.Context, o BuildOptions) (string, error) {
 	}
 	r.printf("built %s (%s, %s) in %.1fs\n", c.Image(), text.ShortID(id), text.Bytes(img.Size), time.Since(start).Seconds())
 	return id, nil
+}
+
+// sshMount reports whether the Dockerfile forwards the ssh-agent
+// (RUN --mount=type=ssh), which then must be there.
+func sshMount(dockerfile, agent string) (bool, error) {
+	b, err := os.ReadFile(dockerfile)
+	if err != nil {
+		return false, fmt.Errorf("DOCKERFILE: %w", err)
+	}
+	if !bytes.Contains(b, []byte("type=ssh")) {
+		return false, nil
+	}
+	if agent == "" && runtime.GOOS != "windows" { // Windows has the OpenSSH agent's pipe
+		return false, fmt.Errorf("%s uses RUN --mount=type=ssh, which forwards your ssh-agent, and SSH_AUTH_SOCK is not set: start one (eval $(ssh-agent); ssh-add) and build again", filepath.Base(dockerfile))
+	}
+	return true, nil
 }
 
 // ociLabels are the OCI annotations that tell where an image came from.

@@ -36,7 +36,7 @@ func (r *Runner) Inspect(ctx context.Context) (Report, error) {
 		keep = newSpool()
 		defer keep.discard() // unless kept below
 	}
-	rep, err := inspectImage(ctx, e, ref, keep)
+	rep, err := inspectImage(ctx, e, ref, keep, r.buildSecrets()...)
 	if err != nil {
 		return rep, err
 	}
@@ -56,7 +56,7 @@ func (r *Runner) Inspect(ctx context.Context) (Report, error) {
 
 // inspectImage reads the image's history and files; keep, if not nil,
 // gets a copy of the save it reads them from.
-func inspectImage(ctx context.Context, e *engine.Engine, ref string, keep *spool) (Report, error) {
+func inspectImage(ctx context.Context, e *engine.Engine, ref string, keep *spool, secrets ...imagefs.Secret) (Report, error) {
 	img, err := e.Image(ctx, ref)
 	if errors.Is(err, engine.ErrNotFound) {
 		return Report{}, fmt.Errorf("image %s does not exist: run mage build (or set IMAGE_TAG to a built version)", ref)
@@ -77,7 +77,7 @@ func inspectImage(ctx context.Context, e *engine.Engine, ref string, keep *spool
 	if keep != nil {
 		save = io.TeeReader(rc, keep)
 	}
-	contents, err := imagefs.Read(save)
+	contents, err := imagefs.Read(save, secrets...)
 	if err != nil {
 		return rep, fmt.Errorf("read files of %s: %w", ref, err)
 	}
@@ -122,7 +122,11 @@ func (r *Runner) printReport(ref string, rep Report) {
 		r.printf("  %10s  %s\n", text.Bytes(f.Size), f.Path)
 	}
 	if len(rep.Findings) == 0 {
-		r.printf("\npolicy   ok: no .env, .git, data/, test-data/, backups/ or private keys in any layer\n")
+		r.printf("\npolicy   ok: no .env, .git, data/, test-data/, backups/ or private keys in any layer")
+		if n := len(r.buildSecrets()); n > 0 {
+			r.printf("; the value of no build secret (%d looked for) in any file or the config", n)
+		}
+		r.printf("\n")
 		return
 	}
 	r.printf("\npolicy   FAILED:\n")
@@ -131,16 +135,47 @@ func (r *Runner) printReport(ref string, rep Report) {
 	}
 }
 
-// instruction turns the classic builder's "/bin/sh -c #(nop) COPY ..." into
-// the Dockerfile line that made the layer.
+// minSecretLen is the shortest secret value inspect looks for: a shorter
+// one would be found by chance in any binary.
+const minSecretLen = 4
+
+// buildSecrets are the values of BUILD_SECRETS, which must be nowhere in
+// the image.
+func (r *Runner) buildSecrets() []imagefs.Secret {
+	var l []imagefs.Secret
+	for _, s := range r.Cfg.BuildSecrets {
+		if len(s.Value) >= minSecretLen {
+			l = append(l, imagefs.Secret{Name: "build secret " + s.ID, Value: s.Value})
+		}
+	}
+	return l
+}
+
+// instruction turns the history line that made a layer into the Dockerfile
+// line: the classic builder's "/bin/sh -c #(nop) COPY ...", "/bin/sh -c make",
+// or BuildKit's "COPY ... # buildkit", "RUN /bin/sh -c make # buildkit".
 func instruction(createdBy string) string {
 	s := strings.TrimSpace(createdBy)
+	if bk, ok := strings.CutSuffix(s, " # buildkit"); ok {
+		s = bk
+	}
+	if first, _, _ := strings.Cut(s, " "); first != "" && first == strings.ToUpper(first) && first != strings.ToLower(first) {
+		run, ok := strings.CutPrefix(s, "RUN ")
+		if ok {
+			s = "RUN " + strings.TrimPrefix(run, "/bin/sh -c ")
+		}
+		return cut(s)
+	}
 	s = strings.TrimPrefix(s, "/bin/sh -c ")
 	if rest, ok := strings.CutPrefix(s, "#(nop) "); ok {
 		s = strings.TrimSpace(rest)
 	} else if s != "" && !strings.HasPrefix(s, "|") {
 		s = "RUN " + s
 	}
+	return cut(s)
+}
+
+func cut(s string) string {
 	if len(s) > 100 {
 		s = s[:97] + "..."
 	}

@@ -1,0 +1,307 @@
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carebot/carebot/internal/config"
+	"github.com/carebot/carebot/internal/engine"
+	"github.com/carebot/carebot/internal/imagefs"
+	"github.com/carebot/carebot/internal/testenv"
+	"github.com/carebot/carebot/internal/wsl/wsltest"
+)
+
+// A user's own Dockerfile, as BuildKit users write them: a dependencies
+// stage with a cache mount, a secret mount, a stage that leaks the secret
+// (to see inspect catch it), and a final stage. FROM scratch with busybox,
+// since nothing can be pulled here.
+const userDockerfile = `FROM scratch AS base
+COPY docker/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo SALT
+
+FROM base AS deps
+ARG NOISE=0
+RUN --mount=type=cache,id=SALT,target=/cache sh -c 'if [ -f /cache/stamp ]; then echo "CACHE-HIT $(cat /cache/stamp)"; else echo CACHE-MISS; echo "noise-$NOISE" > /cache/stamp; fi; cp /cache/stamp /deps-stamp'
+RUN --mount=type=secret,id=pip_token sh -c 'echo "the secret is $(cat /run/secrets/pip_token)"; echo "secret length $(wc -c < /run/secrets/pip_token)"'
+
+FROM base AS leaky
+RUN --mount=type=secret,id=pip_token cp /run/secrets/pip_token /leak
+
+FROM deps AS final
+COPY . /app/
+RUN echo FINAL-STAGE-RAN
+`
+
+const failingDockerfile = `FROM scratch
+COPY docker/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN sh -c 'for i in $(seq 1 40); do echo "step-output-$i"; done; exit 3'
+`
+
+// The secret's value: long enough to be found, never to be seen.
+const pipToken = "pip-s3cr3t-0123456789abcdef"
+
+// userProject is a project of its own (not this repository): the
+// Dockerfiles above in docker/, an app file, a .env with the build's
+// settings, and files the Dockerfile's own .dockerignore keeps out.
+type userProject struct {
+	t    *testing.T
+	dir  string
+	name string
+	out  *bytes.Buffer
+}
+
+func newUserProject(t *testing.T, name string) *userProject {
+	t.Helper()
+	testenv.NeedEngine(t)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("these tests need a static busybox (apt-get install busybox-static; scripts/test.sh installs it): %v", err)
+	}
+	dir := t.TempDir()
+	compose, err := os.ReadFile(filepath.Join(repoRoot(t), "docker-compose.production.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"docker/busybox":                 string(bb),
+		"docker/Dockerfile":              strings.ReplaceAll(userDockerfile, "SALT", fmt.Sprintf("salt-%s-%d", name, time.Now().UnixNano())),
+		"docker/Dockerfile.fail":         failingDockerfile,
+		"docker/Dockerfile.syntax":       "# syntax=docker/dockerfile:1\nFROM scratch\nCOPY app.txt /app/\n",
+		"docker/Dockerfile.dockerignore": "*.log\n.env\n",
+		".dockerignore":                  "app.txt\n", // the Dockerfile's own ignore file wins: app.txt is sent
+		"docker-compose.production.yml":  string(compose),
+		"app.txt":                        "version 1\n",
+		"notes.log":                      "kept out by docker/Dockerfile.dockerignore\n",
+		".env":                           "BUILD_SECRETS=pip_token\npip_token=" + pipToken + "\nBUILD_ARG_NOISE=1\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &userProject{t: t, dir: dir, name: "carebot-bk-" + name, out: &bytes.Buffer{}}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		e, err := engine.Connect(ctx)
+		if err != nil {
+			return
+		}
+		defer e.Close()
+		imgs, _ := e.ImagesOf(ctx, p.name)
+		for _, im := range imgs {
+			_ = e.RemoveImage(ctx, im.ID)
+		}
+	})
+	return p
+}
+
+// runner is a Runner over the project, its build output shown line by line
+// (-v) into p.out, with env added to the environment.
+func (p *userProject) runner(verbose bool, env ...string) *Runner {
+	p.t.Helper()
+	env = append(append(os.Environ(), "IMAGE_NAME="+p.name, "IMAGE_TAG=t1", "DOCKERFILE=docker/Dockerfile"), env...)
+	cfg, err := config.Load(p.dir, env)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.out.Reset()
+	r := &Runner{Cfg: cfg, Out: io.MultiWriter(p.out, testWriter{p.t}), Verbose: verbose}
+	p.t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// files lists every file of image id, from its layers.
+func (p *userProject) files(r *Runner, id string) map[string]bool {
+	p.t.Helper()
+	ctx := context.Background()
+	e, err := r.Engine(ctx)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	rc, err := e.Save(ctx, id)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer rc.Close()
+	c, err := imagefs.Read(rc)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	m := map[string]bool{}
+	for _, f := range c.Files {
+		m[f.Path] = true
+	}
+	return m
+}
+
+func (p *userProject) saw(s string) bool { return strings.Contains(p.out.String(), s) }
+
+// ran reports whether a step printed a line starting with s (plain
+// progress: "#7 0.412 CACHE-HIT ..."), not only showed it in its command.
+func (p *userProject) ran(s string) bool {
+	return regexp.MustCompile(`(?m)^#\d+ \d+\.\d+ ` + regexp.QuoteMeta(s)).MatchString(p.out.String())
+}
+
+// TestBuildKitUserDockerfile builds a user's Dockerfile with cache and
+// secret mounts through BuildKit: the cache mount is found again by the next
+// build, a one-file change reuses the dependencies step, the secret reaches
+// the build but not its output, layers, history or config (inspect looks),
+// a stage that copies it out is caught by inspect, BUILD_TARGET builds only
+// the stages it needs, and the Dockerfile's own .dockerignore is honoured.
+func TestBuildKitUserDockerfile(t *testing.T) {
+	p := newUserProject(t, "user")
+	ctx := context.Background()
+
+	r := p.runner(true)
+	id1, err := r.Build(ctx, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.saw("classic builder") {
+		t.Fatalf("the build fell back to the classic builder:\n%s", p.out)
+	}
+	for _, want := range []string{"CACHE-MISS", "the secret is ****", "secret length " + strconv.Itoa(len(pipToken)), "FINAL-STAGE-RAN"} {
+		if !p.ran(want) {
+			t.Errorf("first build: output lacks %q", want)
+		}
+	}
+	if p.saw(pipToken) {
+		t.Errorf("the secret's value is in the build output")
+	}
+	files := p.files(r, id1)
+	if !files["/app/app.txt"] || !files["/deps-stamp"] || files["/app/notes.log"] || files["/app/.env"] {
+		t.Errorf("files: app.txt %v (the context's .dockerignore must not apply), deps-stamp %v, notes.log %v and .env %v (docker/Dockerfile.dockerignore keeps them out)",
+			files["/app/app.txt"], files["/deps-stamp"], files["/app/notes.log"], files["/app/.env"])
+	}
+
+	// inspect: no secret anywhere; history too.
+	rep, err := r.Inspect(ctx)
+	if err != nil {
+		t.Fatalf("inspect: %v", err)
+	}
+	if !p.saw("the value of no build secret (1 looked for)") {
+		t.Errorf("inspect did not say it looked for the secret:\n%s", p.out)
+	}
+	for _, s := range rep.Steps {
+		if strings.Contains(s.CreatedBy, pipToken) {
+			t.Errorf("history holds the secret: %s", s.CreatedBy)
+		}
+	}
+
+	// The dependencies step runs again (its ARG changed) and finds what the
+	// first build left in the cache mount.
+	r = p.runner(true, "BUILD_ARG_NOISE=2")
+	if _, err := r.Build(ctx, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !p.ran("CACHE-HIT noise-1") {
+		t.Errorf("second build did not find the cache mount's content:\n%s", p.out)
+	}
+
+	// One app file changes: the dependencies step is not run again.
+	if err := os.WriteFile(filepath.Join(p.dir, "app.txt"), []byte("version 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = p.runner(true, "BUILD_ARG_NOISE=2")
+	if _, err := r.Build(ctx, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.ran("CACHE-") || !p.ran("FINAL-STAGE-RAN") {
+		t.Errorf("after a one-file change the dependencies step ran again (or the final stage did not):\n%s", p.out)
+	}
+
+	// BUILD_TARGET: only the stages deps needs.
+	r = p.runner(true, "BUILD_TARGET=deps")
+	id, err := r.Build(ctx, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.saw("FINAL-STAGE-RAN") { // not even named: the stage is not in the build
+		t.Error("BUILD_TARGET=deps ran the final stage")
+	}
+	if files := p.files(r, id); !files["/deps-stamp"] || files["/app/app.txt"] {
+		t.Errorf("BUILD_TARGET=deps image: deps-stamp %v, app.txt %v", files["/deps-stamp"], files["/app/app.txt"])
+	}
+
+	// A stage that copies the secret into a layer: inspect names the file.
+	r = p.runner(true, "BUILD_TARGET=leaky")
+	if _, err := r.Build(ctx, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Inspect(ctx)
+	if err == nil || !strings.Contains(err.Error(), "/leak (holds the value of build secret pip_token)") {
+		t.Errorf("inspect of an image holding the secret: %v, want /leak named", err)
+	}
+	if err != nil && strings.Contains(err.Error(), pipToken) {
+		t.Error("inspect's error shows the secret")
+	}
+}
+
+// TestBuildKitFailingStep: a RUN that fails names its step, and its whole
+// output is shown, also when the build was quiet (not a terminal, not -v,
+// not CI).
+func TestBuildKitFailingStep(t *testing.T) {
+	p := newUserProject(t, "fail")
+	t.Setenv("CI", "")
+	r := p.runner(false, "DOCKERFILE=docker/Dockerfile.fail")
+	_, err := r.Build(context.Background(), BuildOptions{})
+	if err == nil {
+		t.Fatal("a failing RUN built")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "build failed at [") || !strings.Contains(msg, "RUN sh -c") || !strings.Contains(msg, "exit code: 3") {
+		t.Errorf("error %q does not name the step and its exit code", msg)
+	}
+	for _, want := range []string{"step-output-1\n", "step-output-20\n", "step-output-40\n"} {
+		if !p.saw(want) {
+			t.Errorf("output lacks %q:\n%s", want, p.out)
+		}
+	}
+}
+
+// TestBuildKitSyntaxLine: a "# syntax=" line needs a registry; the error
+// says so in one line, with the fix.
+func TestBuildKitSyntaxLine(t *testing.T) {
+	p := newUserProject(t, "syntax")
+	r := p.runner(true, "DOCKERFILE=docker/Dockerfile.syntax")
+	_, err := r.Build(context.Background(), BuildOptions{})
+	if err == nil {
+		t.Fatal("a Dockerfile with a # syntax= line built without a registry")
+	}
+	if msg := err.Error(); !strings.Contains(msg, `"# syntax=docker/dockerfile:1"`) || !strings.Contains(msg, "remove that line") || strings.Contains(msg, "\n") {
+		t.Errorf("error %q: want one line naming the syntax line and the fix", msg)
+	}
+}
+
+// TestBuildKitThroughWSL: the same user Dockerfile built with the engine
+// reached as on Windows (a fake wsl running docker system dial-stdio): the
+// BuildKit session, its files and the secret cross that path too.
+func TestBuildKitThroughWSL(t *testing.T) {
+	fake := wsltest.Install(t)
+	p := newUserProject(t, "wsl")
+	r := p.runner(true, "DOCKER_VIA_WSL=1", "WSL_DISTRO=Ubuntu-22.04")
+	if _, err := r.Build(context.Background(), BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if fake.Count("docker") == 0 {
+		t.Fatal("the fake wsl never ran docker: the WSL path was not taken")
+	}
+	if p.saw("classic builder") || !p.ran("the secret is ****") || !p.ran("FINAL-STAGE-RAN") {
+		t.Errorf("build through WSL:\n%s", p.out)
+	}
+}
