@@ -206,6 +206,45 @@ func TestValidation(t *testing.T) {
 		{name: "tag with slash", env: []string{"IMAGE_TAG=feature/x"},
 			want: []string{`environment: IMAGE_TAG="feature/x" is not a valid Docker tag (up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -)`}},
 
+		// The build's settings
+		{name: "build args", dotenv: "BUILD_ARG_PIP_INDEX_URL=https://pypi.example.org/simple\n", env: []string{"BUILD_ARG_NODE_ENV=production"},
+			check: func(t *testing.T, c *Config) {
+				eq(t, c.BuildArgs["PIP_INDEX_URL"], "https://pypi.example.org/simple")
+				eq(t, c.BuildArgs["NODE_ENV"], "production")
+			}},
+		{name: "build arg VERSION is the tool's", env: []string{"BUILD_ARG_VERSION=2"},
+			want: []string{`environment: BUILD_ARG_VERSION="2" is set by the tool on every build (the image's version and commit); remove BUILD_ARG_VERSION and use IMAGE_TAG for the version`}},
+		{name: "build arg COMMIT is the tool's", dotenv: "BUILD_ARG_COMMIT=abc\n",
+			want: []string{`.env:1: BUILD_ARG_COMMIT="abc" is set by the tool on every build (the image's version and commit); remove BUILD_ARG_COMMIT and use IMAGE_TAG for the version`}},
+		{name: "build target", env: []string{"BUILD_TARGET=runtime"},
+			check: func(t *testing.T, c *Config) { eq(t, c.BuildTarget, "runtime") }},
+		{name: "build target not a name", env: []string{"BUILD_TARGET=a b"},
+			want: []string{`environment: BUILD_TARGET="a b" is not a stage name (FROM ... AS <name>); set BUILD_TARGET to one of the Dockerfile's stages, or leave it unset for the last`}},
+		{name: "build cache keep", env: []string{"BUILD_CACHE_KEEP=500MB"},
+			check: func(t *testing.T, c *Config) { eq(t, c.BuildCacheKeep, int64(500_000_000)) }},
+		{name: "build cache keep not a size", env: []string{"BUILD_CACHE_KEEP=lots"},
+			want: []string{`environment: BUILD_CACHE_KEEP="lots" is not a size (e.g. 5GB, 500MB); set BUILD_CACHE_KEEP to how much build cache cleanup keeps`}},
+		{name: "build secrets", dotenv: "BUILD_SECRETS=pip_token, npm=env:NPM_AUTH , netrc=file:secrets/netrc\npip_token=abc123\n", env: []string{"NPM_AUTH=npm-value"},
+			setup: func(t *testing.T, dir string) { write(t, filepath.Join(dir, "secrets", "netrc"), "machine x password y\n") },
+			check: func(t *testing.T, c *Config) {
+				got := ""
+				for _, s := range c.BuildSecrets {
+					got += s.ID + "=" + string(s.Value) + " from " + s.From + ";"
+				}
+				eq(t, got, "pip_token=abc123 from pip_token (.env:2);npm=npm-value from NPM_AUTH (environment);netrc=machine x password y\n from file secrets/netrc;")
+				if _, ok := c.AppEnv["pip_token"]; ok {
+					t.Error("pip_token, read by BUILD_SECRETS, is still the app's")
+				}
+			}},
+		{name: "build secret unset", dotenv: "BUILD_SECRETS=pip_token\n",
+			want: []string{`.env:1: BUILD_SECRETS="****" names the secret pip_token, but neither .env nor the environment sets pip_token; set it, or write pip_token=env:VAR or pip_token=file:path`}},
+		{name: "build secret file missing", env: []string{"BUILD_SECRETS=npm=file:.npmrc"},
+			want: []string{`environment: BUILD_SECRETS="****" reads the secret npm from {dir}/.npmrc, which does not exist; create it or fix the path`}},
+		{name: "build secret bad source", env: []string{"BUILD_SECRETS=npm=src:.npmrc"},
+			want: []string{`environment: BUILD_SECRETS="****" has npm="src:.npmrc": write npm, npm=env:VAR or npm=file:path`}},
+		{name: "build secret twice", env: []string{"BUILD_SECRETS=a=env:X,a=env:X", "X=1"},
+			want: []string{`environment: BUILD_SECRETS="****" names the secret a twice; keep one`}},
+
 		// DOCKERFILE and COMPOSE_FILE
 		{name: "dockerfile relative", dotenv: "DOCKERFILE=docker/Dockerfile\n",
 			setup: func(t *testing.T, dir string) { write(t, filepath.Join(dir, "docker", "Dockerfile"), "FROM scratch\n") },

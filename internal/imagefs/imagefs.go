@@ -94,8 +94,8 @@ func Read(r io.Reader, secrets ...Secret) (Contents, error) {
 			}
 			if isLayer {
 				layers[name] = entries
-				findings = append(findings, found...)
 			}
+			findings = append(findings, found...) // a config's secrets too
 		}
 	}
 	if len(manifest) != 1 {

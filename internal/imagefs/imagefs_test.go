@@ -663,3 +663,45 @@ func TestForbidden(t *testing.T) {
 		})
 	}
 }
+
+// TestReadFindsSecretValues: a secret's value is found in any file, wherever
+// it falls against the reader's chunks, and in the image config; a layer
+// that does not hold it is not named.
+func TestReadFindsSecretValues(t *testing.T) {
+	a, b := "QX-secret-value-a-QX", "QX-secret-value-b-QX"
+	straddle := func(at int, v string) string {
+		return strings.Repeat("x", at-len(v)/2) + v + strings.Repeat("y", 1000)
+	}
+	layer := layerTar(t, dir("app/"),
+		file("app/head", straddle(sniffLimit, a)),      // across the policy's sniffed head
+		file("app/far", straddle(64<<10+sniffLimit, b)), // across a read chunk further on
+		file("app/clean", strings.Repeat("z", 200<<10)))
+	secrets := []Secret{
+		{Name: "build secret a", Value: []byte(a)},
+		{Name: "build secret b", Value: []byte(b)},
+		{Name: "build secret h", Value: []byte("step 7 of the build")}, // in the history
+		{Name: "build secret n", Value: []byte("nowhere-to-be-found")},
+	}
+	for _, l := range layouts {
+		t.Run(l.name, func(t *testing.T) {
+			c, err := Read(bytes.NewReader(l.build(t, layer)), secrets...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Join(findingPaths(c.Findings), "; ")
+			for _, want := range []string{"/app/head", "/app/far", "image config"} {
+				if !strings.Contains(got, want) {
+					t.Errorf("findings %q lack %s", got, want)
+				}
+			}
+			var reasons []string
+			for _, f := range c.Findings {
+				reasons = append(reasons, f.String())
+			}
+			all := strings.Join(reasons, "; ")
+			if strings.Contains(all, "/app/clean") || strings.Contains(all, "secret n") || strings.Contains(all, a) {
+				t.Errorf("findings: %s", all)
+			}
+		})
+	}
+}

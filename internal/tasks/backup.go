@@ -245,18 +245,18 @@ func (r *Runner) cleanBuildCache(ctx context.Context, e *engine.Engine, dryRun b
 	}
 	keep := r.Cfg.BuildCacheKeep
 	if size <= keep {
-		r.printf("build cache on %s: %s, within BUILD_CACHE_KEEP=%s\n", e.Host, text.Bytes(size), text.Bytes(keep))
+		r.printf("build cache on %s: %s, within BUILD_CACHE_KEEP=%s\n", e, text.Bytes(size), text.Bytes(keep))
 		return 0, nil
 	}
 	if dryRun {
-		r.printf("%s build cache on %s: %s of %s, down to BUILD_CACHE_KEEP=%s\n", verb, e.Host, text.Bytes(size-keep), text.Bytes(size), text.Bytes(keep))
+		r.printf("%s build cache on %s: %s of %s, down to BUILD_CACHE_KEEP=%s\n", verb, e, text.Bytes(size-keep), text.Bytes(size), text.Bytes(keep))
 		return size - keep, nil
 	}
 	n, err := e.PruneBuildCache(ctx, keep)
 	if err != nil {
 		return 0, err
 	}
-	r.printf("%s build cache on %s: %s (it was %s; BUILD_CACHE_KEEP=%s)\n", verb, e.Host, text.Bytes(n), text.Bytes(size), text.Bytes(keep))
+	r.printf("%s build cache on %s: %s (it was %s; BUILD_CACHE_KEEP=%s)\n", verb, e, text.Bytes(n), text.Bytes(size), text.Bytes(keep))
 	return n, nil
 }
 

@@ -305,3 +305,58 @@ func TestBuildKitThroughWSL(t *testing.T) {
 		t.Errorf("build through WSL:\n%s", p.out)
 	}
 }
+
+// TestCleanupPrunesBuildCache: cleanup brings the build cache down to
+// BUILD_CACHE_KEEP (a dry run only says how much), and leaves it alone
+// when it is within.
+func TestCleanupPrunesBuildCache(t *testing.T) {
+	p := newUserProject(t, "prune")
+	ctx := context.Background()
+	if err := os.MkdirAll(filepath.Join(p.dir, ".deploy", "production"), 0o755); err != nil { // cleanup takes the deploy lock there
+		t.Fatal(err)
+	}
+	r := p.runner(true)
+	if _, err := r.Build(ctx, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := r.Engine(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, err := e.BuildCacheSize(ctx)
+	if err != nil || size == 0 {
+		t.Fatalf("build cache size %d, %v: the build left none", size, err)
+	}
+
+	r = p.runner(false, "BUILD_CACHE_KEEP=1B")
+	if err := r.Cleanup(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if !p.saw("would remove build cache on") {
+		t.Errorf("dry run did not say what it would prune:\n%s", p.out)
+	}
+	if after, _ := e.BuildCacheSize(ctx); after < size {
+		t.Errorf("a dry run pruned the build cache: %d -> %d bytes", size, after)
+	}
+
+	r = p.runner(false, "BUILD_CACHE_KEEP=1TB")
+	if err := r.Cleanup(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if !p.saw("within BUILD_CACHE_KEEP=") {
+		t.Errorf("cleanup within the limit:\n%s", p.out)
+	}
+
+	keep := size / 2
+	r = p.runner(false, "BUILD_CACHE_KEEP="+strconv.FormatInt(keep, 10))
+	if err := r.Cleanup(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	after, err := e.BuildCacheSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.saw("removed build cache on") || after > keep {
+		t.Errorf("cleanup with BUILD_CACHE_KEEP=%d left %d bytes of %d:\n%s", keep, after, size, p.out)
+	}
+}
