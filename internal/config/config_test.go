@@ -225,7 +225,9 @@ func TestValidation(t *testing.T) {
 		{name: "build cache keep not a size", env: []string{"BUILD_CACHE_KEEP=lots"},
 			want: []string{`environment: BUILD_CACHE_KEEP="lots" is not a size (e.g. 5GB, 500MB); set BUILD_CACHE_KEEP to how much build cache cleanup keeps`}},
 		{name: "build secrets", dotenv: "BUILD_SECRETS=pip_token, npm=env:NPM_AUTH , netrc=file:secrets/netrc\npip_token=abc123\n", env: []string{"NPM_AUTH=npm-value"},
-			setup: func(t *testing.T, dir string) { write(t, filepath.Join(dir, "secrets", "netrc"), "machine x password y\n") },
+			setup: func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "secrets", "netrc"), "machine x password y\n")
+			},
 			check: func(t *testing.T, c *Config) {
 				got := ""
 				for _, s := range c.BuildSecrets {

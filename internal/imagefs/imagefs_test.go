@@ -673,7 +673,7 @@ func TestReadFindsSecretValues(t *testing.T) {
 		return strings.Repeat("x", at-len(v)/2) + v + strings.Repeat("y", 1000)
 	}
 	layer := layerTar(t, dir("app/"),
-		file("app/head", straddle(sniffLimit, a)),      // across the policy's sniffed head
+		file("app/head", straddle(sniffLimit, a)),       // across the policy's sniffed head
 		file("app/far", straddle(64<<10+sniffLimit, b)), // across a read chunk further on
 		file("app/clean", strings.Repeat("z", 200<<10)))
 	secrets := []Secret{

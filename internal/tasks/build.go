@@ -79,9 +79,9 @@ func (r *Runner) Build(ctx context.Context, o BuildOptions) (string, error) {
 	r.printf("building %s from %s\n", what, rel(c.Dir, c.Dockerfile))
 	id, err := e.Build(ctx, engine.BuildOptions{
 		ContextDir: c.Dir, Dockerfile: c.Dockerfile, Target: c.BuildTarget,
-		Tags:    []string{c.Image(), c.ImageName + ":latest"},
-		Labels:  ociLabels(c.ImageName, c.ImageTag, c.Commit, time.Now()),
-		Args:    args, NoCache: o.NoCache,
+		Tags:   []string{c.Image(), c.ImageName + ":latest"},
+		Labels: ociLabels(c.ImageName, c.ImageTag, c.Commit, time.Now()),
+		Args:   args, NoCache: o.NoCache,
 		Secrets: secrets, SSH: ssh, SSHAgent: c.SSHAuthSock,
 		// BuildKit's step display on a terminal; every line with -v and in
 		// CI; elsewhere (a script's pipe) only a failed build's output.

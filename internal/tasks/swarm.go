@@ -246,6 +246,11 @@ func (r *Runner) swarmCleanup(ctx context.Context, dryRun bool) error {
 	if err != nil {
 		return err
 	}
+	cache, err := r.cleanBuildCache(ctx, e, dryRun, verb)
+	if err != nil {
+		return err
+	}
+	reclaimed += cache
 	for _, d := range nodes {
 		// Swarm keeps the containers of a service's last tasks, stopped:
 		// their images count as in use. Nothing needs them (a rollback
