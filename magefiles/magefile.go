@@ -72,10 +72,13 @@ func Binary(ctx context.Context) error {
 	return r.Timed("binary", func() error { return r.Binary(ctx) })
 }
 
-// Build builds IMAGE_NAME:IMAGE_TAG and :latest from DOCKERFILE through the Docker Engine API.
+// Build builds IMAGE_NAME:IMAGE_TAG and :latest from DOCKERFILE with BuildKit through the Docker Engine API.
 //
-// Reads IMAGE_NAME, IMAGE_TAG (default: the git commit), DOCKERFILE; the
-// build context honours .dockerignore. Output shows on a terminal or with -v.
+// Reads IMAGE_NAME, IMAGE_TAG (default: the git commit), DOCKERFILE,
+// BUILD_TARGET, BUILD_ARG_<NAME>, BUILD_SECRETS (for RUN --mount=type=secret;
+// never printed or kept in the image) and SSH_AUTH_SOCK (RUN --mount=type=ssh);
+// the build context honours .dockerignore, or <DOCKERFILE>.dockerignore.
+// BuildKit's display on a terminal; plain lines with -v and in CI.
 func Build(ctx context.Context, noCache *bool) error {
 	if noCache != nil {
 		buildOpts.NoCache = *noCache
@@ -198,10 +201,10 @@ func Restore(ctx context.Context, name *string, list *bool, host *string) error 
 	return r.Restore(ctx, deref(name), deref(list))
 }
 
-// Cleanup removes image tags beyond IMAGE_KEEP, dangling images, test containers and old backups; -dryRun only lists them.
+// Cleanup removes image tags beyond IMAGE_KEEP, dangling images, test containers, old backups and build cache beyond BUILD_CACHE_KEEP; -dryRun only lists them.
 //
 // Never removes the serving image or the rollback target. Reads IMAGE_NAME,
-// IMAGE_KEEP, BACKUP_KEEP, DEPLOY_HOST, DEPLOY_PATH.
+// IMAGE_KEEP, BACKUP_KEEP, BUILD_CACHE_KEEP, DEPLOY_HOST, DEPLOY_PATH.
 func Cleanup(ctx context.Context, dryRun *bool) error {
 	r, err := run()
 	if err != nil {
