@@ -360,3 +360,82 @@ func TestCleanupPrunesBuildCache(t *testing.T) {
 		t.Errorf("cleanup with BUILD_CACHE_KEEP=%d left %d bytes of %d:\n%s", keep, after, size, p.out)
 	}
 }
+
+// TestDeployUserDockerfile is the issue's "done when": DOCKERFILE names a
+// Dockerfile with a cache mount and a secret mount (a dependencies stage
+// before the sample service's own lines); it builds, inspect finds the
+// secret nowhere, the test container and a deploy serve it healthy.
+func TestDeployUserDockerfile(t *testing.T) {
+	testenv.NeedEngine(t)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("this test needs a static busybox (apt-get install busybox-static): %v", err)
+	}
+	root := repoRoot(t)
+	prod, err := os.ReadFile(filepath.Join(root, "Dockerfile.production"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	salt := fmt.Sprintf("%d", time.Now().UnixNano())
+	deps := `FROM scratch AS deps
+COPY build/busybox-` + salt + ` /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN --mount=type=cache,id=deps-` + salt + `,target=/root/.cache sh -c 'echo downloaded > /root/.cache/wheel; mkdir -p /deps; cp /root/.cache/wheel /deps/'
+RUN --mount=type=secret,id=pip_token sh -c 'test -s /run/secrets/pip_token && echo "index reached with a token of $(wc -c < /run/secrets/pip_token) bytes" > /deps/index.txt'
+
+`
+	dockerfile := deps + strings.Replace(string(prod), "\nFROM scratch\n", "\nFROM scratch\nCOPY --from=deps /deps /deps\n", 1)
+	files := map[string]string{
+		"build/busybox-" + salt:                           string(bb),
+		"build/Dockerfile.user-" + salt:                   dockerfile,
+		"build/Dockerfile.user-" + salt + ".dockerignore": "*\n!build/carebot\n!build/busybox-" + salt + "\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(p) })
+	}
+
+	p := newProject(t, "userdf")
+	p.env["DOCKERFILE"] = "build/Dockerfile.user-" + salt
+	p.env["BUILD_SECRETS"] = "pip_token"
+	p.env["pip_token"] = pipToken
+	ctx := context.Background()
+	id := p.build("u1", nil)
+	r := p.runner("u1")
+	rep, err := r.Inspect(ctx)
+	if err != nil {
+		t.Fatalf("inspect: %v", err)
+	}
+	if !strings.Contains(p.out.String(), "the value of no build secret (1 looked for)") {
+		t.Error("inspect did not look for the secret")
+	}
+	if strings.Contains(p.out.String(), pipToken) {
+		t.Error("the secret's value is in the output")
+	}
+	if rep.Image.ID != id {
+		t.Errorf("inspected %s, built %s", rep.Image.ID, id)
+	}
+	if files := p.filesOf(r, id); !files["/deps/wheel"] || !files["/deps/index.txt"] || !files["/app/carebot"] {
+		t.Errorf("image files: %v", files)
+	}
+	if err := r.Test(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Deploy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, code := p.health(); v != "u1" || code != 200 {
+		t.Fatalf("after deploying u1: version %q, HTTP %d", v, code)
+	}
+}
+
+// filesOf lists every file of image id.
+func (p *project) filesOf(r *Runner, id string) map[string]bool {
+	return (&userProject{t: p.t.(*testing.T)}).files(r, id)
+}
