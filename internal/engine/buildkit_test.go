@@ -3,6 +3,9 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +16,8 @@ import (
 	"testing"
 
 	"github.com/docker/docker/client"
+	controlapi "github.com/moby/buildkit/api/services/control"
+	"github.com/moby/buildkit/util/progress/progressui"
 )
 
 // classicEngine is a hand-written engine that cannot do BuildKit, as a
@@ -113,5 +118,69 @@ func TestExcludes(t *testing.T) {
 	ex, _ = Excludes(dir, df)
 	if strings.Join(ex, " ") != "*.log !.dockerignore !docker/Dockerfile.production !docker/Dockerfile.production.dockerignore" {
 		t.Errorf("the Dockerfile's own: %q", ex)
+	}
+}
+
+// traceMessage is one line of the engine's build stream carrying a
+// BuildKit status, as the engine writes it.
+func traceMessage(t *testing.T, resp *controlapi.StatusResponse) string {
+	t.Helper()
+	dt, err := resp.MarshalVT()
+	if err != nil {
+		t.Fatal(err)
+	}
+	aux, err := json.Marshal(dt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return `{"id":"moby.buildkit.trace","aux":` + string(aux) + "}\n"
+}
+
+// TestBuildStreamFailure: a failed step is named in the error, its output
+// comes out whole (below a terminal display, which shows only the last
+// lines), and a secret's value printed by a step is never shown.
+func TestBuildStreamFailure(t *testing.T) {
+	const secret = "s3cret-value-xyz"
+	const step = "sha256:0000000000000000000000000000000000000000000000000000000000000002"
+	var logs []*controlapi.VertexLog
+	for i := 1; i <= 30; i++ {
+		logs = append(logs, &controlapi.VertexLog{Vertex: step, Msg: []byte(fmt.Sprintf("line-%d token=%s\n", i, secret))})
+	}
+	stream := traceMessage(t, &controlapi.StatusResponse{Vertexes: []*controlapi.Vertex{{Digest: step, Name: "[2/2] RUN make"}}}) +
+		traceMessage(t, &controlapi.StatusResponse{Logs: logs}) +
+		traceMessage(t, &controlapi.StatusResponse{Vertexes: []*controlapi.Vertex{{Digest: step, Name: "[2/2] RUN make", Error: "process \"/bin/sh -c make\" did not complete successfully: exit code: 2"}}}) +
+		`{"errorDetail":{"message":"process \"/bin/sh -c make token=` + secret + `\" did not complete successfully: exit code: 2"},"error":"x"}` + "\n"
+
+	for _, mode := range []string{"plain", "quiet"} {
+		t.Run(mode, func(t *testing.T) {
+			var out bytes.Buffer
+			st := newBuildStream(BuildOptions{Out: &out, Quiet: mode == "quiet", Secrets: map[string][]byte{"tok": []byte(secret)}})
+			_, err := st.read(context.Background(), strings.NewReader(stream))
+			if err == nil || !strings.HasPrefix(err.Error(), "build failed at [2/2] RUN make: ") || !strings.Contains(err.Error(), "exit code: 2") {
+				t.Fatalf("error %v: want the step named", err)
+			}
+			if strings.Contains(err.Error()+out.String(), secret) {
+				t.Errorf("the secret is shown:\n%v\n%s", err, out.String())
+			}
+			if !strings.Contains(out.String(), "line-1 token=****") || !strings.Contains(out.String(), "line-30 token=****") {
+				t.Errorf("output lacks the step's whole output:\n%s", out.String())
+			}
+		})
+	}
+
+	// On a terminal the display shows the last lines; all follow it.
+	var out bytes.Buffer
+	st := newBuildStream(BuildOptions{Out: &out, Secrets: map[string][]byte{"tok": []byte(secret)}})
+	st.mode = progressui.TtyMode
+	for _, line := range strings.Split(strings.TrimSpace(stream), "\n")[:3] {
+		var m struct{ Aux json.RawMessage }
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		st.status(m.Aux)
+	}
+	err := st.failure(errors.New("exit code: 2"))
+	if !strings.Contains(err.Error(), "[2/2] RUN make") || !strings.Contains(out.String(), "all the output of [2/2] RUN make:\nline-1 token=****\n") || !strings.Contains(out.String(), "line-30 token=****\n------\n") {
+		t.Errorf("terminal: %v\n%s", err, out.String())
 	}
 }
