@@ -439,3 +439,40 @@ RUN --mount=type=secret,id=pip_token sh -c 'test -s /run/secrets/pip_token && ec
 func (p *project) filesOf(r *Runner, id string) map[string]bool {
 	return (&userProject{t: p.t.(*testing.T)}).files(r, id)
 }
+
+// TestBuildKitOnCurrentEngine: the same session-based build on a current
+// engine (the containerd image store, API 1.5x), as the people this is for
+// run Docker 28. It cannot run containers here (Debian's runc), so the
+// Dockerfile has no RUN: two stages, BUILD_TARGET, a build argument.
+func TestBuildKitOnCurrentEngine(t *testing.T) {
+	p := newUserProject(t, "current")
+	host := testenv.CurrentEngine(t)
+	t.Setenv("DOCKER_HOST", host)
+	df := "FROM scratch AS base\nARG GREETING\nCOPY app.txt /app/\nLABEL greeting=$GREETING\n\nFROM base AS final\nCOPY notes.log /app/\n"
+	for name, body := range map[string]string{"Dockerfile.norun": df, "Dockerfile.norun.dockerignore": ".env\n"} {
+		if err := os.WriteFile(filepath.Join(p.dir, "docker", name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := p.runner(true, "DOCKERFILE=docker/Dockerfile.norun", "BUILD_TARGET=base", "BUILD_ARG_GREETING=hello")
+	ctx := context.Background()
+	id, err := r.Build(ctx, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := r.Engine(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = e.RemoveImage(ctx, id) }()
+	img, err := e.Image(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.saw("classic builder") || img.Labels["greeting"] != "hello" || img.Labels["org.opencontainers.image.version"] != "t1" {
+		t.Errorf("on %s: labels %v\n%s", host, img.Labels, p.out)
+	}
+	if files := p.files(r, id); !files["/app/app.txt"] || files["/app/notes.log"] {
+		t.Errorf("BUILD_TARGET=base on the current engine: files %v", files)
+	}
+}
