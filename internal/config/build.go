@@ -55,6 +55,8 @@ func (l *loader) loadBuild() {
 		switch {
 		case slices.Contains(toolBuildArgs, name):
 			l.fail(s, fmt.Sprintf("is set by the tool on every build (the image's version and commit); remove %s and use IMAGE_TAG for the version", k))
+		case secretName(name):
+			l.fail(s, fmt.Sprintf("looks like a secret, and a build argument stays in the image's history; rename it %s and pass it as a secret mount (BUILD_SECRETS=%s, RUN --mount=type=secret,id=%s)", name, name, name))
 		case !validBuildName.MatchString(name):
 			l.fail(s, fmt.Sprintf("does not name a build argument (BUILD_ARG_ is followed by letters, digits and _); rename %s", k))
 		default:

@@ -216,6 +216,8 @@ func TestValidation(t *testing.T) {
 			want: []string{`environment: BUILD_ARG_VERSION="2" is set by the tool on every build (the image's version and commit); remove BUILD_ARG_VERSION and use IMAGE_TAG for the version`}},
 		{name: "build arg COMMIT is the tool's", dotenv: "BUILD_ARG_COMMIT=abc\n",
 			want: []string{`.env:1: BUILD_ARG_COMMIT="abc" is set by the tool on every build (the image's version and commit); remove BUILD_ARG_COMMIT and use IMAGE_TAG for the version`}},
+		{name: "build arg that is a secret", env: []string{"BUILD_ARG_NPM_TOKEN=abc"},
+			want: []string{`environment: BUILD_ARG_NPM_TOKEN="****" looks like a secret, and a build argument stays in the image's history; rename it NPM_TOKEN and pass it as a secret mount (BUILD_SECRETS=NPM_TOKEN, RUN --mount=type=secret,id=NPM_TOKEN)`}},
 		{name: "build target", env: []string{"BUILD_TARGET=runtime"},
 			check: func(t *testing.T, c *Config) { eq(t, c.BuildTarget, "runtime") }},
 		{name: "build target not a name", env: []string{"BUILD_TARGET=a b"},

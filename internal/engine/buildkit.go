@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/pkg/jsonmessage"
@@ -22,6 +25,7 @@ import (
 	"github.com/moby/buildkit/session/secrets/secretsprovider"
 	"github.com/moby/buildkit/session/sshforward/sshprovider"
 	"github.com/moby/buildkit/util/progress/progressui"
+	digest "github.com/opencontainers/go-digest"
 	"github.com/tonistiigi/fsutil"
 	"golang.org/x/sync/errgroup"
 )
@@ -88,7 +92,7 @@ func (e *Engine) buildKit(ctx context.Context, o BuildOptions, excludes []string
 // buildSession serves the context (filtered by excludes), the Dockerfile's
 // folder, the secrets and, when there is one, the ssh-agent.
 func (e *Engine) buildSession(ctx context.Context, o BuildOptions, excludes []string) (*session.Session, error) {
-	s, err := session.NewSession(ctx, "carebot-build")
+	s, err := session.NewSession(ctx, sharedKey(o.ContextDir))
 	if err != nil {
 		return nil, fmt.Errorf("build session: %w", err)
 	}
@@ -126,6 +130,16 @@ func (e *Engine) buildSession(ctx context.Context, o BuildOptions, excludes []st
 	return s, nil
 }
 
+// sharedKey names this machine's context folder to BuildKit, which keeps a
+// copy of each key's files and sends only what changed next time: one key
+// for every project would send a whole context each time another project
+// built in between. As the docker CLI does: this machine and the folder.
+func sharedKey(dir string) string {
+	host, _ := os.Hostname()
+	sum := sha256.Sum256([]byte(host + ":" + dir))
+	return hex.EncodeToString(sum[:])
+}
+
 func argPointers(args map[string]string) map[string]*string {
 	p := make(map[string]*string, len(args))
 	for k, v := range args {
@@ -146,12 +160,13 @@ type buildStream struct {
 
 	names  map[string]string // vertex digest → its name, "[2/3] RUN make"
 	logs   map[string]*bytes.Buffer
-	failed string // the first vertex that failed
+	held   map[string][]byte // a chunk's end that may begin a secret
+	failed string            // the first vertex that failed
 }
 
 func newBuildStream(o BuildOptions) *buildStream {
 	st := &buildStream{o: o, out: o.Out, mode: progressui.PlainMode,
-		names: map[string]string{}, logs: map[string]*bytes.Buffer{}}
+		names: map[string]string{}, logs: map[string]*bytes.Buffer{}, held: map[string][]byte{}}
 	if st.out == nil {
 		st.out = io.Discard
 	}
@@ -208,6 +223,9 @@ func (st *buildStream) read(ctx context.Context, body io.Reader) (string, error)
 			}
 		}
 	}
+	if ss := st.flush(); ss != nil {
+		ch <- ss
+	}
 	close(ch)
 	_ = g.Wait() // the display's error is the build's, reported below
 
@@ -241,13 +259,35 @@ func (st *buildStream) status(aux json.RawMessage) *bkclient.SolveStatus {
 		}
 	}
 	for _, l := range ss.Logs {
-		l.Data = redactValues(l.Data, st.o.Secrets)
 		d := l.Vertex.String()
+		// A value split across two chunks is joined before it is hidden:
+		// the end of a chunk that may start a secret waits for the next.
+		data := redactValues(append(st.held[d], l.Data...), st.o.Secrets)
+		delete(st.held, d)
+		if n := partialSecret(data, st.o.Secrets); n > 0 {
+			st.held[d] = bytes.Clone(data[len(data)-n:])
+			data = data[:len(data)-n]
+		}
+		l.Data = data
 		if st.logs[d] == nil {
 			st.logs[d] = &bytes.Buffer{}
 		}
 		st.logs[d].Write(l.Data)
 	}
+	return ss
+}
+
+// flush is what is still held back once the stream has ended: no secret.
+func (st *buildStream) flush() *bkclient.SolveStatus {
+	if len(st.held) == 0 {
+		return nil
+	}
+	ss := &bkclient.SolveStatus{}
+	for d, b := range st.held {
+		ss.Logs = append(ss.Logs, &bkclient.VertexLog{Vertex: digest.Digest(d), Data: b, Timestamp: time.Now()})
+		st.logs[d].Write(b)
+	}
+	clear(st.held)
 	return ss
 }
 
@@ -281,6 +321,21 @@ func redactValues(b []byte, secrets map[string][]byte) []byte {
 		}
 	}
 	return b
+}
+
+// partialSecret is the length of the longest end of b that is the start
+// of a secret value (but not all of it: whole ones are hidden already).
+func partialSecret(b []byte, secrets map[string][]byte) int {
+	n := 0
+	for _, v := range secrets {
+		for k := min(len(v)-1, len(b)); k > n; k-- {
+			if bytes.HasSuffix(b, v[:k]) {
+				n = k
+				break
+			}
+		}
+	}
+	return n
 }
 
 // syntaxLine is the Dockerfile's "# syntax=" directive, if it has one.
