@@ -184,3 +184,31 @@ func TestBuildStreamFailure(t *testing.T) {
 		t.Errorf("terminal: %v\n%s", err, out.String())
 	}
 }
+
+// TestBuildStreamSecretAcrossChunks: a value that a step's output splits
+// between two log chunks is still hidden, and nothing of it is lost.
+func TestBuildStreamSecretAcrossChunks(t *testing.T) {
+	const secret = "s3cret-value-xyz"
+	const step = "sha256:0000000000000000000000000000000000000000000000000000000000000003"
+	var out bytes.Buffer
+	st := newBuildStream(BuildOptions{Out: &out, Plain: true, Secrets: map[string][]byte{"tok": []byte(secret)}})
+	var shown []byte
+	for _, chunk := range []string{"token=s3cr", "et-val", "ue-xyz done\nlast s3c"} {
+		line := traceMessage(t, &controlapi.StatusResponse{Logs: []*controlapi.VertexLog{{Vertex: step, Msg: []byte(chunk)}}})
+		var m struct{ Aux json.RawMessage }
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range st.status(m.Aux).Logs {
+			shown = append(shown, l.Data...)
+		}
+	}
+	if ss := st.flush(); ss != nil {
+		for _, l := range ss.Logs {
+			shown = append(shown, l.Data...)
+		}
+	}
+	if string(shown) != "token=**** done\nlast s3c" {
+		t.Errorf("shown %q", shown)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -151,6 +152,18 @@ func (p *userProject) files(r *Runner, id string) map[string]bool {
 
 func (p *userProject) saw(s string) bool { return strings.Contains(p.out.String(), s) }
 
+// contextSent is the most a step of the last build reported sending of the
+// context ("#3 transferring context: 2.00MB 0.1s done").
+func (p *userProject) contextSent() int64 {
+	var most int64
+	for _, m := range regexp.MustCompile(`transferring context: ([0-9.]+)(B|kB|MB|GB)`).FindAllStringSubmatch(p.out.String(), -1) {
+		n, _ := strconv.ParseFloat(m[1], 64)
+		n *= map[string]float64{"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[m[2]]
+		most = max(most, int64(n))
+	}
+	return most
+}
+
 // ran reports whether a step printed a line starting with s (plain
 // progress: "#7 0.412 CACHE-HIT ..."), not only showed it in its command.
 func (p *userProject) ran(s string) bool {
@@ -213,7 +226,13 @@ func TestBuildKitUserDockerfile(t *testing.T) {
 		t.Errorf("second build did not find the cache mount's content:\n%s", p.out)
 	}
 
-	// One app file changes: the dependencies step is not run again.
+	// Another project builds in between; then one app file changes here:
+	// the dependencies step is not run again, and only the changed file
+	// crosses (BuildKit kept this folder's files: not the 2 MB busybox).
+	other := newUserProject(t, "other")
+	if _, err := other.runner(false).Build(ctx, BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(p.dir, "app.txt"), []byte("version 2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -223,6 +242,9 @@ func TestBuildKitUserDockerfile(t *testing.T) {
 	}
 	if p.ran("CACHE-") || !p.ran("FINAL-STAGE-RAN") {
 		t.Errorf("after a one-file change the dependencies step ran again (or the final stage did not):\n%s", p.out)
+	}
+	if sent := p.contextSent(); sent > 100_000 {
+		t.Errorf("after a one-file change the build sent %d bytes of context, want only the change", sent)
 	}
 
 	// BUILD_TARGET: only the stages deps needs.
@@ -474,5 +496,52 @@ func TestBuildKitOnCurrentEngine(t *testing.T) {
 	}
 	if files := p.files(r, id); !files["/app/app.txt"] || files["/app/notes.log"] {
 		t.Errorf("BUILD_TARGET=base on the current engine: files %v", files)
+	}
+}
+
+// TestBuildKitSSHMount: RUN --mount=type=ssh gets the local ssh-agent's
+// socket (here a real ssh-agent with a key), and without an agent the build
+// stops before it starts, saying how to start one.
+func TestBuildKitSSHMount(t *testing.T) {
+	p := newUserProject(t, "ssh")
+	df := "FROM scratch\nCOPY docker/busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN echo " + p.name + time.Now().Format(time.RFC3339Nano) + "\n" +
+		"RUN --mount=type=ssh sh -c 'test -S \"$SSH_AUTH_SOCK\" && echo \"agent forwarded at $SSH_AUTH_SOCK\"'\n"
+	if err := os.WriteFile(filepath.Join(p.dir, "docker", "Dockerfile.ssh"), []byte(df), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r := p.runner(true, "DOCKERFILE=docker/Dockerfile.ssh", "SSH_AUTH_SOCK=")
+	_, err := r.Build(context.Background(), BuildOptions{})
+	if err == nil || !strings.Contains(err.Error(), "uses RUN --mount=type=ssh") || !strings.Contains(err.Error(), "SSH_AUTH_SOCK is not set") {
+		t.Errorf("without an agent: %v", err)
+	}
+
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	if err := agent.Start(); err != nil {
+		t.Skipf("no ssh-agent: %v", err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+	for i := 0; i < 50; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	key := filepath.Join(t.TempDir(), "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	add := exec.Command("ssh-add", key)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v\n%s", err, out)
+	}
+	r = p.runner(true, "DOCKERFILE=docker/Dockerfile.ssh", "SSH_AUTH_SOCK="+sock)
+	if _, err := r.Build(context.Background(), BuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !p.ran("agent forwarded at /run/buildkit/ssh_agent.0") {
+		t.Errorf("the step did not see the agent:\n%s", p.out)
 	}
 }
