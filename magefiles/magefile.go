@@ -274,7 +274,7 @@ func Rollback(ctx context.Context, to *string) error {
 	return r.Rollback(ctx, deref(to))
 }
 
-// Bench deploys a ~240 MB image with carebot and with docker save/scp/load pipelines, first/redeploy/no-op, loopback and 50 Mbit/s, then redeploys to 1, 2 and 4 servers: two tables.
+// Bench deploys a ~240 MB image with carebot and with docker save/scp/load pipelines, first/redeploy/no-op, loopback and 50 Mbit/s, then redeploys to 1, 2 and 4 servers, and builds beside docker build: three tables.
 //
 // Needs root, dockerd, docker-compose and sshd (it starts a second engine
 // and sshd on 127.0.0.1, and four servers in network namespaces, as the
@@ -285,7 +285,7 @@ func Rollback(ctx context.Context, to *string) error {
 // CAREBOT_BENCH_RUNS (3), CAREBOT_BENCH_QUICK (1: a small image, one run,
 // loopback) and CAREBOT_BENCH_OUT.
 func Bench() error {
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^Benchmark(Deploy|Fleet)$", "-benchtime", "1x", "-timeout", "180m", "./internal/tasks/")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^Benchmark(Deploy|Fleet|Build)$", "-benchtime", "1x", "-timeout", "180m", "./internal/tasks/")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if os.Getenv("CAREBOT_BENCH_OUT") == "" {
 		// go test runs in the package's folder; the results belong here.

@@ -46,12 +46,13 @@ import (
 //
 //	go test -run '^$' -bench '^BenchmarkBuild$' -benchtime 1x -timeout 25m ./internal/tasks/
 //
-// CAREBOT_BENCH_RUNS (3) applies. Each build has its own salt (a RUN echo
+// CAREBOT_BENCH_RUNS (3) and CAREBOT_BENCH_OUT apply (mage bench runs it). Each build has its own salt (a RUN echo
 // line) and its own cache-mount id, so the builders never share a cache
 // entry; the images and the build cache records the benchmark made are
 // removed afterwards, nothing else.
 func BenchmarkBuild(b *testing.B) {
-	runs := loadBenchSettings(b).runs
+	settings := loadBenchSettings(b)
+	runs := settings.runs
 	testenv.NeedEngine(b)
 	if _, err := os.Stat(buildBenchDockerCLI); err != nil {
 		b.Fatalf("the baseline is the docker CLI that builds with BuildKit itself (20.10: DOCKER_BUILDKIT=1, no buildx needed): %v", err)
@@ -94,7 +95,9 @@ func BenchmarkBuild(b *testing.B) {
 	// the cache entries they share as theirs.
 	bb.removeImages(e)
 	cacheAfter, _ := e.BuildCacheSize(ctx)
-	fmt.Print("\n" + bb.report(samples, runs, took, load, cacheAfter-cacheBefore))
+	report := bb.report(samples, runs, took, load, cacheAfter-cacheBefore)
+	fmt.Print("\n" + report)
+	writeSection(b, settings.out, "## Build benchmark", report)
 	pruneNewBuildCache(b, idsBefore)
 }
 
