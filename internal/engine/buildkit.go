@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/docker/api/types/build"
@@ -43,20 +44,25 @@ func (e *errNoBuildKit) Unwrap() error { return e.err }
 // session (only the files a step asks for cross, with excludes applied
 // here), secrets and the ssh-agent are served on request and never written
 // anywhere, and the progress stream is drawn by buildkit's own display.
-func (e *Engine) buildKit(ctx context.Context, o BuildOptions, excludes []string) (string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+func (e *Engine) buildKit(parent context.Context, o BuildOptions, excludes []string) (string, error) {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
 
 	s, err := e.buildSession(ctx, o, excludes)
 	if err != nil {
 		return "", err
 	}
 	defer s.Close()
-	sessionErr := make(chan error, 1)
+	st := newBuildStream(o)
 	go func() {
-		sessionErr <- s.Run(ctx, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
+		err := s.Run(ctx, func(ctx context.Context, proto string, meta map[string][]string) (net.Conn, error) {
 			return e.api.DialHijack(ctx, "/session", proto, meta)
 		})
+		// A session that could not start is an engine without BuildKit's
+		// session endpoint: the build would wait for it, so it stops here.
+		if err != nil && !st.started.Load() {
+			cancel(&errNoBuildKit{fmt.Errorf("build session: %w", err)})
+		}
 	}()
 
 	resp, err := e.api.ImageBuild(ctx, nil, build.ImageBuildOptions{
@@ -65,28 +71,36 @@ func (e *Engine) buildKit(ctx context.Context, o BuildOptions, excludes []string
 		Tags: o.Tags, Labels: o.Labels, BuildArgs: argPointers(o.Args), NoCache: o.NoCache,
 		Remove: true, ForceRemove: true,
 	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return "", ctx.Err()
-		}
-		return "", &errNoBuildKit{err}
-	}
-	defer resp.Body.Close()
-
-	st := newBuildStream(o)
-	id, err := st.read(ctx, resp.Body)
 	if err == nil {
-		return id, nil
-	}
-	select {
-	case serr := <-sessionErr:
-		// The session never ran: the engine cannot serve BuildKit's files.
-		if serr != nil && !st.started && ctx.Err() == nil {
-			return "", &errNoBuildKit{fmt.Errorf("build session: %w", serr)}
+		defer resp.Body.Close()
+		var id string
+		if id, err = st.read(ctx, resp.Body); err == nil {
+			return id, nil
 		}
-	default:
+	}
+	var no *errNoBuildKit
+	switch {
+	case parent.Err() != nil:
+		return "", parent.Err()
+	case resp.Body == nil && refusesBuildKit(err):
+		return "", &errNoBuildKit{err}
+	case errors.As(context.Cause(ctx), &no):
+		return "", no
 	}
 	return "", err
+}
+
+// refusesBuildKit tells an engine's refusal of a BuildKit build (a Windows
+// engine, one built without it, an API too old for it) from a refusal of
+// this build.
+func refusesBuildKit(err error) bool {
+	msg := strings.ToLower(err.Error())
+	for _, s := range []string{"buildkit", "session", "builder version", "not implemented", "not supported"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // buildSession serves the context (filtered by excludes), the Dockerfile's
@@ -156,7 +170,7 @@ type buildStream struct {
 	out     io.Writer     // where the display draws
 	kept    *bytes.Buffer // a quiet build's output, shown when it fails
 	mode    progressui.DisplayMode
-	started bool // a status arrived: the session worked
+	started atomic.Bool // a status arrived: the session worked
 
 	names  map[string]string // vertex digest → its name, "[2/3] RUN make"
 	logs   map[string]*bytes.Buffer
@@ -249,7 +263,7 @@ func (st *buildStream) status(aux json.RawMessage) *bkclient.SolveStatus {
 	if err := resp.UnmarshalVT(dt); err != nil {
 		return nil
 	}
-	st.started = true
+	st.started.Store(true)
 	ss := bkclient.NewSolveStatus(&resp)
 	for _, v := range ss.Vertexes {
 		d := v.Digest.String()

@@ -81,11 +81,16 @@ func TestBuildFallsBackToClassicOnce(t *testing.T) {
 			t.Fatalf("build %d: %q, %v", i, id, err)
 		}
 	}
-	if fake.attempts["2"] != 1 || fake.attempts["1"] != 2 {
-		t.Errorf("builds asked: %v; want one BuildKit try, then classic twice", fake.attempts)
+	// The BuildKit request may not even be sent when the session failed
+	// first; it is never asked twice.
+	if fake.attempts["2"] > 1 || fake.attempts["1"] != 2 {
+		t.Errorf("builds asked: %v; want one BuildKit try at most, then classic twice", fake.attempts)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 1 || !strings.Contains(lines[0], "cannot build with BuildKit (") || !strings.Contains(lines[0], "buildkit not supported by daemon") {
+	// Why: the refused request, or the session that could not start,
+	// whichever the engine answered first.
+	if len(lines) != 1 || !strings.Contains(lines[0], "cannot build with BuildKit (") ||
+		!strings.Contains(lines[0], "buildkit not supported by daemon") && !strings.Contains(lines[0], "build session:") {
 		t.Errorf("output %q: want one line saying why the classic builder is used", out.String())
 	}
 	// The classic context honours the Dockerfile's own .dockerignore too.
