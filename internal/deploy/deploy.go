@@ -199,6 +199,15 @@ func (d *Deployer) Check(ctx context.Context) error {
 	return nil
 }
 
+// Missing reports whether the deploy folder does not exist yet: no deploy
+// has been there, and there is no lock to take.
+func (d *Deployer) Missing(ctx context.Context) (bool, error) {
+	if err := d.lookOnce(ctx); err != nil {
+		return false, err
+	}
+	return d.facts.realPath == "", nil
+}
+
 // HasDeployment says whether Check found a release deployed there before.
 func (d *Deployer) HasDeployment() bool { return d.facts.hasComposeFile }
 

@@ -137,6 +137,10 @@ func (r *Runner) Cleanup(ctx context.Context, dryRun bool) error {
 	// What any server serves or would roll back to stays everywhere: the
 	// build engine is where a redeploy of it would come from.
 	protect := map[string]bool{r.Cfg.ImageTag: true} // what was just built is about to be tested or deployed
+	deps, err = deployed(ctx, deps)
+	if err != nil {
+		return err
+	}
 	for _, d := range deps {
 		if !dryRun { // not while a deploy of another run loads or switches images
 			if err := d.Lock(ctx); err != nil {
@@ -232,9 +236,25 @@ func (r *Runner) cleanServer(ctx context.Context, d *deploy.Deployer, protect ma
 	return reclaimed, nil
 }
 
-// cleanEngine removes old tags and dangling images on one engine and
-// returns the bytes reclaimed (measured with docker system df; estimated
-// from image sizes in a dry run).
+// deployed leaves out the deploy hosts whose deploy folder does not exist
+// yet (a cleanup before the first deploy cleans the build engine), saying
+// so; where it does, cleanup takes its lock as before.
+func deployed(ctx context.Context, deps []*deploy.Deployer) ([]*deploy.Deployer, error) {
+	var l []*deploy.Deployer
+	for _, d := range deps {
+		missing, err := d.Missing(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if missing {
+			fmt.Fprintf(d.Out, "nothing deployed at %s on %s yet: nothing to clean there\n", d.Path, d.Host)
+			continue
+		}
+		l = append(l, d)
+	}
+	return l, nil
+}
+
 // cleanBuildCache prunes the build engine's build cache down to
 // BUILD_CACHE_KEEP: a cache mount or a layer used least recently goes first,
 // so the next build of this project still finds what it used last.
@@ -260,6 +280,9 @@ func (r *Runner) cleanBuildCache(ctx context.Context, e *engine.Engine, dryRun b
 	return n, nil
 }
 
+// cleanEngine removes old tags and dangling images on one engine and
+// returns the bytes reclaimed (measured with docker system df; estimated
+// from image sizes in a dry run).
 func (r *Runner) cleanEngine(ctx context.Context, out io.Writer, imgs deploy.Images, protect map[string]bool, dryRun bool, verb string) (int64, error) {
 	name := r.Cfg.ImageName
 	tags, err := imgs.Tags(ctx, name)

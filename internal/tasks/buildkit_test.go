@@ -330,13 +330,10 @@ func TestBuildKitThroughWSL(t *testing.T) {
 
 // TestCleanupPrunesBuildCache: cleanup brings the build cache down to
 // BUILD_CACHE_KEEP (a dry run only says how much), and leaves it alone
-// when it is within.
+// when it is within; before any deploy (no deploy folder) it still works.
 func TestCleanupPrunesBuildCache(t *testing.T) {
 	p := newUserProject(t, "prune")
 	ctx := context.Background()
-	if err := os.MkdirAll(filepath.Join(p.dir, ".deploy", "production"), 0o755); err != nil { // cleanup takes the deploy lock there
-		t.Fatal(err)
-	}
 	r := p.runner(true)
 	if _, err := r.Build(ctx, BuildOptions{}); err != nil {
 		t.Fatal(err)
@@ -353,6 +350,11 @@ func TestCleanupPrunesBuildCache(t *testing.T) {
 	r = p.runner(false, "BUILD_CACHE_KEEP=1B")
 	if err := r.Cleanup(ctx, true); err != nil {
 		t.Fatal(err)
+	}
+	// Nothing was deployed from this project: its deploy folder is not
+	// there, and cleanup still cleans the build engine.
+	if !p.saw("nothing deployed at " + filepath.Join(p.dir, ".deploy", "production") + " on this machine yet") {
+		t.Errorf("cleanup before any deploy did not say there was nothing to clean on the deploy host:\n%s", p.out)
 	}
 	if !p.saw("would remove build cache on") {
 		t.Errorf("dry run did not say what it would prune:\n%s", p.out)

@@ -12,7 +12,7 @@ import (
 )
 
 // toolSecretProject is a project whose .env holds the tool's settings and
-// secrets beside the app's.
+// secrets, and the build's (a secret BUILD_SECRETS reads), beside the app's.
 func toolSecretProject(t *testing.T) *config.Config {
 	t.Helper()
 	dir := t.TempDir()
@@ -20,7 +20,7 @@ func toolSecretProject(t *testing.T) *config.Config {
 		"Dockerfile.production":         "FROM scratch\n",
 		"docker-compose.production.yml": "services: {}\n",
 		".env": "IMAGE_TAG=v1\nSSH_KEY_PASSPHRASE=tool-secret\nSSH_AUTH_SOCK=/run/agent.sock\nAPP_PORT=6000\n" +
-			"BUILD_ARG_NPM_TOKEN=build-secret\n# the app\nBOT_TOKEN=123:abc\nLOG_LEVEL=debug\n",
+			"BUILD_ARG_NODE_ENV=production\nBUILD_SECRETS=npm_token\nnpm_token=build-secret\n# the app\nBOT_TOKEN=123:abc\nLOG_LEVEL=debug\n",
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
 			t.Fatal(err)
@@ -60,7 +60,7 @@ func TestSeedEnvIsTheAppsOnly(t *testing.T) {
 	if seed != "BOT_TOKEN=123:abc\nLOG_LEVEL=debug\n" {
 		t.Errorf("the seeded .env would be:\n%s", seed)
 	}
-	for _, s := range []string{"tool-secret", "SSH_", "APP_PORT", "IMAGE_TAG", "build-secret"} {
+	for _, s := range []string{"tool-secret", "SSH_", "APP_PORT", "IMAGE_TAG", "build-secret", "npm_token", "BUILD_"} {
 		if strings.Contains(seed, s) {
 			t.Errorf("the seeded .env holds %q", s)
 		}
