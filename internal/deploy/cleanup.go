@@ -63,7 +63,7 @@ func (s HostImages) Tags(ctx context.Context, name string) ([]ImageTag, error) {
 	for id := range ids {
 		list = append(list, shell.Quote(id))
 	}
-	out, err = host.Run(ctx, s.Host, "docker image inspect --format '{{.Id}} {{.Size}} {{.Created}}' "+strings.Join(list, " "))
+	out, err = host.Run(ctx, s.Host, "docker image inspect --format '{{.Id}} {{.Size}} {{.Created}} {{index .Config.Labels \""+engine.CreatedLabel+"\"}}' "+strings.Join(list, " "))
 	if err != nil {
 		return nil, fmt.Errorf("inspect images on %s: %w", s.Host, err)
 	}
@@ -73,7 +73,11 @@ func (s HostImages) Tags(ctx context.Context, name string) ([]ImageTag, error) {
 		if len(f) >= 3 {
 			size, _ := strconv.ParseInt(f[1], 10, 64)
 			created, _ := time.Parse(time.RFC3339Nano, f[2])
-			meta[f[0]] = ImageTag{Size: size, Created: created}
+			label := ""
+			if len(f) >= 4 {
+				label = f[3]
+			}
+			meta[f[0]] = ImageTag{Size: size, Created: engine.BuiltAt(created, label)}
 		}
 	}
 	for i := range tags {

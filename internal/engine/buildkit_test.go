@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/client"
 	controlapi "github.com/moby/buildkit/api/services/control"
@@ -215,5 +216,21 @@ func TestBuildStreamSecretAcrossChunks(t *testing.T) {
 	}
 	if string(shown) != "token=**** done\nlast s3c" {
 		t.Errorf("shown %q", shown)
+	}
+}
+
+// TestBuiltAt: the build's own label orders builds, to the nanosecond,
+// where BuildKit's creation time is the newest cached step's.
+func TestBuiltAt(t *testing.T) {
+	cached := time.Date(2026, 12, 1, 0, 32, 56, 0, time.UTC)
+	for label, want := range map[string]time.Time{
+		"2026-12-01T02:27:48.123456789Z": time.Date(2026, 12, 1, 2, 27, 48, 123456789, time.UTC),
+		"2026-12-01T02:27:48Z":           time.Date(2026, 12, 1, 2, 27, 48, 0, time.UTC),
+		"":                               cached,
+		"yesterday":                      cached,
+	} {
+		if got := BuiltAt(cached, label); !got.Equal(want) {
+			t.Errorf("BuiltAt(%q) = %v, want %v", label, got, want)
+		}
 	}
 }

@@ -20,8 +20,23 @@ import (
 type ImageTag struct {
 	Tag     string
 	ID      string
-	Created time.Time
+	Created time.Time // when it was built (see BuiltAt)
 	Size    int64
+}
+
+// CreatedLabel is the OCI label a build sets to its own time.
+const CreatedLabel = "org.opencontainers.image.created"
+
+// BuiltAt is when an image was built: its CreatedLabel when that parses,
+// else the engine's creation time. BuildKit sets the latter to the time of
+// the newest cached step, so two builds on the same cached layers look
+// equally old, or older than builds before them, and cleanup would order
+// them wrong.
+func BuiltAt(created time.Time, label string) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, label); err == nil {
+		return t
+	}
+	return created
 }
 
 // String names the engine for messages.
@@ -52,7 +67,7 @@ func (e *Engine) Tags(ctx context.Context, name string) ([]ImageTag, error) {
 		}
 		for _, rt := range s.RepoTags {
 			if tag, ok := strings.CutPrefix(rt, name+":"); ok {
-				tags = append(tags, ImageTag{Tag: tag, ID: s.ID, Created: img.Created, Size: s.Size})
+				tags = append(tags, ImageTag{Tag: tag, ID: s.ID, Created: BuiltAt(img.Created, img.Labels[CreatedLabel]), Size: s.Size})
 			}
 		}
 	}

@@ -119,7 +119,7 @@ func ociLabels(name, version, commit string, now time.Time) map[string]string {
 	l := map[string]string{
 		"org.opencontainers.image.title":   name,
 		"org.opencontainers.image.version": version,
-		"org.opencontainers.image.created": now.UTC().Format(time.RFC3339),
+		engine.CreatedLabel:                now.UTC().Format(time.RFC3339Nano), // to the nanosecond: cleanup orders builds by it
 	}
 	if commit != "" {
 		l["org.opencontainers.image.revision"] = commit
