@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/carebot/carebot/internal/text"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/filters"
@@ -63,7 +64,7 @@ func (e *Engine) Build(ctx context.Context, o BuildOptions) (string, error) {
 		}
 		e.classicOnly = true
 		if o.Out != nil {
-			fmt.Fprintf(o.Out, "the engine at %s cannot build with BuildKit (%v): building with the classic builder, which has no RUN --mount\n", e.Host, oneLine(no.err))
+			fmt.Fprintf(o.Out, "the engine at %s cannot build with BuildKit (%v): building with the classic builder, which has no RUN --mount\n", e.Host, text.ErrLine(no.err))
 		}
 	}
 	return e.buildClassic(ctx, o, rel, excludes)
@@ -79,7 +80,7 @@ func (e *Engine) syntaxHint(dockerfile string, err error) error {
 	if ref == "" || !strings.Contains(err.Error(), ref) && !strings.Contains(err.Error(), "frontend") {
 		return err
 	}
-	return fmt.Errorf("%s starts with \"# syntax=%s\", a frontend image the engine must pull, and it could not (%v): remove that line to build with the engine's built-in Dockerfile frontend", filepath.Base(dockerfile), ref, oneLine(err))
+	return fmt.Errorf("%s starts with \"# syntax=%s\", a frontend image the engine must pull, and it could not (%v): remove that line to build with the engine's built-in Dockerfile frontend", filepath.Base(dockerfile), ref, text.ErrLine(err))
 }
 
 // buildClassic builds with the classic builder from a tar of the context.
@@ -138,9 +139,6 @@ func contextTar(dir string, excludes []string) (io.ReadCloser, error) {
 	}
 	return rc, nil
 }
-
-// oneLine is err's text on one line.
-func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
 
 // Excludes are the build context's exclude patterns, read as BuildKit
 // does: the Dockerfile's own <Dockerfile>.dockerignore beside it when there

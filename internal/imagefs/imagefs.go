@@ -82,7 +82,7 @@ func Read(r io.Reader, secrets ...Secret) (Contents, error) {
 		case h.Typeflag != tar.TypeReg:
 		case strings.HasSuffix(name, ".json") && name != "manifest.json" && name != "index.json":
 			// the legacy layout's image config
-			findings = append(findings, look.in(tr, "image config (history, environment, labels)")...)
+			findings = append(findings, look.in(tr, configPlace)...)
 		case name == "manifest.json":
 			if err := json.NewDecoder(tr).Decode(&manifest); err != nil {
 				return Contents{}, fmt.Errorf("read image archive: manifest.json: %w", err)
@@ -132,7 +132,7 @@ func readLayer(r io.Reader, look seeker) (entries []layerEntry, findings []Findi
 	head, _ := br.Peek(512)
 	if len(head) < 512 || !allZero(head) && !bytes.Equal(head[257:262], []byte("ustar")) {
 		// not a layer: a config (history, environment) or a manifest
-		return nil, look.in(br, "image config (history, environment, labels)"), false, nil
+		return nil, look.in(br, configPlace), false, nil
 	}
 	if allZero(head) { // an empty layer (WORKDIR, ENV in some builders) is a bare end-of-archive
 		return nil, nil, true, nil
@@ -217,6 +217,9 @@ func dedupe(fs []Finding) []Finding {
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }
+
+// configPlace names the image config in a finding.
+const configPlace = "image config (history, environment, labels)"
 
 // seeker finds secret values in streams of any length.
 type seeker []Secret
